@@ -1,0 +1,248 @@
+"""Backend v0: AutoSP IR -> one readable Python module per rank (like Inductor's output code).
+
+Ordinary ops become `torch.ops.aten.*` calls, attention calls the runtime's kernels, collectives
+call the runtime's collectives. Each intermediate is deleted right after its last use, so the
+program holds only what is live. How each op is emitted lives in `EMITTERS`, one entry per op
+class (looked up along the class hierarchy), registered with `@emits`.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+from collections.abc import Callable
+
+from xdsl.dialects import func
+from xdsl.dialects.builtin import (
+    ArrayAttr,
+    DenseArrayBase,
+    FloatAttr,
+    IndexType,
+    IntegerAttr,
+    IntegerType,
+    ModuleOp,
+    StringAttr,
+    UnitAttr,
+)
+from xdsl.ir import Attribute, Operation, SSAValue
+
+from autosp.ir.aten import OPT_TENSOR, TENSOR, TENSOR_LIST, AtenCallOp, AtenOp
+from autosp.ir.autosp import AttentionGradOp, AttentionOp
+from autosp.ir.dist import AllGatherOp, AllReduceOp, AllToAllOp, ReduceScatterOp
+from autosp.ir.dtypes import torch_dtype
+from autosp.runtime.errors import AutoSPError
+
+Emitter = Callable[[Operation, "Names"], str]
+EMITTERS: dict[type[Operation], Emitter] = {}
+
+
+def emits(*op_classes: type[Operation]):
+    def register(fn: Emitter) -> Emitter:
+        for cls in op_classes:
+            EMITTERS[cls] = fn
+        return fn
+
+    return register
+
+
+class Names:
+    """Python identifiers for SSA values, from their name hints."""
+
+    def __init__(self):
+        self.of: dict[SSAValue, str] = {}
+        self.taken: set[str] = set()
+
+    def define(self, value: SSAValue) -> str:
+        base = re.sub(r"\W", "_", value.name_hint or "v")
+        if not base or base[0].isdigit() or keyword.iskeyword(base):
+            base = "v_" + base
+        name, i = base, 0
+        while name in self.taken:
+            i += 1
+            name = f"{base}_{i}"
+        self.taken.add(name)
+        self.of[value] = name
+        return name
+
+    def __getitem__(self, value: SSAValue) -> str:
+        return self.of[value]
+
+
+# --- constants --------------------------------------------------------------------------
+
+
+def literal(attr: Attribute) -> str:
+    """A Python expression for a property value."""
+    if isinstance(attr, IntegerAttr):
+        if attr.type == IntegerType(1):
+            return repr(bool(attr.value.data))
+        return repr(attr.value.data)
+    if isinstance(attr, FloatAttr):
+        value = attr.value.data
+        return f"float({str(value)!r})" if value != value or value in (float("inf"), float("-inf")) else repr(value)
+    if isinstance(attr, DenseArrayBase):
+        values = attr.get_values()
+        if attr.elt_type == IntegerType(1):
+            values = tuple(bool(v) for v in values)
+        return repr(list(values))
+    if isinstance(attr, StringAttr):
+        if attr.data.endswith("_format"):  # a torch.memory_format
+            return f"torch.{attr.data}"
+        return repr(attr.data)
+    if isinstance(attr, UnitAttr):
+        return "None"
+    try:
+        return f"torch.{str(torch_dtype(attr)).removeprefix('torch.')}"
+    except ValueError:
+        raise AutoSPError(f"codegen: cannot express property {attr} in Python") from None
+
+
+# --- emitters ---------------------------------------------------------------------------
+
+
+@emits(AtenOp)
+def emit_aten(op: AtenOp, names: Names) -> str:
+    args: list[str] = []
+    by_name = False  # after a skipped argument, later ones must be passed by name
+    for spec in op.ARGS:
+        if spec.kind == TENSOR:
+            text = names[getattr(op, spec.field)]
+        elif spec.kind == OPT_TENSOR:
+            value = getattr(op, spec.field)
+            text = "None" if value is None else names[value]
+        elif spec.kind == TENSOR_LIST:
+            text = "[" + ", ".join(names[v] for v in getattr(op, spec.field)) + "]"
+        elif spec.kind == "dropped" and spec.name == "device":
+            text = "DEVICE"  # factory ops allocate where the program runs
+        elif spec.kind != "dropped" and spec.name in op.properties:
+            text = literal(op.properties[spec.name])
+        else:
+            by_name = True
+            continue
+        by_name = by_name or spec.kwarg_only
+        args.append(f"{spec.name}={text}" if by_name else text)
+    return f"torch.ops.{op.name}({', '.join(args)})"
+
+
+@emits(AtenCallOp)
+def emit_call(op: AtenCallOp, names: Names) -> str:
+    def decode(arg: Attribute) -> str:
+        if isinstance(arg, IntegerAttr) and isinstance(arg.type, IndexType):
+            return names[op.inputs[arg.value.data]]
+        if isinstance(arg, ArrayAttr):
+            return "[" + ", ".join(decode(a) for a in arg.data) + "]"
+        return literal(arg)
+
+    namespace, _, rest = op.target.data.partition("::")
+    packet, _, overload = rest.partition(".")
+    callee = f"torch.ops.{namespace}.{packet}.{overload or 'default'}"
+    return f"{callee}({', '.join(decode(a) for a in op.args.data)})"
+
+
+def _mask_args(op: AttentionOp | AttentionGradOp) -> list[str]:
+    return [literal(op.causal), literal(op.window), literal(op.scale)]
+
+
+@emits(AttentionOp)
+def emit_attention(op: AttentionOp, names: Names) -> str:
+    tensors = [names[v] for v in op.operands]
+    return f"kernels.attention_forward({', '.join(tensors + _mask_args(op))})"
+
+
+@emits(AttentionGradOp)
+def emit_attention_grad(op: AttentionGradOp, names: Names) -> str:
+    tensors = [names[v] for v in op.operands]
+    return f"kernels.attention_backward({', '.join(tensors + _mask_args(op))})"
+
+
+@emits(AllToAllOp)
+def emit_all_to_all(op: AllToAllOp, names: Names) -> str:
+    return (
+        f"collectives.all_to_all({names[op.input]}, split_dim={op.split_dim.value.data}, "
+        f"concat_dim={op.concat_dim.value.data}, group=GROUPS[{op.group.string_value()!r}])"
+    )
+
+
+@emits(AllReduceOp)
+def emit_all_reduce(op: AllReduceOp, names: Names) -> str:
+    return f"collectives.all_reduce({names[op.input]}, {op.reduce.data!r}, group=GROUPS[{op.group.string_value()!r}])"
+
+
+@emits(AllGatherOp)
+def emit_all_gather(op: AllGatherOp, names: Names) -> str:
+    return f"collectives.all_gather({names[op.input]}, dim={op.dim.value.data}, group=GROUPS[{op.group.string_value()!r}])"
+
+
+@emits(ReduceScatterOp)
+def emit_reduce_scatter(op: ReduceScatterOp, names: Names) -> str:
+    return (
+        f"collectives.reduce_scatter({names[op.input]}, {op.reduce.data!r}, dim={op.dim.value.data}, "
+        f"group=GROUPS[{op.group.string_value()!r}])"
+    )
+
+
+def emitter_for(op: Operation) -> Emitter:
+    for cls in type(op).__mro__:
+        if cls in EMITTERS:
+            return EMITTERS[cls]
+    raise AutoSPError(f"codegen: no emitter for op {op.name}")
+
+
+# --- the module ---------------------------------------------------------------------------
+
+HEADER = '''\
+# Generated by AutoSP from the IR of @train_step. Do not edit: recompile instead.
+import torch
+
+from autosp.runtime import attention as kernels
+from autosp.runtime import collectives
+
+DEVICE = None  # set by the runtime before the first call
+GROUPS = {}  # process-group symbol -> torch.distributed group, set by the runtime
+'''
+
+
+def train_step_of(module: ModuleOp) -> func.FuncOp:
+    for op in module.ops:
+        if isinstance(op, func.FuncOp) and op.sym_name.data == "train_step":
+            return op
+    raise AutoSPError("the module has no func.func @train_step")
+
+
+def generate(module: ModuleOp) -> str:
+    """The Python source of the per-rank program for `module`."""
+    fn = train_step_of(module)
+    block = fn.body.block
+    ops = list(block.ops)
+    returned = set(ops[-1].operands) if isinstance(ops[-1], func.ReturnOp) else set()
+
+    # Index of the last op that reads each value; arguments stay owned by the caller.
+    last_use: dict[SSAValue, int] = {}
+    for index, op in enumerate(ops):
+        for operand in op.operands:
+            last_use[operand] = index
+    frees_after: dict[int, list[SSAValue]] = {}
+    for value, index in last_use.items():
+        if value not in returned and value not in block.args:
+            frees_after.setdefault(index, []).append(value)
+
+    names = Names()
+    params = [names.define(arg) for arg in block.args]
+    lines = [HEADER, "", f"def train_step({', '.join(params)}):"]
+    for index, op in enumerate(ops):
+        if isinstance(op, func.ReturnOp):
+            lines.append(f"    return ({''.join(names[v] + ', ' for v in op.operands)})")
+            break
+        call = emitter_for(op)(op, names)
+        targets = [names.define(r) for r in op.results]
+        if len(targets) == 1:
+            lines.append(f"    {targets[0]} = {call}")
+        elif targets:
+            lines.append(f"    {', '.join(targets)} = {call}")
+        else:
+            lines.append(f"    {call}")
+        dead = [names[r] for r in op.results if not r.uses]
+        freed = [names[v] for v in frees_after.get(index, [])] + dead
+        if freed:
+            lines.append(f"    del {', '.join(freed)}")
+    return "\n".join(lines) + "\n"

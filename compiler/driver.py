@@ -1,0 +1,76 @@
+"""`autosp.compile`: import -> passes -> codegen -> TrainStep, with a cache of generated code."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType
+
+from autosp.codegen import generate, train_step_of
+from autosp.frontends import import_program
+from autosp.ir.dtypes import torch_dtype
+from autosp.pipeline import pipeline_spec, run_pipeline
+from autosp.runtime.errors import AutoSPError
+from autosp.runtime.train_step import InputSpec, TrainStep
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("AUTOSP_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "autosp"
+    )
+    return Path(root)
+
+
+def write_program(source: str, cache_dir: Path, rank: int = 0) -> Path:
+    """Keep the generated source in the cache, one folder per distinct program."""
+    folder = cache_dir / hashlib.sha256(source.encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"rank{rank}.py"
+    if not path.exists() or path.read_text() != source:
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(source)
+        tmp.replace(path)
+    return path
+
+
+def signature(module: ModuleOp) -> tuple[list[InputSpec], list[str]]:
+    fn = train_step_of(module)
+    specs = []
+    for arg, attrs in zip(fn.body.block.args, fn.arg_attrs.data if fn.arg_attrs else []):
+        kind = attrs.data["autosp.kind"]
+        name = attrs.data.get("autosp.name")
+        assert isinstance(kind, StringAttr) and isinstance(arg.type, TensorType)
+        specs.append(
+            InputSpec(
+                kind=kind.data,
+                name=name.data if isinstance(name, StringAttr) else (arg.name_hint or f"input{len(specs)}"),
+                shape=tuple(arg.type.get_shape()),
+                dtype=torch_dtype(arg.type.element_type),
+            )
+        )
+    grad_of = [
+        attrs.data["autosp.grad_of"].data
+        for attrs in (fn.res_attrs.data if fn.res_attrs else [])
+        if "autosp.grad_of" in attrs.data
+    ]
+    return specs, grad_of
+
+
+def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cache_dir=None) -> TrainStep:
+    if not isinstance(ep, torch.export.ExportedProgram):
+        raise AutoSPError(
+            f"autosp.compile takes a torch.export.ExportedProgram, got {type(ep).__name__}; "
+            "export first: torch.export.export(LossWrapper(model), (input_ids, labels))"
+        )
+    if memory_budget is not None and not remat:
+        raise AutoSPError("memory_budget only applies with remat=True")
+    spec = pipeline_spec(sp=sp, remat=remat)
+    module = run_pipeline(import_program(ep), spec)
+    source = generate(module)
+    path = write_program(source, Path(cache_dir) if cache_dir else default_cache_dir())
+    inputs, grad_of = signature(module)
+    state = {**ep.constants, **ep.state_dict}
+    return TrainStep(path, inputs, grad_of, state)

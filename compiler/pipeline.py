@@ -1,0 +1,35 @@
+"""The pass pipeline for a set of options, shared by `autosp.compile` and `autosp-opt`."""
+
+from __future__ import annotations
+
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.passes import PassPipeline
+
+from autosp.ir import autosp_context
+from autosp.passes import all_passes
+from autosp.runtime.errors import AutoSPError
+
+# Cleanups that every pipeline starts with.
+BASE_PASSES = ("drop-aliases", "dce")
+
+
+def check_options(sp: int, remat: bool) -> None:
+    if not isinstance(sp, int) or sp < 1:
+        raise AutoSPError(f"--sp={sp}: the sequence-parallel degree must be an integer >= 1")
+    if sp != 1:
+        raise AutoSPError(f"--sp={sp}: sequence parallelism is not implemented yet; use --sp=1")
+    if remat:
+        raise AutoSPError("--remat: rematerialization is not implemented yet; drop --remat")
+
+
+def pipeline_spec(sp: int = 1, remat: bool = False) -> str:
+    check_options(sp, remat)
+    return ",".join(BASE_PASSES)
+
+
+def run_pipeline(module: ModuleOp, spec: str) -> ModuleOp:
+    pipeline = PassPipeline.parse_spec(all_passes(), spec)
+    ctx = autosp_context()
+    pipeline.apply(ctx, module)
+    module.verify()
+    return module

@@ -1,0 +1,111 @@
+"""Rewrite every `aten.scaled_dot_product_attention` of an exported forward graph into
+`autosp::attention`, before the joint forward/backward export.
+
+- The mask becomes a description (`causal`, `window`) from `frontends.mask`; a mask that is not a
+  function of query/key index is refused, naming the node.
+- K/V expanded to the query head count (`repeat_kv`: unsqueeze -> expand -> reshape, or
+  `repeat_interleave`) are traced back to the unexpanded tensors: the op is GQA-native.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import operator
+
+import torch
+from torch._guards import detect_fake_mode
+from torch.fx import Graph, Node
+
+import autosp.runtime.ops  # noqa: F401  (registers torch.ops.autosp.*)
+from autosp.runtime.errors import AutoSPError
+from autosp.frontends.mask import MaskNotUnderstood, classify
+
+aten = torch.ops.aten
+SDPA = aten.scaled_dot_product_attention.default
+
+
+def bound_arguments(node: Node) -> dict[str, object]:
+    schema = node.target._schema  # type: ignore[union-attr]
+    bound = {}
+    for i, arg in enumerate(schema.arguments):
+        if i < len(node.args):
+            bound[arg.name] = node.args[i]
+        elif arg.name in node.kwargs:
+            bound[arg.name] = node.kwargs[arg.name]
+        else:
+            bound[arg.name] = arg.default_value
+    return bound
+
+
+def _shape(node: Node) -> tuple[int, ...]:
+    return tuple(int(s) for s in node.meta["val"].shape)
+
+
+def unexpanded_kv(node: Node) -> Node:
+    """The [B, Hkv, S, D] tensor a [B, Hq, S, D] key/value was expanded from, or node itself."""
+    b, h, s, d = _shape(node)
+    if node.target == aten.repeat_interleave.self_int and node.args[2:3] in ([1], [-3]):
+        return node.args[0]  # type: ignore[return-value]
+    if node.target not in (aten.reshape.default, aten.view.default, aten._unsafe_view.default):
+        return node
+    inner = node.args[0]
+    while isinstance(inner, Node) and inner.target in (aten.clone.default, aten.contiguous.default):
+        inner = inner.args[0]
+    if not (isinstance(inner, Node) and inner.target == aten.expand.default):
+        return node
+    unsqueezed = inner.args[0]
+    if not (isinstance(unsqueezed, Node) and unsqueezed.target == aten.unsqueeze.default and unsqueezed.args[1] == 2):
+        return node
+    source = unsqueezed.args[0]
+    sb, hkv, ss, sd = _shape(source)  # type: ignore[arg-type]
+    if (sb, ss, sd) == (b, s, d) and _shape(inner) == (b, hkv, h // hkv, s, d) and h % hkv == 0:
+        return source  # type: ignore[return-value]
+    return node
+
+
+def rewrite_attention(graph: Graph) -> int:
+    """Replace each SDPA in `graph`; returns how many were replaced."""
+    count = 0
+    for node in list(graph.nodes):
+        if node.target != SDPA:
+            continue
+        args = bound_arguments(node)
+        q, k, v, mask = args["query"], args["key"], args["value"], args["attn_mask"]
+        where = f"attention {node.name} (q {list(_shape(q))}, k {list(_shape(k))})"
+        if args["dropout_p"]:
+            raise AutoSPError(f"{where}: dropout_p={args['dropout_p']} is not supported; set attention dropout to 0")
+        causal, window = bool(args["is_causal"]), 0
+        if mask is not None:
+            if causal:
+                raise AutoSPError(f"{where}: both attn_mask and is_causal are set")
+            try:
+                description = classify(mask)
+            except MaskNotUnderstood as err:
+                raise AutoSPError(
+                    f"{where}: the attention mask is not understood ({err}); supported masks are "
+                    "causal and sliding-window functions of the query/key index — pass no "
+                    "attention_mask (mark padding with ignore_index labels instead)"
+                ) from None
+            causal, window = description.causal, description.window
+        k, v = unexpanded_kv(k), unexpanded_kv(v)
+        if _shape(q)[1] % _shape(k)[1]:
+            raise AutoSPError(f"{where}: {_shape(q)[1]} query heads is not a multiple of {_shape(k)[1]} kv heads")
+        scale = args["scale"] if args["scale"] is not None else 1.0 / math.sqrt(_shape(q)[-1])
+        with graph.inserting_before(node):
+            fused = graph.call_function(
+                torch.ops.autosp.attention.default, (q, k, v, causal, window, float(scale))
+            )
+            out = graph.call_function(operator.getitem, (fused, 0))
+        with detect_fake_mode([q.meta["val"]]) or contextlib.nullcontext():
+            fake_out, fake_lse = torch.ops.autosp.attention.default(
+                q.meta["val"], k.meta["val"], v.meta["val"], causal, window, float(scale)
+            )
+        fused.meta["val"] = (fake_out, fake_lse)
+        out.meta["val"] = fake_out
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
+        count += 1
+    graph.eliminate_dead_code()
+    return count
+

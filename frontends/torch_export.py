@@ -1,0 +1,359 @@
+"""torch.export -> AutoSP IR: the joint forward + backward graph as `func.func @train_step`.
+
+    module = import_program(ep)   # ep: ExportedProgram whose forward returns the scalar loss
+
+Arguments are parameters, buffers, lifted constants and user inputs, in that order, each
+tagged with `autosp.kind` and (but for user inputs) `autosp.name`, its state_dict key. Results
+are the loss, then one gradient per trainable parameter tagged with `autosp.grad_of`.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+
+import torch
+from torch.export import ExportedProgram
+from torch.export.graph_signature import InputKind, OutputKind
+from torch.fx import Node
+from xdsl.builder import Builder
+from xdsl.dialects import func
+from xdsl.dialects.builtin import (
+    ArrayAttr,
+    DenseArrayBase,
+    DictionaryAttr,
+    Float64Type,
+    FloatAttr,
+    IntegerAttr,
+    IntegerType,
+    ModuleOp,
+    StringAttr,
+)
+from xdsl.ir import Attribute, Block, Region, SSAValue
+from xdsl.rewriter import InsertPoint
+
+from autosp.frontends.attention import rewrite_attention
+from autosp.ir.aten import (
+    NONE_ARG,
+    OPT_TENSOR,
+    TENSOR,
+    TENSOR_LIST,
+    AtenCallOp,
+    aten_op_class,
+    op_name_of,
+    operand_ref,
+)
+from autosp.ir.autosp import AttentionGradOp, AttentionOp
+from autosp.ir.dtypes import UnsupportedDtype, element_type, tensor_type
+from autosp.runtime.errors import AutoSPError
+
+# Ops that only check metadata at trace time and produce nothing.
+SKIPPED_TARGETS = {
+    torch.ops.aten._assert_tensor_metadata.default,
+    torch.ops.aten._assert_scalar.default,
+    torch.ops.aten.sym_constrain_range_for_size.default,
+}
+
+KIND_NAMES = {
+    InputKind.PARAMETER: "parameter",
+    InputKind.BUFFER: "buffer",
+    InputKind.CONSTANT_TENSOR: "constant",
+    InputKind.USER_INPUT: "input",
+}
+
+
+def _value_type(node: Node) -> Attribute:
+    val = node.meta.get("val")
+    if not isinstance(val, torch.Tensor):
+        raise AutoSPError(f"node {node.name} ({node.target}) produces {type(val).__name__}, not a tensor")
+    try:
+        return tensor_type(val.shape, val.dtype)
+    except UnsupportedDtype as err:
+        raise AutoSPError(f"node {node.name} ({node.target}): {err}") from None
+    except TypeError:
+        raise AutoSPError(
+            f"node {node.name} has a symbolic shape {list(val.shape)}; export with static shapes"
+        ) from None
+
+
+# --- constant arguments -> properties ------------------------------------------------------
+
+
+def scalar_attr(value: object, where: str) -> Attribute:
+    if isinstance(value, bool):
+        return IntegerAttr(int(value), IntegerType(1))
+    if isinstance(value, int):
+        return IntegerAttr(value, IntegerType(64))
+    if isinstance(value, float):
+        return FloatAttr(value, Float64Type())
+    if isinstance(value, torch.dtype):
+        return element_type(value)
+    if isinstance(value, torch.memory_format):
+        return StringAttr(str(value).removeprefix("torch."))
+    if isinstance(value, str):
+        return StringAttr(value)
+    raise AutoSPError(f"{where}: argument {value!r} of type {type(value).__name__} cannot be represented")
+
+
+def list_attr(values: Sequence[object], kind: str, where: str) -> Attribute:
+    element = {"List[int]": IntegerType(64), "List[float]": Float64Type(), "List[bool]": IntegerType(1)}[kind]
+    if kind == "List[float]":
+        return DenseArrayBase.from_list(element, [float(v) for v in values])
+    return DenseArrayBase.from_list(element, [int(v) for v in values])
+
+
+class _Importer:
+    def __init__(self, graph_module: torch.fx.GraphModule):
+        self.graph_module = graph_module
+        self.values: dict[Node, SSAValue | list[SSAValue]] = {}
+        self.names: set[str] = set()
+
+    def unique_name(self, name: str) -> str:
+        """SSA name hints must be unique, or the printer renames them."""
+        while name in self.names:
+            name += "_"
+        self.names.add(name)
+        return name
+
+    def value(self, node: Node, index: int | None = None) -> SSAValue:
+        got = self.values.get(node)
+        if got is None:
+            raise AutoSPError(f"node {node.name} is used but produces no tensor")
+        if isinstance(got, list):
+            if index is None:
+                raise AutoSPError(f"node {node.name} has several results; use one of them")
+            return got[index]
+        return got
+
+    def import_node(self, node: Node, builder: Builder) -> None:
+        target = node.target
+        if target in SKIPPED_TARGETS:
+            return
+        if target is operator.getitem:
+            source, index = node.args
+            self.values[node] = self.value(source, index)  # type: ignore[arg-type]
+            return
+        if target == torch.ops.autosp.attention.default:
+            q, k, v, causal, window, scale = node.args
+            op = AttentionOp(self.value(q), self.value(k), self.value(v), causal=causal, window=window, scale=scale)
+        elif target == torch.ops.autosp.attention_backward.default:
+            *tensors, causal, window, scale = node.args
+            op = AttentionGradOp(*(self.value(t) for t in tensors), causal=causal, window=window, scale=scale)
+        elif isinstance(target, torch._ops.OpOverload) and target.namespace == "aten":
+            op = self.aten_op(node, target)
+        elif isinstance(target, torch._ops.OpOverload):
+            op = self.catch_all(node, target)
+        else:
+            raise AutoSPError(f"node {node.name}: cannot import {target} (not an ATen or AutoSP operator)")
+        builder.insert(op)
+        for i, result in enumerate(op.results):
+            result.name_hint = self.unique_name(node.name if len(op.results) == 1 else f"{node.name}_r{i}")
+        self.values[node] = list(op.results) if isinstance(node.meta.get("val"), (tuple, list)) else op.results[0]
+
+    def result_types(self, node: Node) -> list[Attribute]:
+        val = node.meta.get("val")
+        if isinstance(val, (tuple, list)):
+            return [tensor_type(v.shape, v.dtype) for v in val]
+        return [_value_type(node)]
+
+    def aten_op(self, node: Node, target: torch._ops.OpOverload):
+        target = _with_scalar_overload(node, target)
+        cls = aten_op_class(op_name_of(target))
+        if cls is None:
+            return self.catch_all(node, target)
+        schema = target._schema
+        where = f"{op_name_of(target)} ({node.name})"
+        bound = _bind(node, schema)
+        operands, properties = [], {}
+        for spec in cls.ARGS:
+            arg = bound.get(spec.name)
+            if spec.kind == TENSOR:
+                operands.append(self.value(arg))
+            elif spec.kind == OPT_TENSOR:
+                operands.append(None if arg is None else self.value(arg))
+            elif spec.kind == TENSOR_LIST:
+                operands.append([self.value(a) for a in arg])
+            elif spec.kind == "dropped" or arg is None:
+                continue
+            elif spec.kind.startswith("List["):
+                properties[spec.name] = list_attr(arg, spec.kind, where)
+            else:
+                properties[spec.name] = scalar_attr(arg, where)
+        result_types = self.result_types(node)
+        if TENSOR_LIST in cls.RESULT_KINDS:
+            result_types = [result_types]  # a single list result (split, unbind, ...)
+        return cls.build(operands=operands, result_types=result_types, properties=properties)
+
+    def catch_all(self, node: Node, target: torch._ops.OpOverload) -> AtenCallOp:
+        where = f"{target.name()} ({node.name})"
+        inputs: list[SSAValue] = []
+
+        def encode(arg: object) -> Attribute:
+            if isinstance(arg, Node):
+                inputs.append(self.value(arg))
+                return operand_ref(len(inputs) - 1)
+            if arg is None:
+                return NONE_ARG
+            if isinstance(arg, (list, tuple)):
+                return ArrayAttr([encode(a) for a in arg])
+            if isinstance(arg, torch.device):
+                return NONE_ARG  # the runtime decides where tensors live
+            return scalar_attr(arg, where)
+
+        bound = _bind(node, target._schema)
+        args = ArrayAttr([encode(bound[a.name]) for a in target._schema.arguments])
+        return AtenCallOp.build(
+            operands=[inputs],
+            result_types=[self.result_types(node)],
+            properties={"target": StringAttr(target.name()), "args": args},
+        )
+
+
+def _with_scalar_overload(node: Node, target: torch._ops.OpOverload) -> torch._ops.OpOverload:
+    """Graphs pass Python numbers where a schema says Tensor (`add.Tensor(x, 1)`: a wrapped
+    number). Use the sibling overload that takes a Scalar there (`add.Scalar`), which computes
+    the same thing, so every operand in the IR is a real tensor."""
+    bound = _bind(node, target._schema)
+    numbers = {
+        a.name
+        for a in target._schema.arguments
+        if str(a.real_type) == "Tensor" and isinstance(bound[a.name], (int, float, bool))
+    }
+    if not numbers:
+        return target
+    packet = getattr(torch.ops.aten, target._schema.name.removeprefix("aten::"))
+    for overload_name in packet.overloads():
+        candidate = getattr(packet, overload_name)
+        args = candidate._schema.arguments
+        if [a.name for a in args] != [a.name for a in target._schema.arguments]:
+            continue
+        wanted = [
+            "number" if a.name in numbers else str(a.real_type) for a in target._schema.arguments
+        ]
+        if [str(a.real_type) for a in args] == wanted and not candidate._schema.is_mutable:
+            return candidate
+    raise AutoSPError(
+        f"{op_name_of(target)} ({node.name}): a Python number is passed for tensor argument(s) "
+        f"{sorted(numbers)} and no Scalar overload exists"
+    )
+
+
+def _bind(node: Node, schema) -> dict[str, object]:
+    bound = {}
+    for i, arg in enumerate(schema.arguments):
+        if i < len(node.args):
+            bound[arg.name] = node.args[i]
+        elif arg.name in node.kwargs:
+            bound[arg.name] = node.kwargs[arg.name]
+        else:
+            bound[arg.name] = arg.default_value
+    return bound
+
+
+# --- the program ---------------------------------------------------------------------------
+
+
+def _check_loss_output(ep: ExportedProgram) -> None:
+    user_outputs = [s for s in ep.graph_signature.output_specs if s.kind == OutputKind.USER_OUTPUT]
+    output_node = next(n for n in ep.graph.nodes if n.op == "output")
+    values = output_node.args[0]
+    described = [
+        list(v.meta["val"].shape) if isinstance(v, Node) and isinstance(v.meta.get("val"), torch.Tensor) else repr(v)
+        for v in values[-len(user_outputs):]
+    ] if user_outputs else []
+    if len(user_outputs) != 1 or described != [[]]:
+        raise AutoSPError(
+            f"the exported forward returns {len(user_outputs)} output(s) with shapes {described}; "
+            "AutoSP needs a forward that returns only the scalar loss (wrap the model: "
+            "forward(input_ids, labels) -> model(...).loss)"
+        )
+    mutations = [s for s in ep.graph_signature.output_specs if s.kind not in (OutputKind.USER_OUTPUT,)]
+    if mutations:
+        names = ", ".join(f"{s.kind.name.lower()} {s.target}" for s in mutations)
+        raise AutoSPError(f"the exported forward mutates state ({names}); training steps with state updates are not supported")
+
+
+def joint_graph(ep: ExportedProgram) -> ExportedProgram:
+    """The joint forward+backward ExportedProgram, attention kept as one op each way."""
+    from torch.export.experimental import _export_forward_backward
+
+    _check_loss_output(ep)
+    ep = _copy(ep)
+    rewrite_attention(ep.graph_module.graph)
+    ep.graph_module.recompile()
+    return _export_forward_backward(ep, joint_loss_index=0)
+
+
+def _copy(ep: ExportedProgram) -> ExportedProgram:
+    """A shallow copy whose graph can be rewritten without touching the user's program."""
+    import copy
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation notes
+        gm = copy.deepcopy(ep.graph_module)
+        return ep._update(gm, copy.deepcopy(ep.graph_signature))
+
+
+def import_program(ep: ExportedProgram) -> ModuleOp:
+    """The joint training step of `ep` as an AutoSP IR module."""
+    joint = joint_graph(ep)
+    signature = joint.graph_signature
+    graph = joint.graph
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(signature.input_specs):
+        raise AutoSPError("the joint graph's inputs do not match its signature")
+
+    arg_types, arg_attrs = [], []
+    for node, spec in zip(placeholders, signature.input_specs):
+        if spec.kind not in KIND_NAMES:
+            raise AutoSPError(f"input {node.name}: input kind {spec.kind.name} is not supported")
+        arg_types.append(_value_type(node))
+        attrs: dict[str, Attribute] = {"autosp.kind": StringAttr(KIND_NAMES[spec.kind])}
+        if spec.kind != InputKind.USER_INPUT:
+            attrs["autosp.name"] = StringAttr(spec.target)
+        arg_attrs.append(DictionaryAttr(attrs))
+
+    block = Block(arg_types=arg_types)
+    importer = _Importer(joint.graph_module)
+    for node, arg in zip(placeholders, block.args):
+        arg.name_hint = importer.unique_name(node.name)
+        importer.values[node] = arg
+
+    builder = Builder(InsertPoint.at_end(block))
+    output_node = None
+    for node in graph.nodes:
+        if node.op == "call_function":
+            importer.import_node(node, builder)
+        elif node.op == "output":
+            output_node = node
+        elif node.op != "placeholder":
+            raise AutoSPError(f"node {node.name}: unsupported graph node kind '{node.op}'")
+    assert output_node is not None
+
+    results, res_attrs = [], []
+    for value, spec in zip(output_node.args[0], signature.output_specs):
+        if spec.kind == OutputKind.LOSS_OUTPUT:
+            results.insert(0, importer.value(value))
+            res_attrs.insert(0, DictionaryAttr({"autosp.kind": StringAttr("loss")}))
+        elif spec.kind == OutputKind.GRADIENT_TO_PARAMETER:
+            if value is None:
+                continue  # a parameter the loss does not depend on
+            results.append(importer.value(value))
+            res_attrs.append(
+                DictionaryAttr({"autosp.kind": StringAttr("grad"), "autosp.grad_of": StringAttr(spec.target)})
+            )
+        else:
+            raise AutoSPError(f"output {spec.kind.name} of the joint graph is not supported")
+    builder.insert(func.ReturnOp(*results))
+
+    train_step = func.FuncOp(
+        "train_step",
+        (arg_types, [r.type for r in results]),
+        Region(block),
+        arg_attrs=ArrayAttr(arg_attrs),
+        res_attrs=ArrayAttr(res_attrs),
+    )
+    module = ModuleOp([train_step])
+    module.verify()
+    return module

@@ -1,0 +1,222 @@
+"""The `autosp` dialect: what is specific to this compiler.
+
+- `#autosp.layout<...>`: how a value lies on the sequence-parallel mesh axis.
+- `autosp.attention` / `autosp.attention_grad`: scaled-dot-product attention kept as one op
+  through the whole pipeline. GQA-native (K/V keep their own head count), the mask is a
+  description (`causal`, sliding `window`) the kernel evaluates blockwise, and the forward
+  returns the log-sum-exp so the backward never recomputes the S x S scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from xdsl.dialects.builtin import (
+    BoolAttr,
+    Float32Type,
+    Float64Type,
+    FloatAttr,
+    IntAttr,
+    IntegerAttr,
+    IntegerType,
+    StringAttr,
+    TensorType,
+)
+from xdsl.ir import Attribute, Dialect, ParametrizedAttribute, SSAValue
+from xdsl.irdl import (
+    IRDLOperation,
+    ParsePropInAttrDict,
+    irdl_attr_definition,
+    irdl_op_definition,
+    operand_def,
+    param_def,
+    prop_def,
+    result_def,
+    traits_def,
+)
+from xdsl.parser import AttrParser
+from xdsl.printer import Printer
+from xdsl.traits import Pure
+from xdsl.utils.exceptions import VerifyException
+
+# --- attributes ---------------------------------------------------------------------------
+
+LAYOUT_KINDS = ("replicated", "shard", "partial")
+
+
+@irdl_attr_definition
+class LayoutAttr(ParametrizedAttribute):
+    """`#autosp.layout<replicated>`, `#autosp.layout<shard 1>` (sharded on dim 1) or
+    `#autosp.layout<partial>` (each rank holds a summand of the value)."""
+
+    name = "autosp.layout"
+    kind: StringAttr = param_def()
+    dim: IntAttr = param_def()
+
+    @staticmethod
+    def replicated() -> LayoutAttr:
+        return LayoutAttr(StringAttr("replicated"), IntAttr(-1))
+
+    @staticmethod
+    def shard(dim: int) -> LayoutAttr:
+        return LayoutAttr(StringAttr("shard"), IntAttr(dim))
+
+    @staticmethod
+    def partial() -> LayoutAttr:
+        return LayoutAttr(StringAttr("partial"), IntAttr(-1))
+
+    @classmethod
+    def parse_parameters(cls, parser: AttrParser) -> Sequence[Attribute]:
+        with parser.in_angle_brackets():
+            kind = parser.parse_identifier()
+            if kind not in LAYOUT_KINDS:
+                parser.raise_error(f"layout kind must be one of {', '.join(LAYOUT_KINDS)}")
+            dim = parser.parse_integer() if kind == "shard" else -1
+        return (StringAttr(kind), IntAttr(dim))
+
+    def print_parameters(self, printer: Printer) -> None:
+        with printer.in_angle_brackets():
+            printer.print_string(self.kind.data)
+            if self.kind.data == "shard":
+                printer.print_string(f" {self.dim.data}")
+
+    def verify(self) -> None:
+        if self.kind.data not in LAYOUT_KINDS:
+            raise VerifyException(f"layout kind {self.kind.data!r} is not one of {LAYOUT_KINDS}")
+        if (self.kind.data == "shard") != (self.dim.data >= 0):
+            raise VerifyException("a shard layout needs a dim >= 0; other layouts have none")
+
+
+# --- ops ----------------------------------------------------------------------------------
+
+
+def _shape(value: SSAValue) -> tuple[int, ...]:
+    assert isinstance(value.type, TensorType)
+    return tuple(value.type.get_shape())
+
+
+def verify_attention_shapes(op: IRDLOperation, q: SSAValue, k: SSAValue, v: SSAValue) -> None:
+    """q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv], Hq a multiple of Hkv."""
+    qs, ks, vs = _shape(q), _shape(k), _shape(v)
+    if not (len(qs) == len(ks) == len(vs) == 4):
+        raise VerifyException(f"{op.name}: q, k, v must be 4-D [B, H, S, D], got {qs}, {ks}, {vs}")
+    if ks[:3] != vs[:3] or qs[0] != ks[0] or qs[3] != ks[3]:
+        raise VerifyException(f"{op.name}: incompatible q {qs}, k {ks}, v {vs}")
+    if qs[1] % ks[1]:
+        raise VerifyException(
+            f"{op.name}: {qs[1]} query heads is not a multiple of {ks[1]} key/value heads"
+        )
+    element = q.type.element_type  # type: ignore[attr-defined]
+    if k.type.element_type != element or v.type.element_type != element:  # type: ignore[attr-defined]
+        raise VerifyException(f"{op.name}: q, k, v must have one element type")
+
+
+class _AttentionBase(IRDLOperation):
+    causal = prop_def(BoolAttr)
+    window = prop_def(IntegerAttr)  # 0: unbounded; W: query i sees keys i-W+1 .. i
+    scale = prop_def(FloatAttr)
+
+    irdl_options = (ParsePropInAttrDict(),)
+    traits = traits_def(Pure())
+
+    def verify_mask(self) -> None:
+        if self.window.value.data < 0:
+            raise VerifyException(f"{self.name}: window must be >= 0")
+        if self.window.value.data and not self.causal.value.data:
+            raise VerifyException(f"{self.name}: a sliding window needs causal = true")
+
+
+@irdl_op_definition
+class AttentionOp(_AttentionBase):
+    """out = softmax(q kᵀ · scale + mask) v, per query head h using kv head h // (Hq/Hkv);
+    lse = log-sum-exp of each query row [B, Hq, Sq], f32 (f64 for f64 inputs)."""
+
+    name = "autosp.attention"
+    query = operand_def(TensorType)
+    key = operand_def(TensorType)
+    value = operand_def(TensorType)
+    out = result_def(TensorType)
+    lse = result_def(TensorType)
+
+    assembly_format = (
+        "$query `,` $key `,` $value attr-dict `:` "
+        "functional-type(operands, results)"
+    )
+
+    def __init__(self, q: SSAValue, k: SSAValue, v: SSAValue, *, causal: bool, window: int, scale: float):
+        b, hq, sq, _ = _shape(q)
+        dv = _shape(v)[3]
+        out_type = TensorType(q.type.element_type, [b, hq, sq, dv])  # type: ignore[attr-defined]
+        lse_type = TensorType(lse_element_type(q.type.element_type), [b, hq, sq])  # type: ignore[attr-defined]
+        super().__init__(
+            operands=[q, k, v],
+            result_types=[out_type, lse_type],
+            properties=mask_properties(causal, window, scale),
+        )
+
+    def verify_(self) -> None:
+        verify_attention_shapes(self, self.query, self.key, self.value)
+        self.verify_mask()
+        b, hq, sq, _ = _shape(self.query)
+        if _shape(self.out) != (b, hq, sq, _shape(self.value)[3]):
+            raise VerifyException(f"{self.name}: out shape {_shape(self.out)} does not match q/v")
+        lse_element = lse_element_type(self.query.type.element_type)  # type: ignore[attr-defined]
+        if _shape(self.lse) != (b, hq, sq) or self.lse.type.element_type != lse_element:  # type: ignore[attr-defined]
+            raise VerifyException(f"{self.name}: lse must be {lse_element} [{b}, {hq}, {sq}]")
+
+
+@irdl_op_definition
+class AttentionGradOp(_AttentionBase):
+    """The gradient of `autosp.attention`: (dq, dk, dv) from the output gradient, the
+    inputs, the output and its lse. dk/dv have the kv head count (summed over the group)."""
+
+    name = "autosp.attention_grad"
+    grad_out = operand_def(TensorType)
+    query = operand_def(TensorType)
+    key = operand_def(TensorType)
+    value = operand_def(TensorType)
+    out = operand_def(TensorType)
+    lse = operand_def(TensorType)
+    grad_query = result_def(TensorType)
+    grad_key = result_def(TensorType)
+    grad_value = result_def(TensorType)
+
+    assembly_format = (
+        "$grad_out `,` $query `,` $key `,` $value `,` $out `,` $lse attr-dict `:` "
+        "functional-type(operands, results)"
+    )
+
+    def __init__(self, grad_out, q, k, v, out, lse, *, causal: bool, window: int, scale: float):
+        super().__init__(
+            operands=[grad_out, q, k, v, out, lse],
+            result_types=[q.type, k.type, v.type],
+            properties=mask_properties(causal, window, scale),
+        )
+
+    def verify_(self) -> None:
+        verify_attention_shapes(self, self.query, self.key, self.value)
+        self.verify_mask()
+        for grad, of in (
+            (self.grad_query, self.query),
+            (self.grad_key, self.key),
+            (self.grad_value, self.value),
+            (self.grad_out, self.out),
+        ):
+            if grad.type != of.type:
+                raise VerifyException(f"{self.name}: {grad.type} does not match {of.type}")
+
+
+def lse_element_type(element: Attribute) -> Attribute:
+    """The log-sum-exp accumulates in f32, or f64 for f64 inputs."""
+    return Float64Type() if element == Float64Type() else Float32Type()
+
+
+def mask_properties(causal: bool, window: int, scale: float) -> dict[str, Attribute]:
+    return {
+        "causal": BoolAttr.from_bool(causal),
+        "window": IntegerAttr(window, IntegerType(64)),
+        "scale": FloatAttr(scale, Float64Type()),
+    }
+
+
+AutoSP = Dialect("autosp", [AttentionOp, AttentionGradOp], [LayoutAttr])

@@ -1,0 +1,118 @@
+"""The `dist` dialect: explicit collectives over a named process group.
+
+None of these ops is Pure: dead-code elimination, CSE and reordering must never change which
+collectives run or their order, or ranks deadlock. Every op names its `group` (a symbol such as
+`@sp`) and the group's `size`, so its verifier can check the shapes it moves.
+"""
+
+from __future__ import annotations
+
+from xdsl.dialects.builtin import IntegerAttr, StringAttr, SymbolRefAttr, TensorType
+from xdsl.ir import Dialect
+from xdsl.irdl import (
+    IRDLOperation,
+    ParsePropInAttrDict,
+    irdl_op_definition,
+    operand_def,
+    prop_def,
+    result_def,
+)
+from xdsl.utils.exceptions import VerifyException
+
+REDUCE_OPS = ("sum", "max", "min")
+
+
+class CollectiveOp(IRDLOperation):
+    input = operand_def(TensorType)
+    output = result_def(TensorType)
+    group = prop_def(SymbolRefAttr)
+    size = prop_def(IntegerAttr)
+
+    irdl_options = (ParsePropInAttrDict(),)
+    assembly_format = "$input attr-dict `:` type($input) `->` type($output)"
+
+    def expected_shape(self, shape: list[int]) -> list[int]:
+        raise NotImplementedError(f"{type(self).__name__} must say how it changes a shape")
+
+    def _dim(self, name: str, shape: list[int]) -> int:
+        dim = getattr(self, name).value.data
+        if not 0 <= dim < len(shape):
+            raise VerifyException(f"{self.name}: {name} {dim} out of range for rank {len(shape)}")
+        return dim
+
+    def _divide(self, shape: list[int], dim: int) -> list[int]:
+        n = self.size.value.data
+        if shape[dim] % n:
+            raise VerifyException(
+                f"{self.name}: dim {dim} of size {shape[dim]} does not split into {n} parts"
+            )
+        return shape[:dim] + [shape[dim] // n] + shape[dim + 1 :]
+
+    def _multiply(self, shape: list[int], dim: int) -> list[int]:
+        return shape[:dim] + [shape[dim] * self.size.value.data] + shape[dim + 1 :]
+
+    def verify_(self) -> None:
+        if self.size.value.data < 1:
+            raise VerifyException(f"{self.name}: group size must be >= 1")
+        in_type, out_type = self.input.type, self.output.type
+        assert isinstance(in_type, TensorType) and isinstance(out_type, TensorType)
+        if in_type.element_type != out_type.element_type:
+            raise VerifyException(f"{self.name}: collectives do not change the element type")
+        expected = self.expected_shape(list(in_type.get_shape()))
+        if list(out_type.get_shape()) != expected:
+            raise VerifyException(
+                f"{self.name}: result shape {list(out_type.get_shape())}, expected {expected}"
+            )
+
+
+class _ReducingOp(CollectiveOp):
+    reduce = prop_def(StringAttr)
+
+    def verify_(self) -> None:
+        if self.reduce.data not in REDUCE_OPS:
+            raise VerifyException(f"{self.name}: reduce must be one of {REDUCE_OPS}")
+        super().verify_()
+
+
+@irdl_op_definition
+class AllToAllOp(CollectiveOp):
+    """Scatter `split_dim` into `size` chunks (chunk r goes to rank r) and concatenate the
+    received chunks along `concat_dim`."""
+
+    name = "dist.all_to_all"
+    split_dim = prop_def(IntegerAttr)
+    concat_dim = prop_def(IntegerAttr)
+
+    def expected_shape(self, shape: list[int]) -> list[int]:
+        split = self._dim("split_dim", shape)
+        concat = self._dim("concat_dim", shape)
+        return self._multiply(self._divide(shape, split), concat)
+
+
+@irdl_op_definition
+class AllReduceOp(_ReducingOp):
+    name = "dist.all_reduce"
+
+    def expected_shape(self, shape: list[int]) -> list[int]:
+        return shape
+
+
+@irdl_op_definition
+class AllGatherOp(CollectiveOp):
+    name = "dist.all_gather"
+    dim = prop_def(IntegerAttr)
+
+    def expected_shape(self, shape: list[int]) -> list[int]:
+        return self._multiply(shape, self._dim("dim", shape))
+
+
+@irdl_op_definition
+class ReduceScatterOp(_ReducingOp):
+    name = "dist.reduce_scatter"
+    dim = prop_def(IntegerAttr)
+
+    def expected_shape(self, shape: list[int]) -> list[int]:
+        return self._divide(shape, self._dim("dim", shape))
+
+
+Dist = Dialect("dist", [AllToAllOp, AllReduceOp, AllGatherOp, ReduceScatterOp], [])

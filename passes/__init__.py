@@ -1,0 +1,25 @@
+"""AutoSP's passes, one per file; a lazy registry of pass name -> class for `-p` and the pipeline."""
+
+from collections.abc import Callable
+
+from xdsl.passes import ModulePass
+
+
+def _drop_aliases() -> type[ModulePass]:
+    from autosp.passes.drop_aliases import DropAliases
+
+    return DropAliases
+
+
+PASSES: dict[str, Callable[[], type[ModulePass]]] = {
+    "drop-aliases": _drop_aliases,
+}
+
+
+def all_passes() -> dict[str, Callable[[], type[ModulePass]]]:
+    """AutoSP's passes plus xDSL's generic ones (dce, cse, canonicalize...)."""
+    from xdsl.universe import Universe
+
+    passes = dict(Universe.get_multiverse().all_passes)
+    passes.update(PASSES)
+    return passes

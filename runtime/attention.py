@@ -1,0 +1,101 @@
+"""Reference attention kernels in PyTorch: exact, GQA-native, and blockwise over queries so no
+S x S tensor is ever held (one [B, Hq, block, Sk] score tile at a time).
+
+Layout: q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv]; query head h reads kv head
+h // (Hq / Hkv). The mask is a description evaluated per tile: `causal` keeps key j <= query i,
+`window` W > 0 also drops keys j <= i - W. Accumulation is in fp32 (fp64 for fp64 inputs), and so is the log-sum-exp.
+"""
+
+from __future__ import annotations
+
+import torch
+
+QUERY_BLOCK = 1024
+
+
+def _mask_tile(q_start: int, q_len: int, sk: int, causal: bool, window: int, device) -> torch.Tensor | None:
+    if not causal:
+        return None
+    i = torch.arange(q_start, q_start + q_len, device=device)[:, None]
+    j = torch.arange(sk, device=device)[None, :]
+    keep = j <= i
+    if window:
+        keep &= j > i - window
+    return keep
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _grouped(x: torch.Tensor, hkv: int) -> torch.Tensor:
+    """[B, Hq, S, D] -> [B, Hkv, G, S, D] (a view)."""
+    b, hq, s, d = x.shape
+    return x.view(b, hkv, hq // hkv, s, d)
+
+
+def attention_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    b, hq, sq, _ = q.shape
+    hkv, sk, dv = k.shape[1], k.shape[2], v.shape[3]
+    out = torch.empty(b, hq, sq, dv, dtype=q.dtype, device=q.device)
+    acc = accumulation_dtype(q.dtype)
+    lse = torch.empty(b, hq, sq, dtype=acc, device=q.device)
+    kf = k.to(acc).unsqueeze(2)  # [B, Hkv, 1, Sk, D]
+    vf = v.to(acc).unsqueeze(2)
+    qg, outg, lseg = _grouped(q, hkv), _grouped(out, hkv), lse.view(b, hkv, hq // hkv, sq)
+    for start in range(0, sq, QUERY_BLOCK):
+        stop = min(start + QUERY_BLOCK, sq)
+        scores = (qg[:, :, :, start:stop].to(acc) @ kf.transpose(-1, -2)) * scale
+        keep = _mask_tile(start, stop - start, sk, causal, window, q.device)
+        if keep is not None:
+            scores = scores.masked_fill(~keep, float("-inf"))
+        tile_lse = torch.logsumexp(scores, dim=-1)
+        # A row that sees no key (possible only with a mask) attends to nothing: output 0.
+        probs = torch.exp(scores - tile_lse.unsqueeze(-1)).nan_to_num_(0.0)
+        outg[:, :, :, start:stop] = (probs @ vf).to(q.dtype)
+        lseg[:, :, :, start:stop] = tile_lse
+    return out, lse
+
+
+def attention_backward(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    causal: bool,
+    window: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    b, hq, sq, _ = q.shape
+    hkv, sk = k.shape[1], k.shape[2]
+    acc = accumulation_dtype(q.dtype)
+    kf = k.to(acc).unsqueeze(2)
+    vf = v.to(acc).unsqueeze(2)
+    qg = _grouped(q, hkv)
+    dog = _grouped(grad_out, hkv)
+    lseg = lse.view(b, hkv, hq // hkv, sq)
+    # delta_i = sum_d dO_i * O_i: the softmax-Jacobian term, one scalar per query row.
+    delta = _grouped((grad_out.to(acc) * out.to(acc)).sum(-1, keepdim=True), hkv)
+    dq = torch.empty_like(q)
+    dqg = _grouped(dq, hkv)
+    dk = torch.zeros(k.shape, dtype=acc, device=k.device)
+    dv = torch.zeros(v.shape, dtype=acc, device=v.device)
+    for start in range(0, sq, QUERY_BLOCK):
+        stop = min(start + QUERY_BLOCK, sq)
+        q_tile = qg[:, :, :, start:stop].to(acc)
+        do_tile = dog[:, :, :, start:stop].to(acc)
+        scores = (q_tile @ kf.transpose(-1, -2)) * scale
+        keep = _mask_tile(start, stop - start, sk, causal, window, q.device)
+        if keep is not None:
+            scores = scores.masked_fill(~keep, float("-inf"))
+        probs = torch.exp(scores - lseg[:, :, :, start:stop].unsqueeze(-1)).nan_to_num_(0.0)
+        dv += (probs.transpose(-1, -2) @ do_tile).sum(2)
+        dprobs = do_tile @ vf.transpose(-1, -2)
+        dscores = probs * (dprobs - delta[:, :, :, start:stop]) * scale
+        dqg[:, :, :, start:stop] = (dscores @ kf).to(q.dtype)
+        dk += (dscores.transpose(-1, -2) @ q_tile).sum(2)
+    return dq, dk.to(k.dtype), dv.to(v.dtype)

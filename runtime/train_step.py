@@ -1,0 +1,105 @@
+"""`TrainStep`: runs a generated per-rank program and hands gradients to the user's optimizer.
+
+    loss = step(input_ids, labels)   # forward + backward; grads accumulate into param.grad
+
+The parameters are the very tensors of the exported program's state_dict (the user's model
+parameters), so `torch.optim` optimizers built on the model work unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from autosp.runtime.errors import AutoSPError
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One argument of the generated `train_step`."""
+
+    kind: str  # parameter / buffer / constant / input
+    name: str  # state_dict key, or the user input's name
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def load_program(path: Path):
+    """Import a generated module from its file, so tracebacks show the generated lines."""
+    spec = importlib.util.spec_from_file_location(f"autosp_generated_{path.parent.name}_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class TrainStep:
+    def __init__(
+        self,
+        program_path: Path,
+        inputs: list[InputSpec],
+        grad_of: list[str],
+        state: dict[str, torch.Tensor],
+        groups: dict[str, object] | None = None,
+        report: str = "",
+    ):
+        self.program_path = Path(program_path)
+        self.inputs = inputs
+        self.grad_of = grad_of
+        self.report = report
+        missing = [s.name for s in inputs if s.kind != "input" and s.name not in state]
+        if missing:
+            raise AutoSPError(f"the program needs state the exported program lacks: {', '.join(missing)}")
+        self._state = [state[s.name] if s.kind != "input" else None for s in inputs]
+        self.user_inputs = [s for s in inputs if s.kind == "input"]
+        by_name = {s.name: t for s, t in zip(inputs, self._state) if s.kind == "parameter"}
+        self.parameters = [by_name[name] for name in grad_of]
+        devices = {t.device for t in self._state if t is not None}
+        if len(devices) > 1:
+            raise AutoSPError(f"parameters and buffers are on several devices ({sorted(map(str, devices))}); move the model to one")
+        self.device = devices.pop() if devices else torch.device("cpu")
+        self.program = load_program(self.program_path)
+        self.program.DEVICE = self.device
+        self.program.GROUPS.update(groups or {})
+
+    @property
+    def source(self) -> str:
+        """The generated per-rank Python program."""
+        return self.program_path.read_text()
+
+    def _check(self, args: tuple) -> None:
+        if len(args) != len(self.user_inputs):
+            raise AutoSPError(
+                f"the step takes {len(self.user_inputs)} inputs "
+                f"({', '.join(s.name for s in self.user_inputs)}), got {len(args)}"
+            )
+        for arg, spec in zip(args, self.user_inputs):
+            if not isinstance(arg, torch.Tensor):
+                raise AutoSPError(f"input '{spec.name}' must be a tensor, got {type(arg).__name__}")
+            if tuple(arg.shape) != spec.shape or arg.dtype != spec.dtype:
+                raise AutoSPError(
+                    f"input '{spec.name}' is {str(arg.dtype).removeprefix('torch.')}{list(arg.shape)} but the step "
+                    f"was compiled for {str(spec.dtype).removeprefix('torch.')}{list(spec.shape)}; "
+                    "export and compile again for this shape"
+                )
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        self._check(args)
+        user = iter(a.to(self.device) for a in args)
+        call_args = [next(user) if t is None else t.detach() for t in self._state]
+        loss, *grads = self.program.train_step(*call_args)
+        with torch.no_grad():
+            for param, grad in zip(self.parameters, grads):
+                if param.grad is None:
+                    grad = grad.detach()
+                    # A view would keep its whole base alive; strides should match the param.
+                    if grad._base is not None or grad.stride() != param.stride():
+                        grad = torch.empty_like(param).copy_(grad)
+                    param.grad = grad
+                else:
+                    param.grad += grad
+        return loss.detach()
