@@ -279,9 +279,30 @@ def joint_graph(ep: ExportedProgram) -> ExportedProgram:
 
     _check_loss_output(ep)
     ep = _copy(ep)
-    rewrite_attention(ep.graph_module.graph)
+    graph = ep.graph_module.graph
+    # Trace-time metadata checks would keep otherwise-dead values (the S x S mask) alive.
+    for node in list(graph.nodes):
+        if node.target in SKIPPED_TARGETS:
+            graph.erase_node(node)
+    rewrite_attention(graph)
+    _drop_unused_parameters(ep)
     ep.graph_module.recompile()
     return _export_forward_backward(ep, joint_loss_index=0)
+
+
+def _drop_unused_parameters(ep: ExportedProgram) -> None:
+    """A parameter the graph never reads (the second name of a tied weight, or a module the
+    loss does not use) gets no gradient, as in eager; joint export rejects such inputs, so
+    they are dropped from the program (the step leaves their .grad alone)."""
+    graph = ep.graph_module.graph
+    placeholders = {n.name: n for n in graph.nodes if n.op == "placeholder"}
+    specs = ep.graph_signature.input_specs
+    for spec in list(specs):
+        node = placeholders[spec.arg.name]
+        if spec.kind == InputKind.PARAMETER and not node.users:
+            graph.erase_node(node)
+            specs.remove(spec)
+            del ep.state_dict[spec.target]
 
 
 def _copy(ep: ExportedProgram) -> ExportedProgram:
@@ -292,7 +313,7 @@ def _copy(ep: ExportedProgram) -> ExportedProgram:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation notes
         gm = copy.deepcopy(ep.graph_module)
-        return ep._update(gm, copy.deepcopy(ep.graph_signature))
+        return ep._update(gm, copy.deepcopy(ep.graph_signature), state_dict=dict(ep.state_dict))
 
 
 def import_program(ep: ExportedProgram) -> ModuleOp:

@@ -1,0 +1,29 @@
+"""One error line and a non-zero exit for the console tools: no tracebacks for user errors."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from xdsl.utils.exceptions import DiagnosticException, ParseError, VerifyException
+
+from autosp.runtime.errors import AutoSPError
+
+
+def one_line(err: BaseException) -> str:
+    if isinstance(err, ParseError):
+        loc = err.span.get_location()
+        return f"{loc.file}:{loc.line}:{loc.col}: {err.msg}"
+    text = str(err).strip()
+    # xDSL's verifier prints the whole module after the message; keep the message.
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def run_cli(prog: str, main: Callable[[], None]) -> None:
+    try:
+        main()
+    except (AutoSPError, ParseError, VerifyException, DiagnosticException, ValueError, OSError) as err:
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

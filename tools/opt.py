@@ -1,0 +1,54 @@
+"""autosp-opt: xdsl-opt with AutoSP's dialects and passes, plus the pipeline options.
+
+    autosp-opt model.mlir -p drop-aliases,dce     # any passes, every xdsl-opt flag
+    autosp-opt model.mlir --sp=1                  # the pipeline autosp.compile runs
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from xdsl.xdsl_opt_main import xDSLOptMain
+
+from autosp.ir import AutoSPContext
+from autosp.ir.context import register_dialects
+from autosp.passes import PASSES
+from autosp.pipeline import pipeline_spec
+from autosp.tools.errors import run_cli
+
+
+class AutoSPOptMain(xDSLOptMain):
+    version_format = "autosp-opt built on xdsl {xdsl_version}"
+
+    def register_all_dialects(self):
+        self.ctx = AutoSPContext()  # knows the generated aten.* op classes
+        super().register_all_dialects()
+        register_dialects(self.ctx)
+
+    def register_all_passes(self):
+        super().register_all_passes()
+        for name, factory in PASSES.items():
+            self.register_pass(name, factory)
+
+    def register_all_arguments(self, arg_parser: argparse.ArgumentParser):
+        super().register_all_arguments(arg_parser)
+        arg_parser.add_argument("--sp", type=int, default=None, help="sequence-parallel degree: run the compile pipeline for it")
+        arg_parser.add_argument("--remat", action="store_true", help="choose recomputation by ILP to fit --memory-budget")
+        arg_parser.add_argument("--memory-budget", default=None, help="per-rank memory budget for --remat, e.g. 70GiB")
+
+    def setup_pipeline(self):
+        if self.args.sp is not None or self.args.remat:
+            if self.args.passes:
+                raise ValueError("give either -p PASSES or the pipeline options (--sp/--remat), not both")
+            self.args.passes = pipeline_spec(sp=self.args.sp or 1, remat=self.args.remat)
+        elif self.args.memory_budget is not None:
+            raise ValueError("--memory-budget only applies with --remat")
+        super().setup_pipeline()
+
+
+def main() -> None:
+    run_cli("autosp-opt", lambda: AutoSPOptMain().run())
+
+
+if __name__ == "__main__":
+    main()
