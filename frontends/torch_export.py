@@ -308,17 +308,18 @@ def _drop_unused_parameters(ep: ExportedProgram) -> None:
 def _copy(ep: ExportedProgram) -> ExportedProgram:
     """A shallow copy whose graph can be rewritten without touching the user's program."""
     import copy
-    import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation notes
-        gm = copy.deepcopy(ep.graph_module)
-        return ep._update(gm, copy.deepcopy(ep.graph_signature), state_dict=dict(ep.state_dict))
+    gm = copy.deepcopy(ep.graph_module)
+    return ep._update(gm, copy.deepcopy(ep.graph_signature), state_dict=dict(ep.state_dict))
 
 
 def import_program(ep: ExportedProgram) -> ModuleOp:
     """The joint training step of `ep` as an AutoSP IR module."""
-    joint = joint_graph(ep)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # torch's own pytree deprecation
+        joint = joint_graph(ep)
     signature = joint.graph_signature
     graph = joint.graph
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]

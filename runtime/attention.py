@@ -1,5 +1,6 @@
 """Reference attention kernels in PyTorch: exact, GQA-native, and blockwise over queries so no
-S x S tensor is ever held (one [B, Hq, block, Sk] score tile at a time).
+S x S tensor is ever held (one [B, Hq, block, Sk] score tile at a time). Every result is
+contiguous: the joint graph was traced with that layout and its views rely on it.
 
 Layout: q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv]; query head h reads kv head
 h // (Hq / Hkv). The mask is a description evaluated per tile: `causal` keeps key j <= query i,
@@ -80,7 +81,7 @@ def attention_backward(
     lseg = lse.view(b, hkv, hq // hkv, sq)
     # delta_i = sum_d dO_i * O_i: the softmax-Jacobian term, one scalar per query row.
     delta = _grouped((grad_out.to(acc) * out.to(acc)).sum(-1, keepdim=True), hkv)
-    dq = torch.empty_like(q)
+    dq = q.new_empty(q.shape)  # contiguous whatever q's strides (the op's contract)
     dqg = _grouped(dq, hkv)
     dk = torch.zeros(k.shape, dtype=acc, device=k.device)
     dv = torch.zeros(v.shape, dtype=acc, device=v.device)
@@ -98,4 +99,4 @@ def attention_backward(
         dscores = probs * (dprobs - delta[:, :, :, start:stop]) * scale
         dqg[:, :, :, start:stop] = (dscores @ kf).to(q.dtype)
         dk += (dscores.transpose(-1, -2) @ q_tile).sum(2)
-    return dq, dk.to(k.dtype), dv.to(v.dtype)
+    return dq, dk.to(k.dtype).contiguous(), dv.to(v.dtype).contiguous()

@@ -39,7 +39,8 @@ def attention_backward(
 
 @attention_backward.register_fake
 def _attention_backward_fake(grad_out, q, k, v, out, lse, causal, window, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    # Contiguous, exactly like the kernels' results: the joint graph's views depend on strides.
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):

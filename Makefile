@@ -1,0 +1,25 @@
+# make demo: export a tiny Llama, compile it, train ~20 steps on CPU, check grads against eager.
+# make test: every test (pytest + lit). Both create .venv on first use.
+PY := .venv/bin/python
+STAMP := .venv/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	@if [ ! -x $(PY) ]; then \
+	  if python3 -c "import torch" 2>/dev/null; then python3 -m venv --system-site-packages .venv; \
+	  else python3 -m venv .venv; fi; fi
+	@# CPU machines: the local CPU wheel of torch, before anything can pull a CUDA build.
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m autosp.tools.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+	.venv/bin/lit -q tests/lit
+
+clean:
+	rm -rf .venv build *.egg-info

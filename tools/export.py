@@ -1,0 +1,57 @@
+"""autosp-export: a model's training step -> AutoSP IR text.
+
+    autosp-export --preset llama-3.2-1b --seq 131072 -o llama.mlir      # shapes only, no weights
+    autosp-export --module mypkg.models:make --seq 4096 -o mine.mlir    # make(seq=, batch=) -> (module, inputs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from autosp.tools.errors import run_cli
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from autosp.frontends.presets import PRESETS
+
+    parser = argparse.ArgumentParser(prog="autosp-export", description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", choices=sorted(PRESETS), help="an HF causal LM built from its config (random weights)")
+    source.add_argument("--module", metavar="PKG.MOD:FACTORY", help="factory(seq=, batch=) returning (loss module, example inputs)")
+    parser.add_argument("--seq", type=int, default=4096, help="sequence length (default 4096)")
+    parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    parser.add_argument("--layers", type=int, default=None, help="override the preset's layer count")
+    parser.add_argument("-o", "--output", default="-", help="output .mlir file (default stdout)")
+    return parser.parse_args(argv)
+
+
+def run(argv=None) -> None:
+    from autosp.frontends import import_program
+    from autosp.frontends.presets import export_loss_module, export_preset, load_factory
+
+    args = parse_args(argv)
+    start = time.perf_counter()
+    if args.preset:
+        ep = export_preset(args.preset, seq=args.seq, batch=args.batch, layers=args.layers, fake=True)
+    else:
+        if args.layers is not None:
+            raise ValueError("--layers applies to --preset only")
+        module, inputs = load_factory(args.module)(seq=args.seq, batch=args.batch)
+        ep = export_loss_module(module, tuple(inputs))
+    text = str(import_program(ep)) + "\n"
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w") as f:
+            f.write(text)
+        print(f"autosp-export: wrote {args.output} ({text.count(chr(10))} lines) in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+
+
+def main() -> None:
+    run_cli("autosp-export", run)
+
+
+if __name__ == "__main__":
+    main()
