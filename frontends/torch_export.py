@@ -126,6 +126,7 @@ class _Importer:
         return got
 
     def import_node(self, node: Node, builder: Builder) -> None:
+        self.builder = builder
         target = node.target
         if target in SKIPPED_TARGETS:
             return
@@ -168,7 +169,7 @@ class _Importer:
         for spec in cls.ARGS:
             arg = bound.get(spec.name)
             if spec.kind == TENSOR:
-                operands.append(self.value(arg))
+                operands.append(self.scalar_tensor(arg, node) if _is_number(arg) else self.value(arg))
             elif spec.kind == OPT_TENSOR:
                 operands.append(None if arg is None else self.value(arg))
             elif spec.kind == TENSOR_LIST:
@@ -183,6 +184,21 @@ class _Importer:
         if TENSOR_LIST in cls.RESULT_KINDS:
             result_types = [result_types]  # a single list result (split, unbind, ...)
         return cls.build(operands=operands, result_types=result_types, properties=properties)
+
+    def scalar_tensor(self, number: int | float | bool, node: Node) -> SSAValue:
+        """A 0-dim tensor for a number passed where the schema wants a Tensor (`rsub`-like
+        `sub(1, x)`), in the dtype of the op's tensor operand so promotion is unchanged."""
+        tensors = [a for a in node.args if isinstance(a, Node) and isinstance(a.meta.get("val"), torch.Tensor)]
+        dtype = tensors[0].meta["val"].dtype if tensors else torch.tensor(number).dtype
+        cls = aten_op_class("aten.scalar_tensor.default")
+        op = cls.build(
+            operands=[],
+            result_types=[tensor_type((), dtype)],
+            properties={"s": scalar_attr(number, node.name), "dtype": element_type(dtype)},
+        )
+        self.builder.insert(op)
+        op.results[0].name_hint = self.unique_name(f"{node.name}_scalar")
+        return op.results[0]
 
     def catch_all(self, node: Node, target: torch._ops.OpOverload) -> AtenCallOp:
         where = f"{target.name()} ({node.name})"
@@ -217,7 +233,7 @@ def _with_scalar_overload(node: Node, target: torch._ops.OpOverload) -> torch._o
     numbers = {
         a.name
         for a in target._schema.arguments
-        if str(a.real_type) == "Tensor" and isinstance(bound[a.name], (int, float, bool))
+        if str(a.real_type) == "Tensor" and _is_number(bound[a.name])
     }
     if not numbers:
         return target
@@ -232,10 +248,11 @@ def _with_scalar_overload(node: Node, target: torch._ops.OpOverload) -> torch._o
         ]
         if [str(a.real_type) for a in args] == wanted and not candidate._schema.is_mutable:
             return candidate
-    raise AutoSPError(
-        f"{op_name_of(target)} ({node.name}): a Python number is passed for tensor argument(s) "
-        f"{sorted(numbers)} and no Scalar overload exists"
-    )
+    return target  # the numbers become 0-dim tensors (see _Importer.scalar_tensor)
+
+
+def _is_number(arg: object) -> bool:
+    return isinstance(arg, (int, float, bool))
 
 
 def _bind(node: Node, schema) -> dict[str, object]:

@@ -1,0 +1,36 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("AUTOSP_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", "build", "autosp-cache"))
+
+
+def tiny_causal_lm(arch: str, **overrides):
+    """A tiny HF causal LM with random weights, wrapped to return its loss."""
+    import transformers
+
+    from autosp.frontends.presets import CausalLMLoss
+
+    common = dict(
+        vocab_size=96, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+    )
+    common.update(overrides)
+    config = getattr(transformers, f"{arch}Config")(**common)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = getattr(transformers, f"{arch}ForCausalLM")(config)
+    return CausalLMLoss(model)
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max |expected|, the tolerance metric of the design card."""
+    scale = expected.abs().max().item() or 1.0
+    return (actual - expected).abs().max().item() / scale
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOSP_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
