@@ -1,0 +1,30 @@
+// RUN: autosp-opt %s --split-input-file --verify-diagnostics --parsing-diagnostics | filecheck %s
+
+func.func @heads(%q: tensor<1x6x16x64xf32>, %k: tensor<1x4x16x64xf32>) {
+  %o, %lse = autosp.attention %q, %k, %k {causal = true, window = 0 : i64, scale = 0.125 : f64} : (tensor<1x6x16x64xf32>, tensor<1x4x16x64xf32>, tensor<1x4x16x64xf32>) -> (tensor<1x6x16x64xf32>, tensor<1x6x16xf32>)
+  func.return
+}
+// CHECK: 6 query heads is not a multiple of 4 key/value heads
+
+// -----
+
+func.func @window_without_causal(%q: tensor<1x4x16x64xf32>) {
+  %o, %lse = autosp.attention %q, %q, %q {causal = false, window = 8 : i64, scale = 0.125 : f64} : (tensor<1x4x16x64xf32>, tensor<1x4x16x64xf32>, tensor<1x4x16x64xf32>) -> (tensor<1x4x16x64xf32>, tensor<1x4x16xf32>)
+  func.return
+}
+// CHECK: a sliding window needs causal = true
+
+// -----
+
+func.func @lse_shape(%q: tensor<1x4x16x64xf32>) {
+  %o, %lse = autosp.attention %q, %q, %q {causal = true, window = 0 : i64, scale = 0.125 : f64} : (tensor<1x4x16x64xf32>, tensor<1x4x16x64xf32>, tensor<1x4x16x64xf32>) -> (tensor<1x4x16x64xf32>, tensor<1x4x16xbf16>)
+  func.return
+}
+// CHECK: lse must be f32 [1, 4, 16]
+
+// -----
+
+func.func @bad_layout() attributes {l = #autosp.layout<sharded 1>} {
+  func.return
+}
+// CHECK: layout kind must be one of replicated, shard, partial

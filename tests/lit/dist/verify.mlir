@@ -1,0 +1,23 @@
+// RUN: autosp-opt %s --split-input-file --verify-diagnostics | filecheck %s
+
+func.func @uneven(%x: tensor<1x6x16x64xf32>) {
+  %0 = dist.all_to_all %x {group = @sp, size = 4 : i64, split_dim = 1 : i64, concat_dim = 2 : i64} : tensor<1x6x16x64xf32> -> tensor<1x1x64x64xf32>
+  func.return
+}
+// CHECK: dim 1 of size 6 does not split into 4 parts
+
+// -----
+
+func.func @wrong_shape(%x: tensor<8x4xf32>) {
+  %0 = dist.all_gather %x {group = @sp, size = 2 : i64, dim = 0 : i64} : tensor<8x4xf32> -> tensor<8x8xf32>
+  func.return
+}
+// CHECK: result shape [8, 8], expected [16, 4]
+
+// -----
+
+func.func @reduce(%x: tensor<8xf32>) {
+  %0 = dist.all_reduce %x {group = @sp, size = 2 : i64, reduce = "mean"} : tensor<8xf32> -> tensor<8xf32>
+  func.return
+}
+// CHECK: reduce must be one of ('sum', 'max', 'min')

@@ -1,0 +1,66 @@
+"""Console tools: bad input gives one error line, a non-zero exit and no traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+GOOD = """func.func @f(%a: tensor<4x8xf32>, %b: tensor<8x2xf32>) -> tensor<4x2xf32> {
+  %0 = aten.mm.default %a, %b : (tensor<4x8xf32>, tensor<8x2xf32>) -> tensor<4x2xf32>
+  func.return %0 : tensor<4x2xf32>
+}
+"""
+
+
+def run(tool, *args, stdin=""):
+    return subprocess.run([str(BIN / tool), *args], input=stdin, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "args, stdin, message",
+    [
+        ([], GOOD.replace("%a, %b :", "%a :"), "Expected ','"),
+        (["-p", "no-such-pass"], GOOD, "no-such-pass"),
+        (["--sp=4"], GOOD, "--sp=4"),
+        (["--remat"], GOOD, "--remat"),
+        (["--memory-budget=1GiB"], GOOD, "--memory-budget"),
+        (["/does/not/exist.mlir"], "", "No such file"),
+        ([], GOOD.replace("tensor<4x2xf32>\n  func", "tensor<4x3xf32>\n  func"), ""),
+    ],
+    ids=["malformed", "unknown-pass", "sp", "remat", "budget", "missing-file", "bad-types"],
+)
+def test_autosp_opt_errors(args, stdin, message):
+    result = run("autosp-opt", *args, stdin=stdin)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("autosp-opt: error:"), result.stderr
+    assert message in lines[0]
+
+
+def test_autosp_opt_runs_the_pipeline():
+    result = run("autosp-opt", "--sp=1", stdin=GOOD)
+    assert result.returncode == 0, result.stderr
+    assert "aten.mm.default %a, %b" in result.stdout
+
+
+def test_autosp_export_writes_parseable_ir(tmp_path):
+    out = tmp_path / "tiny.mlir"
+    result = run("autosp-export", "--preset", "tiny-llama", "--seq", "32", "--layers", "1", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    again = run("autosp-opt", str(out), "-p", "drop-aliases")
+    assert again.returncode == 0, again.stderr
+    assert "autosp.attention_grad" in again.stdout
+    assert "aten.alias" not in again.stdout
+
+
+def test_autosp_export_errors():
+    result = run("autosp-export", "--module", "no_such_pkg.mod:make")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "autosp-export: error: --module no_such_pkg.mod:make: cannot import no_such_pkg.mod (No module named 'no_such_pkg')"
+    ]
