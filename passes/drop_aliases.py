@@ -37,8 +37,7 @@ class DropIdentity(RewritePattern):
         source = op.operands[0]
         if source.type != op.results[0].type:
             return  # not the identity after all (a dtype or shape change): keep it
-        rewriter.replace_all_uses_with(op.results[0], source)
-        rewriter.erase_op(op)
+        rewriter.replace(op, [], [source])
 
 
 @dataclass(frozen=True)
