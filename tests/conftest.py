@@ -5,6 +5,9 @@ import torch
 
 os.environ.setdefault("AUTOSP_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", "build", "autosp-cache"))
 
+# AUTOSP_TEST_DEVICE=cuda runs the equivalence tests on a GPU (the same tests, the same tolerance).
+DEVICE = torch.device(os.environ.get("AUTOSP_TEST_DEVICE", "cpu"))
+
 
 def tiny_causal_lm(arch: str, **overrides):
     """A tiny HF causal LM with random weights, wrapped to return its loss."""
@@ -21,7 +24,7 @@ def tiny_causal_lm(arch: str, **overrides):
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     model = getattr(transformers, f"{arch}ForCausalLM")(config)
-    return CausalLMLoss(model)
+    return CausalLMLoss(model).to(DEVICE)
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

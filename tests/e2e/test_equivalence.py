@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import autosp
-from tests.conftest import relative_error, tiny_causal_lm
+from tests.conftest import DEVICE, relative_error, tiny_causal_lm
 
 ARCHS = {
     "Llama": {},  # GQA 4:2
@@ -25,7 +25,7 @@ def batch(seq=24, vocab=96, ignore=True, batch_size=2, seed=1):
         labels[0, :5] = -100
         labels[1, 3::4] = -100
         labels[1, -6:] = -100
-    return ids, labels
+    return ids.to(DEVICE), labels.to(DEVICE)
 
 
 def compare_step(module, ids, labels):
