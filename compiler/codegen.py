@@ -27,7 +27,7 @@ from xdsl.dialects.builtin import (
 from xdsl.ir import Attribute, Operation, SSAValue
 
 from autosp.ir.aten import OPT_TENSOR, TENSOR, TENSOR_LIST, AtenCallOp, AtenOp
-from autosp.ir.autosp import AttentionGradOp, AttentionOp
+from autosp.ir.autosp import AttentionGradOp, AttentionOp, LocalShardOp, ToPartialOp
 from autosp.ir.dist import AllGatherOp, AllReduceOp, AllToAllOp, ReduceScatterOp
 from autosp.ir.dtypes import torch_dtype
 from autosp.runtime.errors import AutoSPError
@@ -179,6 +179,16 @@ def emit_reduce_scatter(op: ReduceScatterOp, names: Names) -> str:
         f"collectives.reduce_scatter({names[op.input]}, {op.reduce.data!r}, dim={op.dim.value.data}, "
         f"group=GROUPS[{op.group.string_value()!r}])"
     )
+
+
+@emits(LocalShardOp)
+def emit_local_shard(op: LocalShardOp, names: Names) -> str:
+    return f"collectives.local_shard({names[op.input]}, dim={op.dim.value.data}, group=GROUPS[{op.group.string_value()!r}])"
+
+
+@emits(ToPartialOp)
+def emit_to_partial(op: ToPartialOp, names: Names) -> str:
+    return f"collectives.to_partial({names[op.input]}, group=GROUPS[{op.group.string_value()!r}])"
 
 
 def emitter_for(op: Operation) -> Emitter:

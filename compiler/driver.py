@@ -14,6 +14,7 @@ from autosp.frontends import import_program
 from autosp.ir.dtypes import torch_dtype
 from autosp.pipeline import pipeline_spec, run_pipeline
 from autosp.runtime.errors import AutoSPError
+from autosp.runtime.mesh import check_world, make_mesh
 from autosp.runtime.train_step import InputSpec, TrainStep
 
 
@@ -68,9 +69,16 @@ def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cache_dir=None
     if memory_budget is not None and not remat:
         raise AutoSPError("memory_budget only applies with remat=True")
     spec = pipeline_spec(sp=sp, remat=remat)
+    if sp > 1:
+        check_world(sp)  # before the (slow) import
     module = run_pipeline(import_program(ep), spec)
     source = generate(module)
     path = write_program(source, Path(cache_dir) if cache_dir else default_cache_dir())
     inputs, grad_of = signature(module)
     state = {**ep.constants, **ep.state_dict}
-    return TrainStep(path, inputs, grad_of, state)
+    if sp == 1:
+        return TrainStep(path, inputs, grad_of, state)
+    mesh = make_mesh(sp)
+    return TrainStep(
+        path, inputs, grad_of, state, groups={"sp": mesh.sp_group}, dp_group=mesh.dp_group, dp_size=mesh.dp
+    )

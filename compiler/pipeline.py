@@ -16,15 +16,16 @@ BASE_PASSES = ("drop-aliases", "dce")
 def check_options(sp: int, remat: bool) -> None:
     if not isinstance(sp, int) or sp < 1:
         raise AutoSPError(f"--sp={sp}: the sequence-parallel degree must be an integer >= 1")
-    if sp != 1:
-        raise AutoSPError(f"--sp={sp}: sequence parallelism is not implemented yet; use --sp=1")
     if remat:
         raise AutoSPError("--remat: rematerialization is not implemented yet; drop --remat")
 
 
 def pipeline_spec(sp: int = 1, remat: bool = False) -> str:
     check_options(sp, remat)
-    return ",".join(BASE_PASSES)
+    passes = list(BASE_PASSES)
+    if sp > 1:
+        passes += [f"sp-propagate{{sp={sp}}}", "sp-partition"]
+    return ",".join(passes)
 
 
 def run_pipeline(module: ModuleOp, spec: str) -> ModuleOp:

@@ -20,6 +20,7 @@ from xdsl.dialects.builtin import (
     IntegerAttr,
     IntegerType,
     StringAttr,
+    SymbolRefAttr,
     TensorType,
 )
 from xdsl.ir import Attribute, Dialect, ParametrizedAttribute, SSAValue
@@ -206,6 +207,46 @@ class AttentionGradOp(_AttentionBase):
                 raise VerifyException(f"{self.name}: {grad.type} does not match {of.type}")
 
 
+class _LocalOp(IRDLOperation):
+    """A rank-local layout change (no communication), over the SP group `group` of `size`."""
+
+    input = operand_def(TensorType)
+    output = result_def(TensorType)
+    group = prop_def(SymbolRefAttr)
+    size = prop_def(IntegerAttr)
+
+    irdl_options = (ParsePropInAttrDict(),)
+    assembly_format = "$input attr-dict `:` type($input) `->` type($output)"
+
+
+@irdl_op_definition
+class LocalShardOp(_LocalOp):
+    """This rank's block of a replicated value along `dim`: block r of `size` equal blocks.
+    Free, since every rank holds the whole value (e.g. global RoPE positions, shifted labels)."""
+
+    name = "autosp.local_shard"
+    dim = prop_def(IntegerAttr)
+
+    def verify_(self) -> None:
+        shape, out = _shape(self.input), _shape(self.output)
+        dim, n = self.dim.value.data, self.size.value.data
+        if not 0 <= dim < len(shape) or shape[dim] % n:
+            raise VerifyException(f"{self.name}: dim {dim} of {list(shape)} does not split into {n} blocks")
+        if out != shape[:dim] + (shape[dim] // n,) + shape[dim + 1 :]:
+            raise VerifyException(f"{self.name}: result shape {list(out)} is not one block of {list(shape)}")
+
+
+@irdl_op_definition
+class ToPartialOp(_LocalOp):
+    """A replicated value as a partial sum: rank 0 keeps it, the others hold zeros."""
+
+    name = "autosp.to_partial"
+
+    def verify_(self) -> None:
+        if self.input.type != self.output.type:
+            raise VerifyException(f"{self.name}: result type must equal the input type")
+
+
 def lse_element_type(element: Attribute) -> Attribute:
     """The log-sum-exp accumulates in f32, or f64 for f64 inputs."""
     return Float64Type() if element == Float64Type() else Float32Type()
@@ -219,4 +260,4 @@ def mask_properties(causal: bool, window: int, scale: float) -> dict[str, Attrib
     }
 
 
-AutoSP = Dialect("autosp", [AttentionOp, AttentionGradOp], [LayoutAttr])
+AutoSP = Dialect("autosp", [AttentionOp, AttentionGradOp, LocalShardOp, ToPartialOp], [LayoutAttr])

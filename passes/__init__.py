@@ -11,8 +11,22 @@ def _drop_aliases() -> type[ModulePass]:
     return DropAliases
 
 
+def _sp_propagate() -> type[ModulePass]:
+    from autosp.passes.sp_propagate import SPPropagate
+
+    return SPPropagate
+
+
+def _sp_partition() -> type[ModulePass]:
+    from autosp.passes.sp_partition import SPPartition
+
+    return SPPartition
+
+
 PASSES: dict[str, Callable[[], type[ModulePass]]] = {
     "drop-aliases": _drop_aliases,
+    "sp-propagate": _sp_propagate,
+    "sp-partition": _sp_partition,
 }
 
 

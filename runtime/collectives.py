@@ -33,3 +33,14 @@ def all_to_all(x: torch.Tensor, split_dim: int, concat_dim: int, group) -> torch
     outputs = [torch.empty_like(c) for c in inputs]
     dist.all_to_all(outputs, inputs, group=group)
     return torch.cat(outputs, dim=concat_dim)
+
+
+def local_shard(x: torch.Tensor, dim: int, group) -> torch.Tensor:
+    """This rank's block of a replicated tensor along dim (no communication)."""
+    n = dist.get_world_size(group)
+    return x.chunk(n, dim=dim)[dist.get_rank(group)].contiguous()
+
+
+def to_partial(x: torch.Tensor, group) -> torch.Tensor:
+    """A replicated tensor as a partial sum: rank 0 keeps it, the others contribute zeros."""
+    return x.clone() if dist.get_rank(group) == 0 else torch.zeros_like(x)

@@ -46,11 +46,14 @@ class TrainStep:
         state: dict[str, torch.Tensor],
         groups: dict[str, object] | None = None,
         report: str = "",
+        dp_group=None,
+        dp_size: int = 1,
     ):
         self.program_path = Path(program_path)
         self.inputs = inputs
         self.grad_of = grad_of
         self.report = report
+        self.dp_group, self.dp_size = dp_group, dp_size
         missing = [s.name for s in inputs if s.kind != "input" and s.name not in state]
         if missing:
             raise AutoSPError(f"the program needs state the exported program lacks: {', '.join(missing)}")
@@ -92,6 +95,12 @@ class TrainStep:
         user = iter(a.to(self.device) for a in args)
         call_args = [next(user) if t is None else t.detach() for t in self._state]
         loss, *grads = self.program.train_step(*call_args)
+        if self.dp_size > 1:  # DDP semantics: the mean over replicas of each replica's gradient
+            import torch.distributed as dist
+
+            for grad in grads:
+                dist.all_reduce(grad, group=self.dp_group)
+                grad.div_(self.dp_size)
         with torch.no_grad():
             for param, grad in zip(self.parameters, grads):
                 if param.grad is None:

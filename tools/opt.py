@@ -40,7 +40,7 @@ class AutoSPOptMain(xDSLOptMain):
         if self.args.sp is not None or self.args.remat:
             if self.args.passes:
                 raise ValueError("give either -p PASSES or the pipeline options (--sp/--remat), not both")
-            self.args.passes = pipeline_spec(sp=self.args.sp or 1, remat=self.args.remat)
+            self.args.passes = pipeline_spec(sp=1 if self.args.sp is None else self.args.sp, remat=self.args.remat)
         elif self.args.memory_budget is not None:
             raise ValueError("--memory-budget only applies with --remat")
         super().setup_pipeline()

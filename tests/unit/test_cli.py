@@ -24,13 +24,14 @@ def run(tool, *args, stdin=""):
     [
         ([], GOOD.replace("%a, %b :", "%a :"), "Expected ','"),
         (["-p", "no-such-pass"], GOOD, "no-such-pass"),
-        (["--sp=4"], GOOD, "--sp=4"),
+        (["--sp=4"], GOOD, "no func.func @train_step"),
+        (["--sp=0"], GOOD, "--sp=0"),
         (["--remat"], GOOD, "--remat"),
         (["--memory-budget=1GiB"], GOOD, "--memory-budget"),
         (["/does/not/exist.mlir"], "", "No such file"),
         ([], GOOD.replace("tensor<4x2xf32>\n  func", "tensor<4x3xf32>\n  func"), ""),
     ],
-    ids=["malformed", "unknown-pass", "sp", "remat", "budget", "missing-file", "bad-types"],
+    ids=["malformed", "unknown-pass", "sp-no-train-step", "sp-zero", "remat", "budget", "missing-file", "bad-types"],
 )
 def test_autosp_opt_errors(args, stdin, message):
     result = run("autosp-opt", *args, stdin=stdin)

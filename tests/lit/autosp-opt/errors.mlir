@@ -4,12 +4,12 @@
 // RUN: sed 's/%a, %a :/%a :/' %s | not autosp-opt 2>&1 | filecheck %s --check-prefix=PARSE
 
 // PASS: autosp-opt: error: Unrecognized passes: ['no-such-pass']
-// SP: autosp-opt: error: --sp=8: sequence parallelism is not implemented yet; use --sp=1
+// SP: autosp-opt: error: sp-propagate: no token input (an integer input of rank > 1) to shard along the sequence
 // REMAT: autosp-opt: error: --remat: rematerialization is not implemented yet; drop --remat
 // PARSE: autosp-opt: error: stdin:{{[0-9]+}}:{{[0-9]+}}: Expected ','
 // PARSE-NOT: Traceback
 
-func.func @f(%a: tensor<4x4xf32>) -> tensor<4x4xf32> {
+func.func @train_step(%a: tensor<4x4xf32>) -> tensor<4x4xf32> {
   %0 = aten.mm.default %a, %a : (tensor<4x4xf32>, tensor<4x4xf32>) -> tensor<4x4xf32>
   func.return %0 : tensor<4x4xf32>
 }

@@ -1,0 +1,406 @@
+"""Sharding rules: for each op, the layouts its operands must have and the layouts of its results,
+given the layouts its operands have. One rule per op family, registered with `@sharding_rule`
+(by op name) or found by torch's `pointwise` tag; like DTensor's op strategies.
+
+Layouts are on the sequence-parallel axis: `R` replicated, `P` partial sum, `S(d)` sharded
+(rank r holds block r of dim d). A rule returns None when it has no sharded strategy for the
+inputs it sees; the op then runs replicated (its inputs are gathered), which is always exact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, TensorType
+from xdsl.ir import Operation, SSAValue
+
+from autosp.ir.aten import AtenCallOp, AtenOp
+from autosp.ir.autosp import AttentionGradOp, AttentionOp, LayoutAttr
+from autosp.runtime.errors import AutoSPError
+
+
+@dataclass(frozen=True)
+class Layout:
+    kind: str  # replicated / shard / partial
+    dim: int = -1
+
+    def attr(self) -> LayoutAttr:
+        return LayoutAttr.shard(self.dim) if self.kind == "shard" else getattr(LayoutAttr, self.kind)()
+
+    @staticmethod
+    def of(attr: LayoutAttr) -> Layout:
+        return Layout(attr.kind.data, attr.dim.data)
+
+    def __str__(self) -> str:
+        return f"S({self.dim})" if self.kind == "shard" else self.kind[0].upper()
+
+
+R = Layout("replicated")
+P = Layout("partial")
+
+
+def S(dim: int) -> Layout:
+    return Layout("shard", dim)
+
+
+@dataclass
+class Strategy:
+    inputs: list[Layout]  # what each operand must be (conversions are inserted)
+    outputs: list[Layout]  # the layout each result is declared with
+    computed: list[Layout] | None = None  # what the local op produces, if not `outputs`
+
+
+@dataclass
+class RuleContext:
+    sp: int
+    token_values: set[SSAValue] = field(default_factory=set)
+    seq_dim: int = 1
+
+
+Rule = Callable[[Operation, list[Layout], RuleContext], Strategy | None]
+RULES: dict[str, Rule] = {}
+
+
+def sharding_rule(*op_names: str):
+    def register(fn: Rule) -> Rule:
+        for name in op_names:
+            RULES[name] = fn
+        return fn
+
+    return register
+
+
+def shape(value: SSAValue) -> tuple[int, ...]:
+    assert isinstance(value.type, TensorType)
+    return tuple(value.type.get_shape())
+
+
+def prop_int(op: Operation, name: str, default: int | None = None) -> int | None:
+    attr = op.properties.get(name)
+    return attr.value.data if isinstance(attr, IntegerAttr) else default
+
+
+def prop_ints(op: Operation, name: str) -> list[int]:
+    attr = op.properties.get(name)
+    return list(attr.get_values()) if attr is not None else []
+
+
+def replicated(op: Operation) -> Strategy:
+    return Strategy([R] * len(op.operands), [R] * len(op.results))
+
+
+def strategy_for(op: Operation, layouts: list[Layout], ctx: RuleContext) -> Strategy:
+    rule = RULES.get(op.name) or (
+        _pointwise if isinstance(op, AtenOp) and torch.Tag.pointwise in op.OVERLOAD.tags else None
+    )
+    if rule is None and isinstance(op, AtenCallOp):
+        rule = RULES.get(op.target.data)
+    if rule is None or all(l == R for l in layouts) and op.name not in SEEDS:
+        return replicated(op)
+    return rule(op, layouts, ctx) or replicated(op)
+
+
+def _norm(dim: int, rank: int) -> int:
+    return dim % rank if rank else 0
+
+
+def _divisible(value: SSAValue, dim: int, ctx: RuleContext) -> bool:
+    s = shape(value)
+    return 0 <= dim < len(s) and s[dim] > 1 and s[dim] % ctx.sp == 0
+
+
+# --- pointwise --------------------------------------------------------------------------
+
+LINEAR_IN_ALL = {"aten.add.Tensor", "aten.sub.Tensor"}  # partial + partial = partial
+LINEAR_IN_FIRST = {"aten.div.Tensor", "aten.mul.Tensor"}  # partial * replicated = partial
+LINEAR_UNARY = {"aten.mul.Scalar", "aten.div.Scalar", "aten.neg.default"}
+
+
+def _pointwise(op: Operation, layouts: list[Layout], ctx: RuleContext) -> Strategy | None:
+    out_rank = len(shape(op.results[0]))
+    shard_dims = {l.dim + out_rank - len(shape(v)) for v, l in zip(op.operands, layouts) if l.kind == "shard"}
+    if len(shard_dims) > 1:
+        return None
+    if shard_dims:
+        (d,) = shard_dims
+        inputs = []
+        for value, layout in zip(op.operands, layouts):
+            local_dim = d - (out_rank - len(shape(value)))
+            if layout.kind == "shard":
+                inputs.append(layout)
+            elif local_dim < 0 or shape(value)[local_dim] == 1:
+                inputs.append(R)  # broadcast along the sharded dim
+            else:
+                inputs.append(S(local_dim))  # a replicated operand: take the local block
+        return Strategy(inputs, [S(d)] * len(op.results))
+    partial = [l == P for l in layouts]
+    if op.name in LINEAR_IN_ALL and all(partial):
+        return Strategy([P] * len(layouts), [P])
+    if op.name in LINEAR_IN_FIRST and partial[0] and not any(partial[1:]):
+        return Strategy([P] + [R] * (len(layouts) - 1), [P])
+    if op.name == "aten.mul.Tensor" and partial == [False, True]:
+        return Strategy([R, P], [P])
+    if op.name in LINEAR_UNARY and partial == [True]:
+        return Strategy([P], [P])
+    return None
+
+
+# --- views and layout-preserving ops ----------------------------------------------------
+
+
+def reshape_dim(src: Sequence[int], dst: Sequence[int], dim: int, n: int) -> int | None:
+    """The dim of `dst` that carries the blocks of `src`'s dim under a reshape, or None when the
+    blocks are not contiguous there (e.g. [2, S, H] -> [2S, H] with S sharded)."""
+    prefix = math.prod(src[:dim])
+    for e in range(len(dst)):
+        if math.prod(dst[:e]) == prefix and dst[e] > 1:
+            return e if dst[e] % n == 0 else None
+        if math.prod(dst[:e]) > prefix:
+            break
+    return None
+
+
+@sharding_rule("aten.view.default", "aten._unsafe_view.default", "aten.reshape.default",
+               "aten.unsqueeze.default", "aten.squeeze.dims", "aten.squeeze.dim", "aten.squeeze.default")
+def _reshape(op, layouts, ctx):
+    (layout, *rest) = layouts
+    if layout.kind != "shard":
+        return None if layout == P else replicated(op)
+    d = reshape_dim(shape(op.operands[0]), shape(op.results[0]), layout.dim, ctx.sp)
+    return None if d is None else Strategy([layout], [S(d)])
+
+
+@sharding_rule("aten.permute.default")
+def _permute(op, layouts, ctx):
+    if layouts[0].kind != "shard":
+        return None
+    dims = [_norm(d, len(shape(op.operands[0]))) for d in prop_ints(op, "dims")]
+    return Strategy([layouts[0]], [S(dims.index(layouts[0].dim))])
+
+
+@sharding_rule("aten.transpose.int", "aten.t.default")
+def _transpose(op, layouts, ctx):
+    if layouts[0].kind != "shard":
+        return None
+    rank = len(shape(op.operands[0]))
+    a, b = (_norm(prop_int(op, "dim0"), rank), _norm(prop_int(op, "dim1"), rank)) if op.name != "aten.t.default" else (0, 1)
+    d = layouts[0].dim
+    return Strategy([layouts[0]], [S(b if d == a else a if d == b else d)])
+
+
+@sharding_rule("aten.expand.default")
+def _expand(op, layouts, ctx):
+    if layouts[0].kind != "shard":
+        return None
+    offset = len(shape(op.results[0])) - len(shape(op.operands[0]))
+    return Strategy([layouts[0]], [S(layouts[0].dim + offset)])
+
+
+@sharding_rule("aten.clone.default", "aten._to_copy.default", "aten.alias.default", "aten.contiguous.default")
+def _same_layout(op, layouts, ctx):
+    if layouts[0] == P and op.name == "aten._to_copy.default":
+        return None  # rounding each summand differs from rounding the sum
+    return Strategy([layouts[0]], [layouts[0]])
+
+
+def _dim_prop(op, name="dim") -> int:
+    return _norm(prop_int(op, name, 0), len(shape(op.operands[0])))
+
+
+@sharding_rule("aten.slice.Tensor", "aten._log_softmax.default", "aten._softmax.default")
+def _along_other_dim(op, layouts, ctx):
+    if layouts[0].kind == "shard" and layouts[0].dim != _dim_prop(op):
+        return Strategy([layouts[0]], [layouts[0]])
+    return None
+
+
+@sharding_rule("aten._log_softmax_backward_data.default", "aten._softmax_backward_data.default")
+def _softmax_backward(op, layouts, ctx):
+    d = next((l.dim for l in layouts if l.kind == "shard"), None)
+    dim = _norm(prop_int(op, "dim"), len(shape(op.operands[0])))
+    if d is None or d == dim:
+        return None
+    return Strategy([S(d), S(d)], [S(d)])
+
+
+@sharding_rule("aten.select.int")
+def _select(op, layouts, ctx):
+    dim = _dim_prop(op)
+    if layouts[0].kind == "shard" and layouts[0].dim != dim:
+        d = layouts[0].dim
+        return Strategy([layouts[0]], [S(d - 1 if d > dim else d)])
+    return None
+
+
+@sharding_rule("aten.cat.default")
+def _cat(op, layouts, ctx):
+    ranks = {len(shape(v)) for v in op.operands}
+    dims = {l.dim for l in layouts if l.kind == "shard"}
+    if len(ranks) != 1 or len(dims) != 1 or P in layouts:
+        return None
+    (d,) = dims
+    if d == _norm(prop_int(op, "dim", 0), ranks.pop()):
+        return None
+    return Strategy([S(d)] * len(layouts), [S(d)])
+
+
+@sharding_rule("aten.slice_scatter.default")
+def _slice_scatter(op, layouts, ctx):
+    dims = {l.dim for l in layouts if l.kind == "shard"}
+    if len(dims) != 1 or P in layouts or dims == {_dim_prop(op)}:
+        return None
+    d = dims.pop()
+    return Strategy([S(d), S(d)], [S(d)])
+
+
+@sharding_rule("aten.constant_pad_nd.default")
+def _pad(op, layouts, ctx):
+    rank = len(shape(op.operands[0]))
+    padded = {rank - 1 - i // 2 for i in range(len(prop_ints(op, "pad")))}
+    if layouts[0].kind == "shard" and layouts[0].dim not in padded:
+        return Strategy([layouts[0]], [layouts[0]])
+    return None
+
+
+@sharding_rule("aten.full_like.default", "aten.zeros_like.default", "aten.ones_like.default", "aten.empty_like.default")
+def _like(op, layouts, ctx):
+    # Only the shape of the operand matters: a sharded operand gives a sharded (local) result.
+    return Strategy([layouts[0]], [layouts[0] if layouts[0].kind == "shard" else R])
+
+
+# --- reductions -------------------------------------------------------------------------
+
+
+@sharding_rule("aten.sum.dim_IntList", "aten.mean.dim", "aten.amax.default", "aten.amin.default")
+def _reduce(op, layouts, ctx):
+    layout = layouts[0]
+    if layout == P and op.name == "aten.sum.dim_IntList":
+        return Strategy([P], [P])
+    if layout.kind != "shard":
+        return None
+    rank = len(shape(op.operands[0]))
+    dims = {_norm(d, rank) for d in prop_ints(op, "dim")} or set(range(rank))
+    if layout.dim in dims:
+        return Strategy([layout], [P]) if op.name == "aten.sum.dim_IntList" else None
+    keepdim = bool(prop_int(op, "keepdim", 0))
+    return Strategy([layout], [S(layout.dim - (0 if keepdim else sum(d < layout.dim for d in dims)))])
+
+
+@sharding_rule("aten.sum.default")
+def _sum_all(op, layouts, ctx):
+    return Strategy([layouts[0]], [P]) if layouts[0] != R else None
+
+
+# --- contractions -----------------------------------------------------------------------
+
+
+@sharding_rule("aten.mm.default")
+def _mm(op, layouts, ctx):
+    a, b = layouts
+    if a == S(0) and b != S(0):
+        return Strategy([S(0), R], [S(0)])
+    if b == S(1) and a != S(1):
+        return Strategy([R, S(1)], [S(1)])
+    if a == S(1) or b == S(0):
+        return Strategy([S(1), S(0)], [P])  # contraction over the sharded dim
+    if P in (a, b) and R in (a, b):
+        return Strategy([a, b], [P])
+    return None
+
+
+@sharding_rule("aten.addmm.default")
+def _addmm(op, layouts, ctx):
+    """bias + a @ b: the bias follows the product's layout, broadcast like a pointwise add."""
+    inner = _mm(op, layouts[1:], ctx)
+    if inner is None:
+        return None
+    (out,) = inner.outputs
+    bias_shape = shape(op.operands[0])
+    if out == P:
+        bias = P
+    elif out.kind == "shard":
+        bias_dim = out.dim - (2 - len(bias_shape))
+        bias = R if bias_dim < 0 or bias_shape[bias_dim] == 1 else S(bias_dim)
+    else:
+        bias = R
+    return Strategy([bias] + inner.inputs, [out])
+
+
+# --- embeddings, gathers and scatters ---------------------------------------------------
+
+SEEDS = {"aten.embedding.default"}
+
+
+@sharding_rule("aten.embedding.default")
+def _embedding(op, layouts, ctx):
+    weight, indices = op.operands[0], op.operands[1]
+    layout = layouts[1]
+    if layout == R and indices in ctx.token_values and _divisible(indices, ctx.seq_dim, ctx):
+        layout = S(ctx.seq_dim)  # the seed: token embeddings are sharded on the sequence
+    if layout.kind != "shard":
+        return None
+    return Strategy([R, layout], [layout])
+
+
+@sharding_rule("aten.gather.default")
+def _gather(op, layouts, ctx):
+    d = next((l.dim for l in layouts if l.kind == "shard"), None)
+    if d is None or d == _dim_prop(op) or P in layouts:
+        return None
+    return Strategy([S(d), S(d)], [S(d)])
+
+
+@sharding_rule("aten.scatter.value", "aten.scatter.src", "aten.scatter_add.default")
+def _scatter(op, layouts, ctx):
+    d = next((l.dim for l in layouts if l.kind == "shard"), None)
+    if d is None or d == _dim_prop(op) or P in layouts:
+        return None
+    return Strategy([S(d)] * len(layouts), [S(d)])
+
+
+@sharding_rule("aten::index_put")
+def _index_put_accumulate(op: AtenCallOp, layouts, ctx):
+    """index_put(self, [index], values, accumulate=True) with values sharded along one of the
+    index's dims: each rank scatters its own rows, so the result is a partial sum (the embedding
+    gradient); `self` joins as a partial (rank 0 holds it)."""
+    args = op.args.data
+    accumulate = args[3] if len(args) > 3 else None
+    indices = args[1].data if isinstance(args[1], ArrayAttr) else ()
+    if not (isinstance(accumulate, IntegerAttr) and accumulate.value.data) or len(indices) != 1:
+        return None
+    values = layouts[2]
+    if values.kind != "shard" or values.dim >= len(shape(op.operands[1])):
+        return None  # rows of `values` are the index's entries only along the index's dims
+    return Strategy([P, values, values], [P])
+
+
+# --- attention (Ulysses) ---------------------------------------------------------------
+
+
+def _heads_check(op: Operation, q: SSAValue, k: SSAValue, ctx: RuleContext) -> None:
+    hq, hkv, seq = shape(q)[1], shape(k)[1], shape(q)[2]
+    if hq % ctx.sp or hkv % ctx.sp:
+        valid = [n for n in range(1, hq + 1) if hq % n == 0 and hkv % n == 0]
+        raise AutoSPError(
+            f"{op.name}: {hq} query heads / {hkv} key-value heads do not split over sp={ctx.sp} "
+            f"(q {list(shape(q))}); valid sp degrees: {valid}"
+        )
+    if seq % ctx.sp:
+        raise AutoSPError(f"{op.name}: sequence length {seq} is not a multiple of sp={ctx.sp}")
+
+
+@sharding_rule("autosp.attention")
+def _attention(op: AttentionOp, layouts, ctx):
+    """Ulysses: q/k/v all-to-all from sequence- to head-sharded, attention on full sequences
+    for 1/sp of the heads, the output all-to-all back. lse stays head-sharded."""
+    _heads_check(op, op.query, op.key, ctx)
+    return Strategy([S(1)] * 3, [S(2), S(1)], computed=[S(1), S(1)])
+
+
+@sharding_rule("autosp.attention_grad")
+def _attention_grad(op: AttentionGradOp, layouts, ctx):
+    _heads_check(op, op.query, op.key, ctx)
+    return Strategy([S(1)] * 6, [S(2)] * 3, computed=[S(1)] * 3)

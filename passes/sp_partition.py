@@ -1,0 +1,183 @@
+"""sp-partition: rewrite the program sp-propagate annotated into the per-rank program.
+
+Each operand whose layout differs from what its op needs gets a conversion, made once per
+(value, layout) and reused by every later use:
+
+    R -> S(d)  autosp.local_shard (free: every rank holds the replicated value)
+    S(d) -> R  dist.all_gather          P -> R     dist.all_reduce
+    R -> P     autosp.to_partial         P -> S(d)  dist.reduce_scatter
+    S(a) -> S(b)  dist.all_to_all (split b, concat a): Ulysses around attention
+
+Results get their local (per-rank) types, and shape-carrying properties (`size`/`shape` of view,
+expand, ...) are rewritten to the local shape. Results an op computes in another layout than
+it declares (attention: head-sharded) are converted right after it, and the computed value is
+remembered, so the attention gradient reuses the forward's head-sharded q, k, v and output.
+The function returns replicated values: the loss and parameter gradients are all-reduced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.context import Context
+from xdsl.dialects import func
+from xdsl.dialects.builtin import (
+    DenseArrayBase,
+    IntegerAttr,
+    IntegerType,
+    ModuleOp,
+    StringAttr,
+    SymbolRefAttr,
+    TensorType,
+)
+from xdsl.ir import Operation, SSAValue
+from xdsl.passes import ModulePass
+from xdsl.rewriter import InsertPoint, Rewriter
+
+from autosp.codegen import train_step_of
+from autosp.ir.aten import AtenOp
+from autosp.ir.autosp import LocalShardOp, ToPartialOp
+from autosp.ir.dist import AllGatherOp, AllReduceOp, AllToAllOp, ReduceScatterOp
+from autosp.passes.sharding_rules import P, R, Layout
+from autosp.passes.sp_propagate import COMPUTED, IN_LAYOUTS, LAYOUTS, read_layouts
+from autosp.runtime.errors import AutoSPError
+
+GROUP = SymbolRefAttr("sp")
+SHAPE_PROPERTIES = ("size", "shape")
+
+
+def _i64(value: int) -> IntegerAttr:
+    return IntegerAttr(value, IntegerType(64))
+
+
+class _Partitioner:
+    def __init__(self, sp: int):
+        self.sp = sp
+        self.layout_of: dict[SSAValue, Layout] = {}
+        self.converted: dict[tuple[SSAValue, Layout], SSAValue] = {}
+        self.shrunk: dict[SSAValue, SSAValue] = {}
+
+    def local_type(self, value_type: TensorType, layout: Layout, where: str) -> TensorType:
+        shape = list(value_type.get_shape())
+        if layout.kind == "shard":
+            if shape[layout.dim] % self.sp:
+                raise AutoSPError(
+                    f"{where}: dim {layout.dim} of {shape} is not a multiple of sp={self.sp}"
+                )
+            shape[layout.dim] //= self.sp
+        return TensorType(value_type.element_type, shape)
+
+    def _collective(self, cls, value: SSAValue, result_layout: Layout, **props) -> Operation:
+        common = {"group": GROUP, "size": _i64(self.sp)}
+        properties = common | {k: (_i64(v) if isinstance(v, int) else StringAttr(v)) for k, v in props.items()}
+        global_type = self._global_type(value)
+        out_type = self.local_type(global_type, result_layout, cls.name)
+        op = cls.build(operands=[value], result_types=[out_type], properties=properties)
+        if value.name_hint:
+            op.results[0].name_hint = f"{value.name_hint}_{str(result_layout).lower().replace('(', '').replace(')', '')}"
+        return op
+
+    def _global_type(self, value: SSAValue) -> TensorType:
+        layout = self.layout_of[value]
+        shape = list(value.type.get_shape())
+        if layout.kind == "shard":
+            shape[layout.dim] *= self.sp
+        return TensorType(value.type.element_type, shape)
+
+    def shrink_factory(self, value: SSAValue, dst: Layout) -> bool:
+        """A constant fill (full/zeros/empty with a `size`) used only sharded is made at its
+        local size instead of at full size and then sliced."""
+        owner = value.owner
+        if not (isinstance(owner, AtenOp) and not owner.operands and "size" in owner.properties):
+            return False
+        if len(list(value.uses)) != 1 or self.layout_of[value] != R:
+            return False
+        local = self.local_type(value.type, dst, owner.name)
+        owner.properties["size"] = DenseArrayBase.from_list(IntegerType(64), list(local.get_shape()))
+        new = Rewriter.replace_value_with_new_type(value, local)
+        self.layout_of[new] = dst
+        self.shrunk[value] = new
+        return True
+
+    def conversion(self, value: SSAValue, src: Layout, dst: Layout) -> list[Operation]:
+        """The ops turning `value` (in layout src) into layout dst."""
+        if src == dst:
+            return []
+        if src == R and dst.kind == "shard":
+            if self.shrink_factory(value, dst):
+                return []
+            return [self._collective(LocalShardOp, value, dst, dim=dst.dim)]
+        if src.kind == "shard" and dst == R:
+            return [self._collective(AllGatherOp, value, R, dim=src.dim)]
+        if src == P and dst == R:
+            return [self._collective(AllReduceOp, value, R, reduce="sum")]
+        if src == R and dst == P:
+            return [self._collective(ToPartialOp, value, P)]
+        if src == P and dst.kind == "shard":
+            return [self._collective(ReduceScatterOp, value, dst, reduce="sum", dim=dst.dim)]
+        if src.kind == "shard" and dst.kind == "shard":
+            return [self._collective(AllToAllOp, value, dst, split_dim=dst.dim, concat_dim=src.dim)]
+        # S -> P: through replicated.
+        gather = self._collective(AllGatherOp, value, R, dim=src.dim)
+        self.layout_of[gather.results[0]] = R
+        return [gather, self._collective(ToPartialOp, gather.results[0], P)]
+
+    def convert_before(self, value: SSAValue, dst: Layout, anchor: Operation) -> SSAValue:
+        key = (value, dst)
+        if key not in self.converted:
+            ops = self.conversion(value, self.layout_of[value], dst)
+            if not ops:
+                return self.shrunk.get(value, value)
+            Rewriter.insert_op(ops, InsertPoint.before(anchor))
+            self.converted[key] = ops[-1].results[0]
+            self.layout_of[ops[-1].results[0]] = dst
+        return self.converted[key]
+
+    def partition_op(self, op: Operation) -> None:
+        required = read_layouts(op.attributes.pop(IN_LAYOUTS))
+        for i, (operand, layout) in enumerate(zip(list(op.operands), required)):
+            new = self.convert_before(operand, layout, op)
+            if new is not operand:
+                op.operands[i] = new
+        if isinstance(op, func.ReturnOp):
+            return
+        declared = read_layouts(op.attributes.pop(LAYOUTS))
+        computed = read_layouts(op.attributes.pop(COMPUTED)) if COMPUTED in op.attributes else declared
+        for result, layout in zip(list(op.results), computed):
+            local = Rewriter.replace_value_with_new_type(result, self.local_type(result.type, layout, op.name))
+            self.layout_of[local] = layout
+        if isinstance(op, AtenOp) and len(op.results) == 1:
+            for name in SHAPE_PROPERTIES:
+                if name in op.properties and computed[0].kind == "shard":
+                    op.properties[name] = DenseArrayBase.from_list(
+                        IntegerType(64), list(op.results[0].type.get_shape())
+                    )
+        anchor = op
+        for result, have, want in zip(op.results, computed, declared):
+            if have == want:
+                continue
+            ops = self.conversion(result, have, want)
+            Rewriter.insert_op(ops, InsertPoint.after(anchor))
+            anchor = ops[-1]
+            converted = ops[-1].results[0]
+            result.replace_uses_with_if(converted, lambda use: use.operation is not ops[0])
+            self.layout_of[converted] = want
+            self.converted[(converted, have)] = result
+
+
+@dataclass(frozen=True)
+class SPPartition(ModulePass):
+    name = "sp-partition"
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        sp_attr = op.attributes.get("autosp.sp")
+        if not isinstance(sp_attr, IntegerAttr):
+            raise AutoSPError("sp-partition: run sp-propagate first (the module has no autosp.sp)")
+        partitioner = _Partitioner(sp_attr.value.data)
+        fn = train_step_of(op)
+        for arg in fn.body.block.args:
+            partitioner.layout_of[arg] = R
+        for inner in list(fn.body.block.ops):
+            if IN_LAYOUTS not in inner.attributes:
+                raise AutoSPError(f"sp-partition: {inner.name} has no layouts; run sp-propagate first")
+            partitioner.partition_op(inner)

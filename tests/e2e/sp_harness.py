@@ -1,0 +1,94 @@
+"""Run a compiled step on N gloo ranks (processes on this machine) and compare each rank's loss
+and gradients with single-process eager PyTorch on the same full batch."""
+
+from __future__ import annotations
+
+import copy
+import os
+import queue
+import tempfile
+import traceback
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import autosp
+from tests.conftest import relative_error, tiny_causal_lm
+
+
+def _worker(rank, world, init_file, case, results):
+    os.environ.setdefault("AUTOSP_CACHE_DIR", os.path.join(tempfile.gettempdir(), "autosp-test-cache"))
+    try:
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+        errors = run_case(rank, world, **case)
+        results.put((rank, errors, None))
+    except Exception as err:  # report, then let the parent fail the test with the message
+        results.put((rank, None, f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_case(rank, world, *, arch, sp, seq, batch=1, config=None, labels_fn=None, steps=1, lr=0.1):
+    dp = world // sp
+    module = tiny_causal_lm(arch, **(config or {}))
+    reference = copy.deepcopy(module)
+    g = torch.Generator().manual_seed(1234)
+    ids_all = torch.randint(0, 96, (dp, batch, seq), generator=g)
+    labels_all = ids_all.clone()
+    if labels_fn is not None:
+        for r in range(dp):
+            labels_fn(labels_all[r])
+    replica = rank // sp  # every rank of an SP group gets its replica's full batch
+    ids, labels = ids_all[replica], labels_all[replica]
+    step = autosp.compile(torch.export.export(module, (ids, labels)), sp=sp)
+    opt = torch.optim.SGD(module.parameters(), lr=lr)
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=lr)
+    errors = {"loss": 0.0, "grad": 0.0, "param": 0.0}
+    for _ in range(steps):
+        loss = step(ids, labels)
+        # Eager reference: DDP semantics = the mean over replicas of each replica's gradient.
+        ref_losses = []
+        for r in range(dp):
+            ref_loss = reference(ids_all[r], labels_all[r])
+            (ref_loss / dp).backward()
+            ref_losses.append(ref_loss.detach())
+        errors["loss"] = max(errors["loss"], relative_error(loss, ref_losses[replica]))
+        for (name, p), ref in zip(module.named_parameters(), reference.parameters()):
+            assert p.grad is not None, f"no gradient for {name}"
+            errors["grad"] = max(errors["grad"], relative_error(p.grad, ref.grad))
+        opt.step()
+        opt.zero_grad()
+        ref_opt.step()
+        ref_opt.zero_grad()
+    for p, ref in zip(module.parameters(), reference.parameters()):
+        errors["param"] = max(errors["param"], relative_error(p.detach(), ref.detach()))
+    return errors
+
+
+def run_distributed(world: int, **case) -> list[dict]:
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "init")
+        procs = [ctx.Process(target=_worker, args=(r, world, init_file, case, results)) for r in range(world)]
+        for p in procs:
+            p.start()
+        collected = []
+        while len(collected) < world:
+            try:
+                collected.append(results.get(timeout=5))
+            except queue.Empty:
+                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    for p in procs:
+                        p.kill()
+                    raise AssertionError(f"a rank died with exit code {dead[0]} before reporting") from None
+        for p in procs:
+            p.join(timeout=60)
+    failures = [msg for _, _, msg in collected if msg]
+    if failures:
+        raise AssertionError(failures[0])
+    return [errors for _, errors, _ in sorted(collected, key=lambda c: c[0])]
