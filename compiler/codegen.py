@@ -27,7 +27,7 @@ from xdsl.dialects.builtin import (
 from xdsl.ir import Attribute, Operation, SSAValue
 
 from autosp.ir.aten import OPT_TENSOR, TENSOR, TENSOR_LIST, AtenCallOp, AtenOp
-from autosp.ir.autosp import AttentionGradOp, AttentionOp, LocalShardOp, ToPartialOp
+from autosp.ir.autosp import AttentionGradOp, AttentionOp, LocalShardOp, PlaceShardOp, ToPartialOp
 from autosp.ir.dist import AllGatherOp, AllReduceOp, AllToAllOp, ReduceScatterOp
 from autosp.ir.dtypes import torch_dtype
 from autosp.runtime.errors import AutoSPError
@@ -183,7 +183,18 @@ def emit_reduce_scatter(op: ReduceScatterOp, names: Names) -> str:
 
 @emits(LocalShardOp)
 def emit_local_shard(op: LocalShardOp, names: Names) -> str:
-    return f"collectives.local_shard({names[op.input]}, dim={op.dim.value.data}, group=GROUPS[{op.group.string_value()!r}])"
+    return (
+        f"collectives.local_shard({names[op.input]}, dim={op.dim.value.data}, "
+        f"replicas={op.replicas.value.data}, group=GROUPS[{op.group.string_value()!r}])"
+    )
+
+
+@emits(PlaceShardOp)
+def emit_place_shard(op: PlaceShardOp, names: Names) -> str:
+    return (
+        f"collectives.place_shard({names[op.input]}, dim={op.dim.value.data}, "
+        f"replicas={op.replicas.value.data}, group=GROUPS[{op.group.string_value()!r}])"
+    )
 
 
 @emits(ToPartialOp)

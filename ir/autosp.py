@@ -47,24 +47,27 @@ LAYOUT_KINDS = ("replicated", "shard", "partial")
 
 @irdl_attr_definition
 class LayoutAttr(ParametrizedAttribute):
-    """`#autosp.layout<replicated>`, `#autosp.layout<shard 1>` (sharded on dim 1) or
-    `#autosp.layout<partial>` (each rank holds a summand of the value)."""
+    """`#autosp.layout<replicated>`, `#autosp.layout<shard 1>` (sharded on dim 1: rank r holds
+    block r), `#autosp.layout<shard 1 replicas 2>` (sp/2 blocks, each held by 2 consecutive
+    ranks: K/V heads when there are fewer than sp) or `#autosp.layout<partial>` (each rank holds
+    a summand of the value)."""
 
     name = "autosp.layout"
     kind: StringAttr = param_def()
     dim: IntAttr = param_def()
+    replicas: IntAttr = param_def()
 
     @staticmethod
     def replicated() -> LayoutAttr:
-        return LayoutAttr(StringAttr("replicated"), IntAttr(-1))
+        return LayoutAttr(StringAttr("replicated"), IntAttr(-1), IntAttr(1))
 
     @staticmethod
-    def shard(dim: int) -> LayoutAttr:
-        return LayoutAttr(StringAttr("shard"), IntAttr(dim))
+    def shard(dim: int, replicas: int = 1) -> LayoutAttr:
+        return LayoutAttr(StringAttr("shard"), IntAttr(dim), IntAttr(replicas))
 
     @staticmethod
     def partial() -> LayoutAttr:
-        return LayoutAttr(StringAttr("partial"), IntAttr(-1))
+        return LayoutAttr(StringAttr("partial"), IntAttr(-1), IntAttr(1))
 
     @classmethod
     def parse_parameters(cls, parser: AttrParser) -> Sequence[Attribute]:
@@ -73,19 +76,24 @@ class LayoutAttr(ParametrizedAttribute):
             if kind not in LAYOUT_KINDS:
                 parser.raise_error(f"layout kind must be one of {', '.join(LAYOUT_KINDS)}")
             dim = parser.parse_integer() if kind == "shard" else -1
-        return (StringAttr(kind), IntAttr(dim))
+            replicas = parser.parse_integer() if kind == "shard" and parser.parse_optional_keyword("replicas") else 1
+        return (StringAttr(kind), IntAttr(dim), IntAttr(replicas))
 
     def print_parameters(self, printer: Printer) -> None:
         with printer.in_angle_brackets():
             printer.print_string(self.kind.data)
             if self.kind.data == "shard":
                 printer.print_string(f" {self.dim.data}")
+                if self.replicas.data != 1:
+                    printer.print_string(f" replicas {self.replicas.data}")
 
     def verify(self) -> None:
         if self.kind.data not in LAYOUT_KINDS:
             raise VerifyException(f"layout kind {self.kind.data!r} is not one of {LAYOUT_KINDS}")
         if (self.kind.data == "shard") != (self.dim.data >= 0):
             raise VerifyException("a shard layout needs a dim >= 0; other layouts have none")
+        if self.replicas.data < 1:
+            raise VerifyException("replicas must be >= 1")
 
 
 # --- ops ----------------------------------------------------------------------------------
@@ -219,21 +227,44 @@ class _LocalOp(IRDLOperation):
     assembly_format = "$input attr-dict `:` type($input) `->` type($output)"
 
 
+class _BlockOp(_LocalOp):
+    """Blocks along `dim`: size / replicas of them, block b held by ranks b*replicas ..."""
+
+    dim = prop_def(IntegerAttr)
+    replicas = prop_def(IntegerAttr, default_value=IntegerAttr(1, IntegerType(64)))
+
+    def verify_blocks(self, whole: tuple[int, ...], block: tuple[int, ...]) -> None:
+        dim, n, rep = self.dim.value.data, self.size.value.data, self.replicas.value.data
+        if rep < 1 or n % rep:
+            raise VerifyException(f"{self.name}: replicas {rep} must divide the group size {n}")
+        blocks = n // rep
+        if not 0 <= dim < len(whole) or whole[dim] % blocks:
+            raise VerifyException(f"{self.name}: dim {dim} of {list(whole)} does not split into {blocks} blocks")
+        if block != whole[:dim] + (whole[dim] // blocks,) + whole[dim + 1 :]:
+            raise VerifyException(f"{self.name}: {list(block)} is not one block of {list(whole)}")
+
+
 @irdl_op_definition
-class LocalShardOp(_LocalOp):
-    """This rank's block of a replicated value along `dim`: block r of `size` equal blocks.
-    Free, since every rank holds the whole value (e.g. global RoPE positions, shifted labels)."""
+class LocalShardOp(_BlockOp):
+    """This rank's block of a replicated value along `dim` (block rank // replicas). Free, since
+    every rank holds the whole value (e.g. global RoPE positions, shifted labels)."""
 
     name = "autosp.local_shard"
-    dim = prop_def(IntegerAttr)
 
     def verify_(self) -> None:
-        shape, out = _shape(self.input), _shape(self.output)
-        dim, n = self.dim.value.data, self.size.value.data
-        if not 0 <= dim < len(shape) or shape[dim] % n:
-            raise VerifyException(f"{self.name}: dim {dim} of {list(shape)} does not split into {n} blocks")
-        if out != shape[:dim] + (shape[dim] // n,) + shape[dim + 1 :]:
-            raise VerifyException(f"{self.name}: result shape {list(out)} is not one block of {list(shape)}")
+        self.verify_blocks(_shape(self.input), _shape(self.output))
+
+
+@irdl_op_definition
+class PlaceShardOp(_BlockOp):
+    """The inverse of local_shard as a partial sum: zeros of the whole shape with this rank's
+    block in place. Summed over the group, blocks held by several ranks add up (the K/V
+    gradient of a kv head shared by several ranks' query heads)."""
+
+    name = "autosp.place_shard"
+
+    def verify_(self) -> None:
+        self.verify_blocks(_shape(self.output), _shape(self.input))
 
 
 @irdl_op_definition
@@ -260,4 +291,4 @@ def mask_properties(causal: bool, window: int, scale: float) -> dict[str, Attrib
     }
 
 
-AutoSP = Dialect("autosp", [AttentionOp, AttentionGradOp, LocalShardOp, ToPartialOp], [LayoutAttr])
+AutoSP = Dialect("autosp", [AttentionOp, AttentionGradOp, LocalShardOp, PlaceShardOp, ToPartialOp], [LayoutAttr])

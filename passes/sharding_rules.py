@@ -26,24 +26,32 @@ from autosp.runtime.errors import AutoSPError
 class Layout:
     kind: str  # replicated / shard / partial
     dim: int = -1
+    replicas: int = 1  # ranks holding each block (shard only)
 
     def attr(self) -> LayoutAttr:
-        return LayoutAttr.shard(self.dim) if self.kind == "shard" else getattr(LayoutAttr, self.kind)()
+        if self.kind == "shard":
+            return LayoutAttr.shard(self.dim, self.replicas)
+        return getattr(LayoutAttr, self.kind)()
 
     @staticmethod
     def of(attr: LayoutAttr) -> Layout:
-        return Layout(attr.kind.data, attr.dim.data)
+        return Layout(attr.kind.data, attr.dim.data, attr.replicas.data)
+
+    def blocks(self, sp: int) -> int:
+        return sp // self.replicas
 
     def __str__(self) -> str:
-        return f"S({self.dim})" if self.kind == "shard" else self.kind[0].upper()
+        if self.kind != "shard":
+            return self.kind[0].upper()
+        return f"S({self.dim})" if self.replicas == 1 else f"S({self.dim}x{self.replicas})"
 
 
 R = Layout("replicated")
 P = Layout("partial")
 
 
-def S(dim: int) -> Layout:
-    return Layout("shard", dim)
+def S(dim: int, replicas: int = 1) -> Layout:
+    return Layout("shard", dim, replicas)
 
 
 @dataclass
@@ -380,27 +388,46 @@ def _index_put_accumulate(op: AtenCallOp, layouts, ctx):
 # --- attention (Ulysses) ---------------------------------------------------------------
 
 
-def _heads_check(op: Operation, q: SSAValue, k: SSAValue, ctx: RuleContext) -> None:
+def kv_layout(hq: int, hkv: int, sp: int) -> Layout | None:
+    """How K/V heads lie while each rank runs attention for its hq/sp query heads: split like
+    the query heads when kv_heads % sp == 0, else (fewer kv heads than sp) each rank holds the
+    one kv head its query heads use, shared by sp/kv_heads consecutive ranks. None: no exact
+    split exists."""
+    if hq % sp:
+        return None
+    if hkv % sp == 0:
+        return S(1)
+    group, local_q = hq // hkv, hq // sp
+    if sp % hkv == 0 and group % local_q == 0:
+        return S(1, sp // hkv)
+    return None
+
+
+def _heads_check(op: Operation, q: SSAValue, k: SSAValue, ctx: RuleContext) -> Layout:
     hq, hkv, seq = shape(q)[1], shape(k)[1], shape(q)[2]
-    if hq % ctx.sp or hkv % ctx.sp:
-        valid = [n for n in range(1, hq + 1) if hq % n == 0 and hkv % n == 0]
+    layout = kv_layout(hq, hkv, ctx.sp)
+    if layout is None:
+        valid = [n for n in range(1, hq + 1) if kv_layout(hq, hkv, n) is not None]
         raise AutoSPError(
             f"{op.name}: {hq} query heads / {hkv} key-value heads do not split over sp={ctx.sp} "
             f"(q {list(shape(q))}); valid sp degrees: {valid}"
         )
     if seq % ctx.sp:
         raise AutoSPError(f"{op.name}: sequence length {seq} is not a multiple of sp={ctx.sp}")
+    return layout
 
 
 @sharding_rule("autosp.attention")
 def _attention(op: AttentionOp, layouts, ctx):
     """Ulysses: q/k/v all-to-all from sequence- to head-sharded, attention on full sequences
-    for 1/sp of the heads, the output all-to-all back. lse stays head-sharded."""
-    _heads_check(op, op.query, op.key, ctx)
-    return Strategy([S(1)] * 3, [S(2), S(1)], computed=[S(1), S(1)])
+    for 1/sp of the heads, the output all-to-all back. lse stays head-sharded. With fewer kv
+    heads than sp, K/V are all-gathered along the sequence (kv_heads only, never expanded to
+    the query head count) and each rank keeps the kv head its query heads read."""
+    kv = _heads_check(op, op.query, op.key, ctx)
+    return Strategy([S(1), kv, kv], [S(2), S(1)], computed=[S(1), S(1)])
 
 
 @sharding_rule("autosp.attention_grad")
 def _attention_grad(op: AttentionGradOp, layouts, ctx):
-    _heads_check(op, op.query, op.key, ctx)
-    return Strategy([S(1)] * 6, [S(2)] * 3, computed=[S(1)] * 3)
+    kv = _heads_check(op, op.query, op.key, ctx)
+    return Strategy([S(1), S(1), kv, kv, S(1), S(1)], [S(2)] * 3, computed=[S(1), kv, kv])

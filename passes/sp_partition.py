@@ -36,7 +36,7 @@ from xdsl.rewriter import InsertPoint, Rewriter
 
 from autosp.codegen import train_step_of
 from autosp.ir.aten import AtenOp
-from autosp.ir.autosp import LocalShardOp, ToPartialOp
+from autosp.ir.autosp import LocalShardOp, PlaceShardOp, ToPartialOp
 from autosp.ir.dist import AllGatherOp, AllReduceOp, AllToAllOp, ReduceScatterOp
 from autosp.passes.sharding_rules import P, R, Layout
 from autosp.passes.sp_propagate import COMPUTED, IN_LAYOUTS, LAYOUTS, read_layouts
@@ -60,11 +60,12 @@ class _Partitioner:
     def local_type(self, value_type: TensorType, layout: Layout, where: str) -> TensorType:
         shape = list(value_type.get_shape())
         if layout.kind == "shard":
-            if shape[layout.dim] % self.sp:
+            blocks = layout.blocks(self.sp)
+            if shape[layout.dim] % blocks:
                 raise AutoSPError(
-                    f"{where}: dim {layout.dim} of {shape} is not a multiple of sp={self.sp}"
+                    f"{where}: dim {layout.dim} of {shape} does not split into {blocks} blocks (sp={self.sp})"
                 )
-            shape[layout.dim] //= self.sp
+            shape[layout.dim] //= blocks
         return TensorType(value_type.element_type, shape)
 
     def _collective(self, cls, value: SSAValue, result_layout: Layout, **props) -> Operation:
@@ -72,6 +73,8 @@ class _Partitioner:
         properties = common | {k: (_i64(v) if isinstance(v, int) else StringAttr(v)) for k, v in props.items()}
         global_type = self._global_type(value)
         out_type = self.local_type(global_type, result_layout, cls.name)
+        if cls is PlaceShardOp:
+            out_type = global_type
         op = cls.build(operands=[value], result_types=[out_type], properties=properties)
         if value.name_hint:
             op.results[0].name_hint = f"{value.name_hint}_{str(result_layout).lower().replace('(', '').replace(')', '')}"
@@ -81,7 +84,7 @@ class _Partitioner:
         layout = self.layout_of[value]
         shape = list(value.type.get_shape())
         if layout.kind == "shard":
-            shape[layout.dim] *= self.sp
+            shape[layout.dim] *= layout.blocks(self.sp)
         return TensorType(value.type.element_type, shape)
 
     def shrink_factory(self, value: SSAValue, dst: Layout) -> bool:
@@ -103,24 +106,30 @@ class _Partitioner:
         """The ops turning `value` (in layout src) into layout dst."""
         if src == dst:
             return []
+        plain_src = src.kind == "shard" and src.replicas == 1
+        plain_dst = dst.kind == "shard" and dst.replicas == 1
         if src == R and dst.kind == "shard":
             if self.shrink_factory(value, dst):
                 return []
-            return [self._collective(LocalShardOp, value, dst, dim=dst.dim)]
-        if src.kind == "shard" and dst == R:
+            return [self._collective(LocalShardOp, value, dst, dim=dst.dim, replicas=dst.replicas)]
+        if plain_src and dst == R:
             return [self._collective(AllGatherOp, value, R, dim=src.dim)]
         if src == P and dst == R:
             return [self._collective(AllReduceOp, value, R, reduce="sum")]
         if src == R and dst == P:
             return [self._collective(ToPartialOp, value, P)]
-        if src == P and dst.kind == "shard":
+        if src == P and plain_dst:
             return [self._collective(ReduceScatterOp, value, dst, reduce="sum", dim=dst.dim)]
-        if src.kind == "shard" and dst.kind == "shard":
+        if plain_src and plain_dst:
             return [self._collective(AllToAllOp, value, dst, split_dim=dst.dim, concat_dim=src.dim)]
-        # S -> P: through replicated.
-        gather = self._collective(AllGatherOp, value, R, dim=src.dim)
-        self.layout_of[gather.results[0]] = R
-        return [gather, self._collective(ToPartialOp, gather.results[0], P)]
+        if src.kind == "shard" and dst == P:  # blocks held by several ranks: a partial sum
+            return [self._collective(PlaceShardOp, value, P, dim=src.dim, replicas=src.replicas)]
+        # Two steps: through partial when blocks are shared (their sum is the value), else
+        # through replicated.
+        via = P if src.kind == "shard" and src.replicas > 1 else R
+        first = self.conversion(value, src, via)
+        self.layout_of[first[-1].results[0]] = via
+        return first + self.conversion(first[-1].results[0], via, dst)
 
     def convert_before(self, value: SSAValue, dst: Layout, anchor: Operation) -> SSAValue:
         key = (value, dst)

@@ -64,6 +64,13 @@ class SPPropagate(ModulePass):
                 f"sp-propagate: no token input (an integer input of rank > {self.seq_dim}) to shard "
                 "along the sequence; pass seq-dim to name the sequence dim of the inputs"
             )
+        for token in rules.token_values:
+            length = token.type.get_shape()[self.seq_dim]
+            if length % self.sp:
+                raise AutoSPError(
+                    f"sp-propagate: input '{token.name_hint}' has sequence length {length}, not a "
+                    f"multiple of sp={self.sp}; export with a length divisible by {self.sp}"
+                )
         layout_of = {arg: R for arg in fn.body.block.args}
         for inner in fn.body.block.ops:
             if isinstance(inner, func.ReturnOp):

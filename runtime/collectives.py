@@ -35,10 +35,21 @@ def all_to_all(x: torch.Tensor, split_dim: int, concat_dim: int, group) -> torch
     return torch.cat(outputs, dim=concat_dim)
 
 
-def local_shard(x: torch.Tensor, dim: int, group) -> torch.Tensor:
-    """This rank's block of a replicated tensor along dim (no communication)."""
-    n = dist.get_world_size(group)
-    return x.chunk(n, dim=dim)[dist.get_rank(group)].contiguous()
+def local_shard(x: torch.Tensor, dim: int, replicas: int, group) -> torch.Tensor:
+    """This rank's block of a replicated tensor along dim (no communication); each block is
+    held by `replicas` consecutive ranks."""
+    blocks = dist.get_world_size(group) // replicas
+    return x.chunk(blocks, dim=dim)[dist.get_rank(group) // replicas].contiguous()
+
+
+def place_shard(x: torch.Tensor, dim: int, replicas: int, group) -> torch.Tensor:
+    """Zeros of the whole shape with this rank's block in place: a partial sum."""
+    blocks = dist.get_world_size(group) // replicas
+    shape = list(x.shape)
+    shape[dim] *= blocks
+    out = x.new_zeros(shape)
+    out.narrow(dim, (dist.get_rank(group) // replicas) * x.shape[dim], x.shape[dim]).copy_(x)
+    return out
 
 
 def to_partial(x: torch.Tensor, group) -> torch.Tensor:

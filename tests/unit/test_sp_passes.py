@@ -1,0 +1,61 @@
+"""sp-propagate / sp-partition on whole imported programs (no processes needed)."""
+
+import pytest
+import torch
+
+from autosp.frontends import import_program
+from autosp.pipeline import pipeline_spec, run_pipeline
+from autosp.runtime.errors import AutoSPError
+from tests.conftest import tiny_causal_lm
+
+
+@pytest.fixture(scope="module")
+def llama_ir():
+    module = tiny_causal_lm("Llama")
+    ids = torch.randint(0, 96, (1, 48))
+    return str(import_program(torch.export.export(module, (ids, ids.clone()))))
+
+
+def partition(text, sp):
+    from xdsl.parser import Parser
+
+    from autosp.ir import autosp_context
+
+    return run_pipeline(Parser(autosp_context(), text).parse_module(), pipeline_spec(sp=sp))
+
+
+def collectives(module):
+    return [op for op in module.walk() if op.name.startswith("dist.")]
+
+
+def test_ulysses_collectives_per_layer(llama_ir):
+    module = partition(llama_ir, 2)
+    names = [op.name for op in collectives(module)]
+    layers = 2
+    # forward q, k, v, o + backward dO, dq, dk, dv: 8 all-to-alls per layer, nothing gathered.
+    assert names.count("dist.all_to_all") == 8 * layers
+    assert "dist.all_gather" not in names
+    # every parameter gradient and the loss are all-reduced once
+    params = sum(1 for arg in module.ops.first.body.block.args if "p_" in (arg.name_hint or ""))
+    assert names.count("dist.all_reduce") == params + 1
+
+
+def test_sequence_sharded_local_shapes(llama_ir):
+    module = partition(llama_ir, 4)
+    for op in module.walk():
+        if op.name == "autosp.attention":
+            q, k = op.query.type.get_shape(), op.key.type.get_shape()
+            assert tuple(q) == (1, 1, 48, 12)  # 4 heads / sp 4, full sequence
+            assert tuple(k) == (1, 1, 48, 12)  # one of 2 kv heads, not expanded
+        if op.name == "aten.embedding.default":
+            assert tuple(op.results[0].type.get_shape()) == (1, 12, 48)
+
+
+def test_heads_that_do_not_split_are_refused(llama_ir):
+    with pytest.raises(AutoSPError, match=r"4 query heads / 2 key-value heads do not split over sp=3 .*valid sp degrees: \[1, 2, 4\]"):
+        partition(llama_ir, 3)
+
+
+def test_sequence_not_divisible_is_refused(llama_ir):
+    with pytest.raises(AutoSPError, match="sequence length 48, not a multiple of sp=5"):
+        partition(llama_ir, 5)
