@@ -78,7 +78,11 @@ def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cache_dir=None
     state = {**ep.constants, **ep.state_dict}
     if sp == 1:
         return TrainStep(path, inputs, grad_of, state)
+    from autosp.report import comm_report
+
     mesh = make_mesh(sp)
     return TrainStep(
-        path, inputs, grad_of, state, groups={"sp": mesh.sp_group}, dp_group=mesh.dp_group, dp_size=mesh.dp
+        path, inputs, grad_of, state,
+        groups={"sp": mesh.sp_group}, dp_group=mesh.dp_group, dp_size=mesh.dp,
+        report=comm_report(module).table(),
     )

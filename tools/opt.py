@@ -35,6 +35,18 @@ class AutoSPOptMain(xDSLOptMain):
         arg_parser.add_argument("--sp", type=int, default=None, help="sequence-parallel degree: run the compile pipeline for it")
         arg_parser.add_argument("--remat", action="store_true", help="choose recomputation by ILP to fit --memory-budget")
         arg_parser.add_argument("--memory-budget", default=None, help="per-rank memory budget for --remat, e.g. 70GiB")
+        arg_parser.add_argument(
+            "--report", action="store_true",
+            help="print what the step will do (communication per collective and per layer) instead of the IR; -o still writes the IR",
+        )
+
+    def output_resulting_program(self, prog) -> str:
+        if not self.args.report:
+            return super().output_resulting_program(prog)
+        from autosp.report import comm_report
+
+        print(comm_report(prog).table(), end="")
+        return super().output_resulting_program(prog) if self.args.output_file else ""
 
     def setup_pipeline(self):
         if self.args.sp is not None or self.args.remat:

@@ -59,3 +59,15 @@ def test_heads_that_do_not_split_are_refused(llama_ir):
 def test_sequence_not_divisible_is_refused(llama_ir):
     with pytest.raises(AutoSPError, match="sequence length 48, not a multiple of sp=5"):
         partition(llama_ir, 5)
+
+
+def test_llama_1b_128k_sp8_moves_the_ulysses_optimum():
+    from autosp.frontends.presets import export_preset
+    from autosp.report import comm_report, ulysses_optimum_per_layer
+
+    module = import_program(export_preset("llama-3.2-1b", seq=131072, layers=2, fake=True))
+    report = comm_report(run_pipeline(module, pipeline_spec(sp=8)))
+    optimum = ulysses_optimum_per_layer(batch=1, seq=131072, q_heads=32, kv_heads=8, head_dim=64, dtype_bytes=4, sp=8)
+    assert optimum == 560 * 2**20
+    assert report.by_layer == {"layer 0 attention": optimum, "layer 1 attention": optimum, "gradients and loss": report.by_kind["all_reduce"]}
+    assert report.count["all_to_all"] == 16 and "all_gather" not in report.count

@@ -1,0 +1,134 @@
+"""What a compiled step will do, before it runs: communication volume per collective kind and per
+layer (a layer = one attention op and its gradient).
+
+Volume is what each rank sends per step, for ring algorithms: all_to_all (n-1)/n of its input,
+all_gather (n-1) x its input, reduce_scatter (n-1)/n of its input, all_reduce 2(n-1)/n.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from xdsl.dialects.builtin import ModuleOp, TensorType
+from xdsl.ir import Operation, SSAValue
+
+from autosp.ir.autosp import AttentionGradOp, AttentionOp
+from autosp.ir.dist import AllGatherOp, AllReduceOp, AllToAllOp, CollectiveOp, ReduceScatterOp
+from autosp.ir.dtypes import BYTES, torch_dtype
+
+
+def tensor_bytes(value: SSAValue) -> int:
+    assert isinstance(value.type, TensorType)
+    return math.prod(value.type.get_shape()) * BYTES[torch_dtype(value.type.element_type)]
+
+
+def sent_bytes(op: CollectiveOp) -> float:
+    n = op.size.value.data
+    size = tensor_bytes(op.input)
+    if isinstance(op, AllToAllOp) or isinstance(op, ReduceScatterOp):
+        return size * (n - 1) / n
+    if isinstance(op, AllGatherOp):
+        return size * (n - 1)
+    if isinstance(op, AllReduceOp):
+        return 2 * size * (n - 1) / n
+    raise ValueError(op.name)
+
+
+@dataclass
+class CommReport:
+    sp: int
+    by_kind: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    by_layer: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    count: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    @property
+    def total(self) -> float:
+        return sum(self.by_kind.values())
+
+    def table(self) -> str:
+        from io import StringIO
+
+        from rich.console import Console
+        from rich.table import Table
+
+        kinds = Table("collective", "count", "sent per rank per step", title=f"communication (sp={self.sp})")
+        for kind in sorted(self.by_kind):
+            kinds.add_row(kind, str(self.count[kind]), human_bytes(self.by_kind[kind]))
+        kinds.add_row("total", str(sum(self.count.values())), human_bytes(self.total))
+        layers = Table("where", "sent per rank per step")
+        for where in sorted(self.by_layer, key=_layer_key):
+            layers.add_row(where, human_bytes(self.by_layer[where]))
+        out = StringIO()
+        console = Console(file=out, width=100)
+        console.print(kinds)
+        console.print(layers)
+        return out.getvalue()
+
+
+def _layer_key(where: str):
+    return (0, int(where.split()[1])) if where.startswith("layer ") else (1, where)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
+        n /= 1024
+    raise AssertionError
+
+
+def _attention_of(value: SSAValue, layer_of: dict[Operation, int]) -> int | None:
+    """The layer of the attention op that produces `value` or reads it (through collectives)."""
+    owner = value.owner
+    while isinstance(owner, CollectiveOp):
+        owner = owner.input.owner
+    if owner in layer_of:
+        return layer_of[owner]
+    for use in value.uses:
+        user = use.operation
+        if user in layer_of:
+            return layer_of[user]
+        if isinstance(user, CollectiveOp):
+            found = _attention_of(user.output, layer_of)
+            if found is not None:
+                return found
+    return None
+
+
+def comm_report(module: ModuleOp) -> CommReport:
+    sp_attr = module.attributes.get("autosp.sp")
+    report = CommReport(sp=sp_attr.value.data if sp_attr is not None else 1)
+    layer_of: dict[Operation, int] = {}
+    forward = [op for op in module.walk() if isinstance(op, AttentionOp)]
+    for i, op in enumerate(forward):
+        layer_of[op] = i
+    for op in module.walk():
+        if isinstance(op, AttentionGradOp):
+            # its lse operand is the forward op's result (possibly through a collective)
+            layer = _attention_of(op.lse, layer_of)
+            if layer is not None:
+                layer_of[op] = layer
+    for op in module.walk():
+        if not isinstance(op, CollectiveOp):
+            continue
+        volume = sent_bytes(op)
+        kind = op.name.removeprefix("dist.")
+        report.by_kind[kind] += volume
+        report.count[kind] += 1
+        layer = _attention_of(op.output, layer_of)
+        if layer is None:
+            layer = _attention_of(op.input, layer_of)
+        where = f"layer {layer} attention" if layer is not None else (
+            "gradients and loss" if isinstance(op, AllReduceOp) else "other"
+        )
+        report.by_layer[where] += volume
+    return report
+
+
+def ulysses_optimum_per_layer(batch: int, seq: int, q_heads: int, kv_heads: int, head_dim: int, dtype_bytes: int, sp: int) -> float:
+    """Bytes each rank sends per layer and step when Q, K, V, O move once forward and dO, dQ,
+    dK, dV once backward, K/V at kv_heads: each rank holds seq/sp tokens and keeps 1/sp."""
+    per_token = (2 * q_heads + 2 * kv_heads) * head_dim * dtype_bytes
+    return 2 * batch * (seq // sp) * per_token * (sp - 1) / sp
