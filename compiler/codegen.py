@@ -157,9 +157,11 @@ def emit_attention_grad(op: AttentionGradOp, names: Names) -> str:
 
 @emits(AllToAllOp)
 def emit_all_to_all(op: AllToAllOp, names: Names) -> str:
+    concat = op.concat_dim.value.data
     return (
         f"collectives.all_to_all({names[op.input]}, split_dim={op.split_dim.value.data}, "
-        f"concat_dim={op.concat_dim.value.data}, group=GROUPS[{op.group.string_value()!r}])"
+        f"concat_dim={concat}, total={op.output.type.get_shape()[concat]}, "
+        f"group=GROUPS[{op.group.string_value()!r}])"
     )
 
 
@@ -170,7 +172,11 @@ def emit_all_reduce(op: AllReduceOp, names: Names) -> str:
 
 @emits(AllGatherOp)
 def emit_all_gather(op: AllGatherOp, names: Names) -> str:
-    return f"collectives.all_gather({names[op.input]}, dim={op.dim.value.data}, group=GROUPS[{op.group.string_value()!r}])"
+    dim = op.dim.value.data
+    return (
+        f"collectives.all_gather({names[op.input]}, dim={dim}, total={op.output.type.get_shape()[dim]}, "
+        f"group=GROUPS[{op.group.string_value()!r}])"
+    )
 
 
 @emits(ReduceScatterOp)

@@ -68,10 +68,14 @@ def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cache_dir=None
         )
     if memory_budget is not None and not remat:
         raise AutoSPError("memory_budget only applies with remat=True")
-    spec = pipeline_spec(sp=sp, remat=remat)
+    pipeline_spec(sp=sp, remat=remat)  # bad options fail before the (slow) import
+    rank = 0
     if sp > 1:
-        check_world(sp)  # before the (slow) import
-    module = run_pipeline(import_program(ep), spec)
+        import torch.distributed as dist
+
+        check_world(sp)
+        rank = dist.get_rank() % sp  # SP groups are contiguous ranks
+    module = run_pipeline(import_program(ep), pipeline_spec(sp=sp, remat=remat, rank=rank))
     source = generate(module)
     path = write_program(source, Path(cache_dir) if cache_dir else default_cache_dir())
     inputs, grad_of = signature(module)

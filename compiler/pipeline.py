@@ -20,11 +20,13 @@ def check_options(sp: int, remat: bool) -> None:
         raise AutoSPError("--remat: rematerialization is not implemented yet; drop --remat")
 
 
-def pipeline_spec(sp: int = 1, remat: bool = False) -> str:
+def pipeline_spec(sp: int = 1, remat: bool = False, rank: int = 0) -> str:
+    """The passes for these options; `rank` (within the SP group) picks whose program to make
+    (they differ only where the sequence does not divide by sp)."""
     check_options(sp, remat)
     passes = list(BASE_PASSES)
     if sp > 1:
-        passes += [f"sp-propagate{{sp={sp}}}", "sp-partition"]
+        passes += [f"sp-propagate{{sp={sp}}}", f"sp-partition{{rank={rank}}}"]
     return ",".join(passes)
 
 

@@ -42,15 +42,20 @@ from xdsl.utils.exceptions import VerifyException
 
 # --- attributes ---------------------------------------------------------------------------
 
-LAYOUT_KINDS = ("replicated", "shard", "partial")
+LAYOUT_KINDS = ("replicated", "shard", "heads", "partial")
+BLOCKED_KINDS = ("shard", "heads")
 
 
 @irdl_attr_definition
 class LayoutAttr(ParametrizedAttribute):
-    """`#autosp.layout<replicated>`, `#autosp.layout<shard 1>` (sharded on dim 1: rank r holds
-    block r), `#autosp.layout<shard 1 replicas 2>` (sp/2 blocks, each held by 2 consecutive
-    ranks: K/V heads when there are fewer than sp) or `#autosp.layout<partial>` (each rank holds
-    a summand of the value)."""
+    """How a value lies on the sequence-parallel mesh axis:
+    - `#autosp.layout<replicated>`: every rank holds all of it;
+    - `#autosp.layout<shard 1>`: dim 1 carries the sequence and rank r holds its r-th part (parts
+      differ by at most one token when the length does not divide);
+    - `#autosp.layout<heads 1>`: dim 1 (attention heads) split evenly, rank r holds block r;
+      `<heads 1 replicas 2>`: sp/2 blocks, each held by 2 consecutive ranks (K/V heads when there
+      are fewer than sp);
+    - `#autosp.layout<partial>`: each rank holds a summand of the value."""
 
     name = "autosp.layout"
     kind: StringAttr = param_def()
@@ -66,6 +71,10 @@ class LayoutAttr(ParametrizedAttribute):
         return LayoutAttr(StringAttr("shard"), IntAttr(dim), IntAttr(replicas))
 
     @staticmethod
+    def heads(dim: int, replicas: int = 1) -> LayoutAttr:
+        return LayoutAttr(StringAttr("heads"), IntAttr(dim), IntAttr(replicas))
+
+    @staticmethod
     def partial() -> LayoutAttr:
         return LayoutAttr(StringAttr("partial"), IntAttr(-1), IntAttr(1))
 
@@ -75,14 +84,14 @@ class LayoutAttr(ParametrizedAttribute):
             kind = parser.parse_identifier()
             if kind not in LAYOUT_KINDS:
                 parser.raise_error(f"layout kind must be one of {', '.join(LAYOUT_KINDS)}")
-            dim = parser.parse_integer() if kind == "shard" else -1
-            replicas = parser.parse_integer() if kind == "shard" and parser.parse_optional_keyword("replicas") else 1
+            dim = parser.parse_integer() if kind in BLOCKED_KINDS else -1
+            replicas = parser.parse_integer() if kind == "heads" and parser.parse_optional_keyword("replicas") else 1
         return (StringAttr(kind), IntAttr(dim), IntAttr(replicas))
 
     def print_parameters(self, printer: Printer) -> None:
         with printer.in_angle_brackets():
             printer.print_string(self.kind.data)
-            if self.kind.data == "shard":
+            if self.kind.data in BLOCKED_KINDS:
                 printer.print_string(f" {self.dim.data}")
                 if self.replicas.data != 1:
                     printer.print_string(f" replicas {self.replicas.data}")
@@ -90,10 +99,10 @@ class LayoutAttr(ParametrizedAttribute):
     def verify(self) -> None:
         if self.kind.data not in LAYOUT_KINDS:
             raise VerifyException(f"layout kind {self.kind.data!r} is not one of {LAYOUT_KINDS}")
-        if (self.kind.data == "shard") != (self.dim.data >= 0):
-            raise VerifyException("a shard layout needs a dim >= 0; other layouts have none")
-        if self.replicas.data < 1:
-            raise VerifyException("replicas must be >= 1")
+        if (self.kind.data in BLOCKED_KINDS) != (self.dim.data >= 0):
+            raise VerifyException("shard and heads layouts need a dim >= 0; other layouts have none")
+        if self.replicas.data < 1 or (self.replicas.data > 1 and self.kind.data != "heads"):
+            raise VerifyException("replicas must be >= 1, and only heads layouts have more than 1")
 
 
 # --- ops ----------------------------------------------------------------------------------
@@ -227,8 +236,14 @@ class _LocalOp(IRDLOperation):
     assembly_format = "$input attr-dict `:` type($input) `->` type($output)"
 
 
+def split_sizes(total: int, parts: int) -> list[int]:
+    """How `total` splits into `parts` (torch.tensor_split): the first total % parts get one more."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
 class _BlockOp(_LocalOp):
-    """Blocks along `dim`: size / replicas of them, block b held by ranks b*replicas ..."""
+    """Blocks along `dim`: size / replicas of them (as torch.tensor_split cuts them: uneven
+    lengths differ by one), block b held by ranks b*replicas ... b*replicas + replicas-1."""
 
     dim = prop_def(IntegerAttr)
     replicas = prop_def(IntegerAttr, default_value=IntegerAttr(1, IntegerType(64)))
@@ -238,10 +253,11 @@ class _BlockOp(_LocalOp):
         if rep < 1 or n % rep:
             raise VerifyException(f"{self.name}: replicas {rep} must divide the group size {n}")
         blocks = n // rep
-        if not 0 <= dim < len(whole) or whole[dim] % blocks:
-            raise VerifyException(f"{self.name}: dim {dim} of {list(whole)} does not split into {blocks} blocks")
-        if block != whole[:dim] + (whole[dim] // blocks,) + whole[dim + 1 :]:
-            raise VerifyException(f"{self.name}: {list(block)} is not one block of {list(whole)}")
+        if not 0 <= dim < len(whole) or len(block) != len(whole):
+            raise VerifyException(f"{self.name}: dim {dim} out of range for {list(whole)}")
+        same_elsewhere = block[:dim] + block[dim + 1 :] == whole[:dim] + whole[dim + 1 :]
+        if not same_elsewhere or block[dim] not in split_sizes(whole[dim], blocks):
+            raise VerifyException(f"{self.name}: {list(block)} is not one of {blocks} blocks of {list(whole)}")
 
 
 @irdl_op_definition

@@ -31,7 +31,9 @@ class CollectiveOp(IRDLOperation):
     irdl_options = (ParsePropInAttrDict(),)
     assembly_format = "$input attr-dict `:` type($input) `->` type($output)"
 
-    def expected_shape(self, shape: list[int]) -> list[int]:
+    def expected_shapes(self, shape: list[int]) -> list[list[int]]:
+        """The result shapes this op may have (a sequence dim split unevenly over the group
+        gives parts that differ by one, so a rank's share is one of two sizes)."""
         raise NotImplementedError(f"{type(self).__name__} must say how it changes a shape")
 
     def _dim(self, name: str, shape: list[int]) -> int:
@@ -40,16 +42,15 @@ class CollectiveOp(IRDLOperation):
             raise VerifyException(f"{self.name}: {name} {dim} out of range for rank {len(shape)}")
         return dim
 
-    def _divide(self, shape: list[int], dim: int) -> list[int]:
+    def _divide(self, shapes: list[list[int]], dim: int) -> list[list[int]]:
+        """One part of dim: floor or ceil of size / n."""
         n = self.size.value.data
-        if shape[dim] % n:
-            raise VerifyException(
-                f"{self.name}: dim {dim} of size {shape[dim]} does not split into {n} parts"
-            )
-        return shape[:dim] + [shape[dim] // n] + shape[dim + 1 :]
+        return [s[:dim] + [part] + s[dim + 1 :] for s in shapes for part in sorted({s[dim] // n, -(-s[dim] // n)})]
 
-    def _multiply(self, shape: list[int], dim: int) -> list[int]:
-        return shape[:dim] + [shape[dim] * self.size.value.data] + shape[dim + 1 :]
+    def _multiply(self, shapes: list[list[int]], dim: int) -> list[list[int]]:
+        """All parts of dim together: n parts of which this rank's is one (sizes differ by <= 1)."""
+        n = self.size.value.data
+        return [s[:dim] + [total] + s[dim + 1 :] for s in shapes for total in range(max(1, n * (s[dim] - 1) + 1), n * (s[dim] + 1))]
 
     def verify_(self) -> None:
         if self.size.value.data < 1:
@@ -58,11 +59,10 @@ class CollectiveOp(IRDLOperation):
         assert isinstance(in_type, TensorType) and isinstance(out_type, TensorType)
         if in_type.element_type != out_type.element_type:
             raise VerifyException(f"{self.name}: collectives do not change the element type")
-        expected = self.expected_shape(list(in_type.get_shape()))
-        if list(out_type.get_shape()) != expected:
-            raise VerifyException(
-                f"{self.name}: result shape {list(out_type.get_shape())}, expected {expected}"
-            )
+        expected = self.expected_shapes(list(in_type.get_shape()))
+        if list(out_type.get_shape()) not in expected:
+            shown = expected[0] if len(expected) == 1 else f"one of {expected[:4]}{'...' if len(expected) > 4 else ''}"
+            raise VerifyException(f"{self.name}: result shape {list(out_type.get_shape())}, expected {shown}")
 
 
 class _ReducingOp(CollectiveOp):
@@ -77,24 +77,24 @@ class _ReducingOp(CollectiveOp):
 @irdl_op_definition
 class AllToAllOp(CollectiveOp):
     """Scatter `split_dim` into `size` chunks (chunk r goes to rank r) and concatenate the
-    received chunks along `concat_dim`."""
+    received chunks along `concat_dim`. Chunks of a sequence dim may differ by one token."""
 
     name = "dist.all_to_all"
     split_dim = prop_def(IntegerAttr)
     concat_dim = prop_def(IntegerAttr)
 
-    def expected_shape(self, shape: list[int]) -> list[int]:
+    def expected_shapes(self, shape: list[int]) -> list[list[int]]:
         split = self._dim("split_dim", shape)
         concat = self._dim("concat_dim", shape)
-        return self._multiply(self._divide(shape, split), concat)
+        return self._multiply(self._divide([shape], split), concat)
 
 
 @irdl_op_definition
 class AllReduceOp(_ReducingOp):
     name = "dist.all_reduce"
 
-    def expected_shape(self, shape: list[int]) -> list[int]:
-        return shape
+    def expected_shapes(self, shape: list[int]) -> list[list[int]]:
+        return [shape]
 
 
 @irdl_op_definition
@@ -102,8 +102,8 @@ class AllGatherOp(CollectiveOp):
     name = "dist.all_gather"
     dim = prop_def(IntegerAttr)
 
-    def expected_shape(self, shape: list[int]) -> list[int]:
-        return self._multiply(shape, self._dim("dim", shape))
+    def expected_shapes(self, shape: list[int]) -> list[list[int]]:
+        return self._multiply([shape], self._dim("dim", shape))
 
 
 @irdl_op_definition
@@ -111,8 +111,8 @@ class ReduceScatterOp(_ReducingOp):
     name = "dist.reduce_scatter"
     dim = prop_def(IntegerAttr)
 
-    def expected_shape(self, shape: list[int]) -> list[int]:
-        return self._divide(shape, self._dim("dim", shape))
+    def expected_shapes(self, shape: list[int]) -> list[list[int]]:
+        return self._divide([shape], self._dim("dim", shape))
 
 
 Dist = Dialect("dist", [AllToAllOp, AllReduceOp, AllGatherOp, ReduceScatterOp], [])

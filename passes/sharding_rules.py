@@ -2,8 +2,8 @@
 given the layouts its operands have. One rule per op family, registered with `@sharding_rule`
 (by op name) or found by torch's `pointwise` tag; like DTensor's op strategies.
 
-Layouts are on the sequence-parallel axis: `R` replicated, `P` partial sum, `S(d)` sharded
-(rank r holds block r of dim d). A rule returns None when it has no sharded strategy for the
+Layouts are on the sequence-parallel axis: `R` replicated, `P` partial sum, `S(d)` dim d carries
+the sequence and rank r holds its r-th part, `H(d)` dim d (attention heads) split evenly. A rule returns None when it has no sharded strategy for the
 inputs it sees; the op then runs replicated (its inputs are gathered), which is always exact.
 """
 
@@ -24,13 +24,13 @@ from autosp.runtime.errors import AutoSPError
 
 @dataclass(frozen=True)
 class Layout:
-    kind: str  # replicated / shard / partial
+    kind: str  # replicated / shard / heads / partial
     dim: int = -1
-    replicas: int = 1  # ranks holding each block (shard only)
+    replicas: int = 1  # ranks holding each block (heads only)
 
     def attr(self) -> LayoutAttr:
-        if self.kind == "shard":
-            return LayoutAttr.shard(self.dim, self.replicas)
+        if self.kind in ("shard", "heads"):
+            return getattr(LayoutAttr, self.kind)(self.dim, self.replicas)
         return getattr(LayoutAttr, self.kind)()
 
     @staticmethod
@@ -40,18 +40,27 @@ class Layout:
     def blocks(self, sp: int) -> int:
         return sp // self.replicas
 
+    @property
+    def blocked(self) -> bool:
+        return self.kind in ("shard", "heads")
+
     def __str__(self) -> str:
-        if self.kind != "shard":
+        if not self.blocked:
             return self.kind[0].upper()
-        return f"S({self.dim})" if self.replicas == 1 else f"S({self.dim}x{self.replicas})"
+        letter = self.kind[0].upper()
+        return f"{letter}({self.dim})" if self.replicas == 1 else f"{letter}({self.dim}x{self.replicas})"
 
 
 R = Layout("replicated")
 P = Layout("partial")
 
 
-def S(dim: int, replicas: int = 1) -> Layout:
-    return Layout("shard", dim, replicas)
+def S(dim: int) -> Layout:
+    return Layout("shard", dim)
+
+
+def H(dim: int, replicas: int = 1) -> Layout:
+    return Layout("heads", dim, replicas)
 
 
 @dataclass
@@ -66,6 +75,7 @@ class RuleContext:
     sp: int
     token_values: set[SSAValue] = field(default_factory=set)
     seq_dim: int = 1
+    seq_len: int = 1  # the global sequence length: a sharded dim's size is a multiple of it
 
 
 Rule = Callable[[Operation, list[Layout], RuleContext], Strategy | None]
@@ -115,9 +125,9 @@ def _norm(dim: int, rank: int) -> int:
     return dim % rank if rank else 0
 
 
-def _divisible(value: SSAValue, dim: int, ctx: RuleContext) -> bool:
+def _long_enough(value: SSAValue, dim: int, ctx: RuleContext) -> bool:
     s = shape(value)
-    return 0 <= dim < len(s) and s[dim] > 1 and s[dim] % ctx.sp == 0
+    return 0 <= dim < len(s) and s[dim] >= ctx.sp
 
 
 # --- pointwise --------------------------------------------------------------------------
@@ -159,13 +169,15 @@ def _pointwise(op: Operation, layouts: list[Layout], ctx: RuleContext) -> Strate
 # --- views and layout-preserving ops ----------------------------------------------------
 
 
-def reshape_dim(src: Sequence[int], dst: Sequence[int], dim: int, n: int) -> int | None:
-    """The dim of `dst` that carries the blocks of `src`'s dim under a reshape, or None when the
-    blocks are not contiguous there (e.g. [2, S, H] -> [2S, H] with S sharded)."""
+def reshape_dim(src: Sequence[int], dst: Sequence[int], dim: int, seq_len: int) -> int | None:
+    """The dim of `dst` that carries the sequence parts of `src`'s dim under a reshape, or None
+    when they are not contiguous there (e.g. [2, S, H] -> [2S, H] with S sharded) or the
+    sequence is split across dims ([S, H] -> [2, S/2, H])."""
     prefix = math.prod(src[:dim])
+    inner = math.prod(src[dim:])
     for e in range(len(dst)):
         if math.prod(dst[:e]) == prefix and dst[e] > 1:
-            return e if dst[e] % n == 0 else None
+            return e if math.prod(dst[e:]) == inner and dst[e] % seq_len == 0 else None
         if math.prod(dst[:e]) > prefix:
             break
     return None
@@ -177,7 +189,7 @@ def _reshape(op, layouts, ctx):
     (layout, *rest) = layouts
     if layout.kind != "shard":
         return None if layout == P else replicated(op)
-    d = reshape_dim(shape(op.operands[0]), shape(op.results[0]), layout.dim, ctx.sp)
+    d = reshape_dim(shape(op.operands[0]), shape(op.results[0]), layout.dim, ctx.seq_len)
     return None if d is None else Strategy([layout], [S(d)])
 
 
@@ -346,7 +358,7 @@ SEEDS = {"aten.embedding.default"}
 def _embedding(op, layouts, ctx):
     weight, indices = op.operands[0], op.operands[1]
     layout = layouts[1]
-    if layout == R and indices in ctx.token_values and _divisible(indices, ctx.seq_dim, ctx):
+    if layout == R and indices in ctx.token_values and _long_enough(indices, ctx.seq_dim, ctx):
         layout = S(ctx.seq_dim)  # the seed: token embeddings are sharded on the sequence
     if layout.kind != "shard":
         return None
@@ -396,15 +408,15 @@ def kv_layout(hq: int, hkv: int, sp: int) -> Layout | None:
     if hq % sp:
         return None
     if hkv % sp == 0:
-        return S(1)
+        return H(1)
     group, local_q = hq // hkv, hq // sp
     if sp % hkv == 0 and group % local_q == 0:
-        return S(1, sp // hkv)
+        return H(1, sp // hkv)
     return None
 
 
 def _heads_check(op: Operation, q: SSAValue, k: SSAValue, ctx: RuleContext) -> Layout:
-    hq, hkv, seq = shape(q)[1], shape(k)[1], shape(q)[2]
+    hq, hkv = shape(q)[1], shape(k)[1]
     layout = kv_layout(hq, hkv, ctx.sp)
     if layout is None:
         valid = [n for n in range(1, hq + 1) if kv_layout(hq, hkv, n) is not None]
@@ -412,8 +424,6 @@ def _heads_check(op: Operation, q: SSAValue, k: SSAValue, ctx: RuleContext) -> L
             f"{op.name}: {hq} query heads / {hkv} key-value heads do not split over sp={ctx.sp} "
             f"(q {list(shape(q))}); valid sp degrees: {valid}"
         )
-    if seq % ctx.sp:
-        raise AutoSPError(f"{op.name}: sequence length {seq} is not a multiple of sp={ctx.sp}")
     return layout
 
 
@@ -424,10 +434,10 @@ def _attention(op: AttentionOp, layouts, ctx):
     heads than sp, K/V are all-gathered along the sequence (kv_heads only, never expanded to
     the query head count) and each rank keeps the kv head its query heads read."""
     kv = _heads_check(op, op.query, op.key, ctx)
-    return Strategy([S(1), kv, kv], [S(2), S(1)], computed=[S(1), S(1)])
+    return Strategy([H(1), kv, kv], [S(2), H(1)], computed=[H(1), H(1)])
 
 
 @sharding_rule("autosp.attention_grad")
 def _attention_grad(op: AttentionGradOp, layouts, ctx):
     kv = _heads_check(op, op.query, op.key, ctx)
-    return Strategy([S(1), S(1), kv, kv, S(1), S(1)], [S(2)] * 3, computed=[S(1), kv, kv])
+    return Strategy([H(1), H(1), kv, kv, H(1), H(1)], [S(2)] * 3, computed=[H(1), kv, kv])

@@ -3,10 +3,16 @@
 Each operand whose layout differs from what its op needs gets a conversion, made once per
 (value, layout) and reused by every later use:
 
-    R -> S(d)  autosp.local_shard (free: every rank holds the replicated value)
+    R -> S(d), H(d)  autosp.local_shard (free: every rank holds the replicated value)
     S(d) -> R  dist.all_gather          P -> R     dist.all_reduce
     R -> P     autosp.to_partial         P -> S(d)  dist.reduce_scatter
-    S(a) -> S(b)  dist.all_to_all (split b, concat a): Ulysses around attention
+    S(a) <-> H(b)  dist.all_to_all: Ulysses around attention
+    H(d x replicas) -> P  autosp.place_shard (kv heads shared by several ranks)
+
+The program is partitioned for one rank of the group (`rank`): when the sequence length does not
+divide by sp, rank r holds part r as torch.tensor_split cuts it (parts differ by one token), so
+the ranks' programs differ only in those sizes, and every rank runs the same collectives in the
+same order. No padding: there are no fake tokens to mask out of the loss or the gradients.
 
 Results get their local (per-rank) types, and shape-carrying properties (`size`/`shape` of view,
 expand, ...) are rewritten to the local shape. Results an op computes in another layout than
@@ -36,7 +42,7 @@ from xdsl.rewriter import InsertPoint, Rewriter
 
 from autosp.codegen import train_step_of
 from autosp.ir.aten import AtenOp
-from autosp.ir.autosp import LocalShardOp, PlaceShardOp, ToPartialOp
+from autosp.ir.autosp import LocalShardOp, PlaceShardOp, ToPartialOp, split_sizes
 from autosp.ir.dist import AllGatherOp, AllReduceOp, AllToAllOp, ReduceScatterOp
 from autosp.passes.sharding_rules import P, R, Layout
 from autosp.passes.sp_propagate import COMPUTED, IN_LAYOUTS, LAYOUTS, read_layouts
@@ -51,19 +57,26 @@ def _i64(value: int) -> IntegerAttr:
 
 
 class _Partitioner:
-    def __init__(self, sp: int):
-        self.sp = sp
+    def __init__(self, sp: int, rank: int, seq_len: int):
+        self.sp, self.rank, self.seq_len = sp, rank, seq_len
         self.layout_of: dict[SSAValue, Layout] = {}
         self.converted: dict[tuple[SSAValue, Layout], SSAValue] = {}
         self.shrunk: dict[SSAValue, SSAValue] = {}
 
     def local_type(self, value_type: TensorType, layout: Layout, where: str) -> TensorType:
         shape = list(value_type.get_shape())
-        if layout.kind == "shard":
+        if layout.kind == "shard":  # a multiple of the sequence: this rank's part of it
+            if shape[layout.dim] % self.seq_len:
+                raise AutoSPError(
+                    f"{where}: dim {layout.dim} of {shape} is sharded but not a multiple of the sequence length {self.seq_len}"
+                )
+            part = split_sizes(self.seq_len, self.sp)[self.rank]
+            shape[layout.dim] = shape[layout.dim] // self.seq_len * part
+        elif layout.kind == "heads":
             blocks = layout.blocks(self.sp)
             if shape[layout.dim] % blocks:
                 raise AutoSPError(
-                    f"{where}: dim {layout.dim} of {shape} does not split into {blocks} blocks (sp={self.sp})"
+                    f"{where}: {shape[layout.dim]} heads (dim {layout.dim} of {shape}) do not split into {blocks} blocks (sp={self.sp})"
                 )
             shape[layout.dim] //= blocks
         return TensorType(value_type.element_type, shape)
@@ -84,6 +97,9 @@ class _Partitioner:
         layout = self.layout_of[value]
         shape = list(value.type.get_shape())
         if layout.kind == "shard":
+            part = split_sizes(self.seq_len, self.sp)[self.rank]
+            shape[layout.dim] = shape[layout.dim] // part * self.seq_len
+        elif layout.kind == "heads":
             shape[layout.dim] *= layout.blocks(self.sp)
         return TensorType(value.type.element_type, shape)
 
@@ -106,9 +122,9 @@ class _Partitioner:
         """The ops turning `value` (in layout src) into layout dst."""
         if src == dst:
             return []
-        plain_src = src.kind == "shard" and src.replicas == 1
-        plain_dst = dst.kind == "shard" and dst.replicas == 1
-        if src == R and dst.kind == "shard":
+        plain_src = src.blocked and src.replicas == 1
+        plain_dst = dst.blocked and dst.replicas == 1
+        if src == R and dst.blocked:
             if self.shrink_factory(value, dst):
                 return []
             return [self._collective(LocalShardOp, value, dst, dim=dst.dim, replicas=dst.replicas)]
@@ -122,11 +138,11 @@ class _Partitioner:
             return [self._collective(ReduceScatterOp, value, dst, reduce="sum", dim=dst.dim)]
         if plain_src and plain_dst:
             return [self._collective(AllToAllOp, value, dst, split_dim=dst.dim, concat_dim=src.dim)]
-        if src.kind == "shard" and dst == P:  # blocks held by several ranks: a partial sum
+        if src.blocked and src.replicas > 1 and dst == P:  # blocks held by several ranks: a partial sum
             return [self._collective(PlaceShardOp, value, P, dim=src.dim, replicas=src.replicas)]
         # Two steps: through partial when blocks are shared (their sum is the value), else
         # through replicated.
-        via = P if src.kind == "shard" and src.replicas > 1 else R
+        via = P if src.blocked and src.replicas > 1 else R
         first = self.conversion(value, src, via)
         self.layout_of[first[-1].results[0]] = via
         return first + self.conversion(first[-1].results[0], via, dst)
@@ -178,11 +194,17 @@ class _Partitioner:
 class SPPartition(ModulePass):
     name = "sp-partition"
 
+    rank: int = 0  # the rank (within the SP group) whose program to produce
+
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         sp_attr = op.attributes.get("autosp.sp")
         if not isinstance(sp_attr, IntegerAttr):
             raise AutoSPError("sp-partition: run sp-propagate first (the module has no autosp.sp)")
-        partitioner = _Partitioner(sp_attr.value.data)
+        seq_len = op.attributes["autosp.seq_len"].value.data
+        sp = sp_attr.value.data
+        if not 0 <= self.rank < sp:
+            raise AutoSPError(f"sp-partition: rank={self.rank} is not in 0..{sp - 1}")
+        partitioner = _Partitioner(sp, self.rank, seq_len)
         fn = train_step_of(op)
         for arg in fn.body.block.args:
             partitioner.layout_of[arg] = R

@@ -64,13 +64,12 @@ class SPPropagate(ModulePass):
                 f"sp-propagate: no token input (an integer input of rank > {self.seq_dim}) to shard "
                 "along the sequence; pass seq-dim to name the sequence dim of the inputs"
             )
-        for token in rules.token_values:
-            length = token.type.get_shape()[self.seq_dim]
-            if length % self.sp:
-                raise AutoSPError(
-                    f"sp-propagate: input '{token.name_hint}' has sequence length {length}, not a "
-                    f"multiple of sp={self.sp}; export with a length divisible by {self.sp}"
-                )
+        lengths = {token.type.get_shape()[self.seq_dim] for token in rules.token_values}
+        if len(lengths) != 1:
+            raise AutoSPError(f"sp-propagate: token inputs disagree on the sequence length: {sorted(lengths)}")
+        rules.seq_len = lengths.pop()
+        if rules.seq_len < self.sp:
+            raise AutoSPError(f"sp-propagate: sequence length {rules.seq_len} is shorter than sp={self.sp}")
         layout_of = {arg: R for arg in fn.body.block.args}
         for inner in fn.body.block.ops:
             if isinstance(inner, func.ReturnOp):
@@ -84,3 +83,4 @@ class SPPropagate(ModulePass):
             for result, layout in zip(inner.results, strategy.outputs):
                 layout_of[result] = layout
         op.attributes["autosp.sp"] = IntegerAttr(self.sp, 64)
+        op.attributes["autosp.seq_len"] = IntegerAttr(rules.seq_len, 64)

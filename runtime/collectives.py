@@ -15,31 +15,61 @@ def all_reduce(x: torch.Tensor, reduce: str, group) -> torch.Tensor:
     return out
 
 
-def all_gather(x: torch.Tensor, dim: int, group) -> torch.Tensor:
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, x.contiguous(), group=group)
-    return torch.cat(parts, dim=dim)
+def split_sizes(total: int, parts: int) -> list[int]:
+    """torch.tensor_split's part sizes: the first total % parts parts get one more."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def _resized(x: torch.Tensor | list[int], dim: int, size: int) -> list[int]:
+    shape = list(x.shape if isinstance(x, torch.Tensor) else x)
+    shape[dim] = size
+    return shape
+
+
+def all_gather(x: torch.Tensor, dim: int, total: int, group) -> torch.Tensor:
+    """Every rank's part of dim, in rank order; parts may differ by one (`total` in all)."""
+    sizes = split_sizes(total, dist.get_world_size(group))
+    longest = max(sizes)
+    padded = x
+    if x.shape[dim] < longest:  # gloo gathers equal shapes: pad, then trim each part
+        padded = torch.cat([x, x.new_zeros(_resized(x, dim, longest - x.shape[dim]))], dim=dim)
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded.contiguous(), group=group)
+    return torch.cat([p.narrow(dim, 0, size) for p, size in zip(parts, sizes)], dim=dim)
 
 
 def reduce_scatter(x: torch.Tensor, reduce: str, dim: int, group) -> torch.Tensor:
     n = dist.get_world_size(group)
     summed = all_reduce(x, reduce, group)  # gloo has no reduce_scatter
-    return summed.chunk(n, dim=dim)[dist.get_rank(group)].contiguous()
+    return summed.tensor_split(n, dim=dim)[dist.get_rank(group)].contiguous()
 
 
-def all_to_all(x: torch.Tensor, split_dim: int, concat_dim: int, group) -> torch.Tensor:
-    n = dist.get_world_size(group)
-    inputs = [c.contiguous() for c in x.chunk(n, dim=split_dim)]
-    outputs = [torch.empty_like(c) for c in inputs]
+def _pad_to(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    if x.shape[dim] == size:
+        return x
+    return torch.cat([x, x.new_zeros(_resized(x, dim, size - x.shape[dim]))], dim=dim)
+
+
+def all_to_all(x: torch.Tensor, split_dim: int, concat_dim: int, total: int, group) -> torch.Tensor:
+    """Part r of split_dim goes to rank r; the parts received are concatenated along
+    concat_dim (`total` long in all) in rank order. Parts of a sequence may differ by one
+    token: chunks are padded to one shape for the exchange (gloo needs that) and trimmed."""
+    n, rank = dist.get_world_size(group), dist.get_rank(group)
+    split_parts = split_sizes(x.shape[split_dim], n)
+    concat_parts = split_sizes(total, n)
+    x = _pad_to(x, concat_dim, max(concat_parts))
+    inputs = [_pad_to(c, split_dim, max(split_parts)).contiguous() for c in x.tensor_split(n, dim=split_dim)]
+    outputs = [torch.empty_like(inputs[0]) for _ in range(n)]
     dist.all_to_all(outputs, inputs, group=group)
-    return torch.cat(outputs, dim=concat_dim)
+    trimmed = [o.narrow(split_dim, 0, split_parts[rank]).narrow(concat_dim, 0, size) for o, size in zip(outputs, concat_parts)]
+    return torch.cat(trimmed, dim=concat_dim)
 
 
 def local_shard(x: torch.Tensor, dim: int, replicas: int, group) -> torch.Tensor:
     """This rank's block of a replicated tensor along dim (no communication); each block is
     held by `replicas` consecutive ranks."""
     blocks = dist.get_world_size(group) // replicas
-    return x.chunk(blocks, dim=dim)[dist.get_rank(group) // replicas].contiguous()
+    return x.tensor_split(blocks, dim=dim)[dist.get_rank(group) // replicas].contiguous()
 
 
 def place_shard(x: torch.Tensor, dim: int, replicas: int, group) -> torch.Tensor:

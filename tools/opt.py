@@ -33,6 +33,7 @@ class AutoSPOptMain(xDSLOptMain):
     def register_all_arguments(self, arg_parser: argparse.ArgumentParser):
         super().register_all_arguments(arg_parser)
         arg_parser.add_argument("--sp", type=int, default=None, help="sequence-parallel degree: run the compile pipeline for it")
+        arg_parser.add_argument("--rank", type=int, default=0, help="with --sp: the rank (in the SP group) whose program to print")
         arg_parser.add_argument("--remat", action="store_true", help="choose recomputation by ILP to fit --memory-budget")
         arg_parser.add_argument("--memory-budget", default=None, help="per-rank memory budget for --remat, e.g. 70GiB")
         arg_parser.add_argument(
@@ -52,7 +53,9 @@ class AutoSPOptMain(xDSLOptMain):
         if self.args.sp is not None or self.args.remat:
             if self.args.passes:
                 raise ValueError("give either -p PASSES or the pipeline options (--sp/--remat), not both")
-            self.args.passes = pipeline_spec(sp=1 if self.args.sp is None else self.args.sp, remat=self.args.remat)
+            self.args.passes = pipeline_spec(
+                sp=1 if self.args.sp is None else self.args.sp, remat=self.args.remat, rank=self.args.rank
+            )
         elif self.args.memory_budget is not None:
             raise ValueError("--memory-budget only applies with --remat")
         super().setup_pipeline()

@@ -29,17 +29,22 @@ def check(results):
 
 
 @pytest.mark.parametrize(
-    "arch, config",
-    [("Llama", {}), ("Qwen2", {}), ("Mistral", {"num_key_value_heads": 1, "sliding_window": None})],
-    ids=["llama-gqa", "qwen2-bias", "mistral-mqa-kv1"],
+    "arch, config, seq",
+    [
+        ("Llama", {}, 32),
+        ("Qwen2", {}, 33),  # odd length: rank 0 holds 17 tokens, rank 1 holds 16
+        ("Mistral", {"num_key_value_heads": 1, "sliding_window": None}, 32),
+    ],
+    ids=["llama-gqa", "qwen2-bias-odd-seq", "mistral-mqa-kv1"],
 )
-def test_sp2_matches_eager(arch, config):
-    check(run_distributed(2, arch=arch, config=config, sp=2, seq=32, labels_fn=ignore_unevenly))
+def test_sp2_matches_eager(arch, config, seq):
+    check(run_distributed(2, arch=arch, config=config, sp=2, seq=seq, labels_fn=ignore_unevenly))
 
 
-def test_sp4_kv_heads_fewer_than_sp_five_sgd_steps():
-    # 4 query heads, 2 kv heads on 4 ranks: K/V all-gathered (2 heads), one kv head per rank.
-    check(run_distributed(4, arch="Llama", sp=4, seq=32, labels_fn=ignore_unevenly, steps=5))
+def test_sp4_kv_heads_fewer_than_sp_uneven_seq_five_sgd_steps():
+    # 4 query heads, 2 kv heads on 4 ranks: K/V all-gathered (2 heads), one kv head per rank;
+    # 30 tokens split 8, 8, 7, 7.
+    check(run_distributed(4, arch="Llama", sp=4, seq=30, labels_fn=ignore_unevenly, steps=5))
 
 
 def test_sp2_times_dp2_matches_ddp_averaging():

@@ -56,9 +56,34 @@ def test_heads_that_do_not_split_are_refused(llama_ir):
         partition(llama_ir, 3)
 
 
-def test_sequence_not_divisible_is_refused(llama_ir):
-    with pytest.raises(AutoSPError, match="sequence length 48, not a multiple of sp=5"):
-        partition(llama_ir, 5)
+def test_uneven_sequence_parts_differ_only_in_sizes():
+    module = tiny_causal_lm("Llama", num_hidden_layers=1)
+    ids = torch.randint(0, 96, (1, 30))
+    text = str(import_program(torch.export.export(module, (ids, ids.clone()))))
+    from xdsl.parser import Parser
+
+    from autosp.ir import autosp_context
+
+    programs = [
+        run_pipeline(Parser(autosp_context(), text).parse_module(), pipeline_spec(sp=4, rank=rank))
+        for rank in range(4)
+    ]
+    embedding_tokens = []
+    for program in programs:
+        embedding = next(op for op in program.walk() if op.name == "aten.embedding.default")
+        embedding_tokens.append(embedding.results[0].type.get_shape()[1])
+    assert embedding_tokens == [8, 8, 7, 7]  # torch.tensor_split parts of 30 tokens
+    # the same collectives in the same order on every rank
+    sequences = [[op.name for op in program.walk() if op.name.startswith("dist.")] for program in programs]
+    assert all(seq == sequences[0] for seq in sequences)
+    # attention sees the whole (unpadded) sequence
+    attention = next(op for op in programs[3].walk() if op.name == "autosp.attention")
+    assert attention.query.type.get_shape()[2] == 30
+
+
+def test_sequence_shorter_than_sp_is_refused(llama_ir):
+    with pytest.raises(AutoSPError, match="sequence length 48 is shorter than sp=64"):
+        partition(llama_ir, 64)
 
 
 def test_llama_1b_128k_sp8_moves_the_ulysses_optimum():

@@ -27,4 +27,4 @@ func.func @lse_shape(%q: tensor<1x4x16x64xf32>) {
 func.func @bad_layout() attributes {l = #autosp.layout<sharded 1>} {
   func.return
 }
-// CHECK: layout kind must be one of replicated, shard, partial
+// CHECK: layout kind must be one of replicated, shard, heads, partial

@@ -10,7 +10,7 @@ func.func @train_step(%w: tensor<16x8xf32> {autosp.kind = "parameter", autosp.na
   // CHECK: aten.permute.default {{.*}}autosp.layouts = [#autosp.layout<shard 2>]
   %q = aten.permute.default %v <{dims = array<i64: 0, 2, 1, 3>}> : (tensor<1x8x2x4xf32>) -> tensor<1x2x8x4xf32>
   // Ulysses: head-sharded inputs, sequence-sharded output (computed head-sharded).
-  // CHECK: autosp.attention {{.*}}autosp.in_layouts = [#autosp.layout<shard 1>, #autosp.layout<shard 1>, #autosp.layout<shard 1>], autosp.layouts = [#autosp.layout<shard 2>, #autosp.layout<shard 1>], autosp.computed = [#autosp.layout<shard 1>, #autosp.layout<shard 1>]
+  // CHECK: autosp.attention {{.*}}autosp.in_layouts = [#autosp.layout<heads 1>, #autosp.layout<heads 1>, #autosp.layout<heads 1>], autosp.layouts = [#autosp.layout<shard 2>, #autosp.layout<heads 1>], autosp.computed = [#autosp.layout<heads 1>, #autosp.layout<heads 1>]
   %o, %lse = autosp.attention %q, %q, %q {causal = true, window = 0 : i64, scale = 5.000000e-01 : f64} : (tensor<1x2x8x4xf32>, tensor<1x2x8x4xf32>, tensor<1x2x8x4xf32>) -> (tensor<1x2x8x4xf32>, tensor<1x2x8xf32>)
   // CHECK: aten.arange.start_step {{.*}}autosp.layouts = [#autosp.layout<replicated>]
   %pos = aten.arange.start_step <{start = 0 : i64, end = 8 : i64, step = 1 : i64}> : () -> tensor<8xi64>
