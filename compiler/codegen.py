@@ -172,10 +172,10 @@ def emit_all_reduce(op: AllReduceOp, names: Names) -> str:
 
 @emits(AllGatherOp)
 def emit_all_gather(op: AllGatherOp, names: Names) -> str:
-    dim = op.dim.value.data
+    dim, outer = op.dim.value.data, op.outer.value.data
     return (
-        f"collectives.all_gather({names[op.input]}, dim={dim}, total={op.output.type.get_shape()[dim]}, "
-        f"group=GROUPS[{op.group.string_value()!r}])"
+        f"collectives.all_gather({names[op.input]}, dim={dim}, total={op.output.type.get_shape()[dim] // outer}, "
+        f"outer={outer}, group=GROUPS[{op.group.string_value()!r}])"
     )
 
 
@@ -183,7 +183,7 @@ def emit_all_gather(op: AllGatherOp, names: Names) -> str:
 def emit_reduce_scatter(op: ReduceScatterOp, names: Names) -> str:
     return (
         f"collectives.reduce_scatter({names[op.input]}, {op.reduce.data!r}, dim={op.dim.value.data}, "
-        f"group=GROUPS[{op.group.string_value()!r}])"
+        f"outer={op.outer.value.data}, group=GROUPS[{op.group.string_value()!r}])"
     )
 
 
@@ -191,7 +191,7 @@ def emit_reduce_scatter(op: ReduceScatterOp, names: Names) -> str:
 def emit_local_shard(op: LocalShardOp, names: Names) -> str:
     return (
         f"collectives.local_shard({names[op.input]}, dim={op.dim.value.data}, "
-        f"replicas={op.replicas.value.data}, group=GROUPS[{op.group.string_value()!r}])"
+        f"replicas={op.replicas.value.data}, outer={op.outer.value.data}, group=GROUPS[{op.group.string_value()!r}])"
     )
 
 

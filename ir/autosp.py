@@ -51,7 +51,8 @@ class LayoutAttr(ParametrizedAttribute):
     """How a value lies on the sequence-parallel mesh axis:
     - `#autosp.layout<replicated>`: every rank holds all of it;
     - `#autosp.layout<shard 1>`: dim 1 carries the sequence and rank r holds its r-th part (parts
-      differ by at most one token when the length does not divide);
+      differ by at most one token when the length does not divide); `<shard 0 outer 2>`: dim 0
+      is 2 x sequence x inner (batch and sequence merged), each of the 2 holds its part;
     - `#autosp.layout<heads 1>`: dim 1 (attention heads) split evenly, rank r holds block r;
       `<heads 1 replicas 2>`: sp/2 blocks, each held by 2 consecutive ranks (K/V heads when there
       are fewer than sp);
@@ -61,22 +62,23 @@ class LayoutAttr(ParametrizedAttribute):
     kind: StringAttr = param_def()
     dim: IntAttr = param_def()
     replicas: IntAttr = param_def()
+    outer: IntAttr = param_def()
 
     @staticmethod
     def replicated() -> LayoutAttr:
-        return LayoutAttr(StringAttr("replicated"), IntAttr(-1), IntAttr(1))
+        return LayoutAttr(StringAttr("replicated"), IntAttr(-1), IntAttr(1), IntAttr(1))
 
     @staticmethod
-    def shard(dim: int, replicas: int = 1) -> LayoutAttr:
-        return LayoutAttr(StringAttr("shard"), IntAttr(dim), IntAttr(replicas))
+    def shard(dim: int, outer: int = 1) -> LayoutAttr:
+        return LayoutAttr(StringAttr("shard"), IntAttr(dim), IntAttr(1), IntAttr(outer))
 
     @staticmethod
     def heads(dim: int, replicas: int = 1) -> LayoutAttr:
-        return LayoutAttr(StringAttr("heads"), IntAttr(dim), IntAttr(replicas))
+        return LayoutAttr(StringAttr("heads"), IntAttr(dim), IntAttr(replicas), IntAttr(1))
 
     @staticmethod
     def partial() -> LayoutAttr:
-        return LayoutAttr(StringAttr("partial"), IntAttr(-1), IntAttr(1))
+        return LayoutAttr(StringAttr("partial"), IntAttr(-1), IntAttr(1), IntAttr(1))
 
     @classmethod
     def parse_parameters(cls, parser: AttrParser) -> Sequence[Attribute]:
@@ -86,7 +88,8 @@ class LayoutAttr(ParametrizedAttribute):
                 parser.raise_error(f"layout kind must be one of {', '.join(LAYOUT_KINDS)}")
             dim = parser.parse_integer() if kind in BLOCKED_KINDS else -1
             replicas = parser.parse_integer() if kind == "heads" and parser.parse_optional_keyword("replicas") else 1
-        return (StringAttr(kind), IntAttr(dim), IntAttr(replicas))
+            outer = parser.parse_integer() if kind == "shard" and parser.parse_optional_keyword("outer") else 1
+        return (StringAttr(kind), IntAttr(dim), IntAttr(replicas), IntAttr(outer))
 
     def print_parameters(self, printer: Printer) -> None:
         with printer.in_angle_brackets():
@@ -95,6 +98,8 @@ class LayoutAttr(ParametrizedAttribute):
                 printer.print_string(f" {self.dim.data}")
                 if self.replicas.data != 1:
                     printer.print_string(f" replicas {self.replicas.data}")
+                if self.outer.data != 1:
+                    printer.print_string(f" outer {self.outer.data}")
 
     def verify(self) -> None:
         if self.kind.data not in LAYOUT_KINDS:
@@ -103,6 +108,8 @@ class LayoutAttr(ParametrizedAttribute):
             raise VerifyException("shard and heads layouts need a dim >= 0; other layouts have none")
         if self.replicas.data < 1 or (self.replicas.data > 1 and self.kind.data != "heads"):
             raise VerifyException("replicas must be >= 1, and only heads layouts have more than 1")
+        if self.outer.data < 1 or (self.outer.data > 1 and self.kind.data != "shard"):
+            raise VerifyException("outer must be >= 1, and only shard layouts have more than 1")
 
 
 # --- ops ----------------------------------------------------------------------------------
@@ -247,9 +254,16 @@ class _BlockOp(_LocalOp):
 
     dim = prop_def(IntegerAttr)
     replicas = prop_def(IntegerAttr, default_value=IntegerAttr(1, IntegerType(64)))
+    outer = prop_def(IntegerAttr, default_value=IntegerAttr(1, IntegerType(64)))
 
     def verify_blocks(self, whole: tuple[int, ...], block: tuple[int, ...]) -> None:
         dim, n, rep = self.dim.value.data, self.size.value.data, self.replicas.value.data
+        outer = self.outer.value.data
+        if outer > 1:  # dim is outer x part: each of the outer slices is split
+            if whole[dim] % outer or block[dim] % outer:
+                raise VerifyException(f"{self.name}: dim {dim} of {list(whole)} and {list(block)} must be multiples of outer {outer}")
+            whole = whole[:dim] + (whole[dim] // outer,) + whole[dim + 1 :]
+            block = block[:dim] + (block[dim] // outer,) + block[dim + 1 :]
         if rep < 1 or n % rep:
             raise VerifyException(f"{self.name}: replicas {rep} must divide the group size {n}")
         blocks = n // rep

@@ -7,7 +7,7 @@ collectives run or their order, or ranks deadlock. Every op names its `group` (a
 
 from __future__ import annotations
 
-from xdsl.dialects.builtin import IntegerAttr, StringAttr, SymbolRefAttr, TensorType
+from xdsl.dialects.builtin import IntegerAttr, IntegerType, StringAttr, SymbolRefAttr, TensorType
 from xdsl.ir import Dialect
 from xdsl.irdl import (
     IRDLOperation,
@@ -97,22 +97,36 @@ class AllReduceOp(_ReducingOp):
         return [shape]
 
 
+class _OuterOp(CollectiveOp):
+    """Along `dim` = outer x (the part being gathered or scattered): with outer > 1 (batch
+    merged before the sequence) each of the outer slices is gathered / scattered."""
+
+    outer = prop_def(IntegerAttr, default_value=IntegerAttr(1, IntegerType(64)))
+
+    def _per_outer(self, shape: list[int], dim: int, fn) -> list[list[int]]:
+        o = self.outer.value.data
+        if shape[dim] % o:
+            raise VerifyException(f"{self.name}: dim {dim} of {shape} is not a multiple of outer {o}")
+        inner = shape[:dim] + [shape[dim] // o] + shape[dim + 1 :]
+        return [s[:dim] + [s[dim] * o] + s[dim + 1 :] for s in fn([inner], dim)]
+
+
 @irdl_op_definition
-class AllGatherOp(CollectiveOp):
+class AllGatherOp(_OuterOp):
     name = "dist.all_gather"
     dim = prop_def(IntegerAttr)
 
     def expected_shapes(self, shape: list[int]) -> list[list[int]]:
-        return self._multiply([shape], self._dim("dim", shape))
+        return self._per_outer(shape, self._dim("dim", shape), self._multiply)
 
 
 @irdl_op_definition
-class ReduceScatterOp(_ReducingOp):
+class ReduceScatterOp(_OuterOp, _ReducingOp):
     name = "dist.reduce_scatter"
     dim = prop_def(IntegerAttr)
 
     def expected_shapes(self, shape: list[int]) -> list[list[int]]:
-        return self._divide([shape], self._dim("dim", shape))
+        return self._per_outer(shape, self._dim("dim", shape), self._divide)
 
 
 Dist = Dialect("dist", [AllToAllOp, AllReduceOp, AllGatherOp, ReduceScatterOp], [])

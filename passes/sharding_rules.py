@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, TensorType
@@ -27,15 +27,25 @@ class Layout:
     kind: str  # replicated / shard / heads / partial
     dim: int = -1
     replicas: int = 1  # ranks holding each block (heads only)
+    outer: int = 1  # shard only: dim = outer x sequence x inner (batch merged before the sequence)
 
     def attr(self) -> LayoutAttr:
-        if self.kind in ("shard", "heads"):
-            return getattr(LayoutAttr, self.kind)(self.dim, self.replicas)
+        if self.kind == "shard":
+            return LayoutAttr.shard(self.dim, self.outer)
+        if self.kind == "heads":
+            return LayoutAttr.heads(self.dim, self.replicas)
         return getattr(LayoutAttr, self.kind)()
 
     @staticmethod
     def of(attr: LayoutAttr) -> Layout:
-        return Layout(attr.kind.data, attr.dim.data, attr.replicas.data)
+        return Layout(attr.kind.data, attr.dim.data, attr.replicas.data, attr.outer.data)
+
+    def at(self, dim: int) -> Layout:
+        """The same sharding, carried by another dim."""
+        return replace(self, dim=dim)
+
+    def is_shard(self, dim: int) -> bool:
+        return self.kind == "shard" and self.dim == dim
 
     def blocks(self, sp: int) -> int:
         return sp // self.replicas
@@ -48,15 +58,16 @@ class Layout:
         if not self.blocked:
             return self.kind[0].upper()
         letter = self.kind[0].upper()
-        return f"{letter}({self.dim})" if self.replicas == 1 else f"{letter}({self.dim}x{self.replicas})"
+        extra = f"x{self.replicas}" if self.replicas != 1 else f"/{self.outer}" if self.outer != 1 else ""
+        return f"{letter}({self.dim}{extra})"
 
 
 R = Layout("replicated")
 P = Layout("partial")
 
 
-def S(dim: int) -> Layout:
-    return Layout("shard", dim)
+def S(dim: int, outer: int = 1) -> Layout:
+    return Layout("shard", dim, outer=outer)
 
 
 def H(dim: int, replicas: int = 1) -> Layout:
@@ -139,21 +150,21 @@ LINEAR_UNARY = {"aten.mul.Scalar", "aten.div.Scalar", "aten.neg.default"}
 
 def _pointwise(op: Operation, layouts: list[Layout], ctx: RuleContext) -> Strategy | None:
     out_rank = len(shape(op.results[0]))
-    shard_dims = {l.dim + out_rank - len(shape(v)) for v, l in zip(op.operands, layouts) if l.kind == "shard"}
-    if len(shard_dims) > 1:
+    sharded = {l.at(l.dim + out_rank - len(shape(v))) for v, l in zip(op.operands, layouts) if l.kind == "shard"}
+    if len(sharded) > 1:
         return None
-    if shard_dims:
-        (d,) = shard_dims
+    if sharded:
+        (out,) = sharded
         inputs = []
         for value, layout in zip(op.operands, layouts):
-            local_dim = d - (out_rank - len(shape(value)))
+            local_dim = out.dim - (out_rank - len(shape(value)))
             if layout.kind == "shard":
                 inputs.append(layout)
             elif local_dim < 0 or shape(value)[local_dim] == 1:
                 inputs.append(R)  # broadcast along the sharded dim
             else:
-                inputs.append(S(local_dim))  # a replicated operand: take the local block
-        return Strategy(inputs, [S(d)] * len(op.results))
+                inputs.append(out.at(local_dim))  # a replicated operand: take the local block
+        return Strategy(inputs, [out] * len(op.results))
     partial = [l == P for l in layouts]
     if op.name in LINEAR_IN_ALL and all(partial):
         return Strategy([P] * len(layouts), [P])
@@ -169,17 +180,20 @@ def _pointwise(op: Operation, layouts: list[Layout], ctx: RuleContext) -> Strate
 # --- views and layout-preserving ops ----------------------------------------------------
 
 
-def reshape_dim(src: Sequence[int], dst: Sequence[int], dim: int, seq_len: int) -> int | None:
-    """The dim of `dst` that carries the sequence parts of `src`'s dim under a reshape, or None
-    when they are not contiguous there (e.g. [2, S, H] -> [2S, H] with S sharded) or the
-    sequence is split across dims ([S, H] -> [2, S/2, H])."""
-    prefix = math.prod(src[:dim])
-    inner = math.prod(src[dim:])
+def reshape_layout(src: Sequence[int], dst: Sequence[int], layout: Layout, seq_len: int) -> Layout | None:
+    """Where the sequence of `layout` (on a dim of `src`) lies after a reshape to `dst`: the dst
+    dim that holds it whole, with the elements merged before it as its `outer` factor
+    ([2, S, H] -> [2S, H]: dim 0, outer 2). None if a reshape splits the sequence across dims."""
+    before = math.prod(src[: layout.dim]) * layout.outer  # elements outside and before the sequence
+    after = src[layout.dim] // (layout.outer * seq_len) * math.prod(src[layout.dim + 1 :])
     for e in range(len(dst)):
-        if math.prod(dst[:e]) == prefix and dst[e] > 1:
-            return e if math.prod(dst[e:]) == inner and dst[e] % seq_len == 0 else None
-        if math.prod(dst[:e]) > prefix:
-            break
+        head = math.prod(dst[:e])
+        if head <= before < head * dst[e] and before % head == 0:
+            outer = before // head
+            inner = dst[e] // outer
+            if dst[e] % outer or inner % seq_len or inner // seq_len * math.prod(dst[e + 1 :]) != after:
+                return None
+            return S(e, outer)
     return None
 
 
@@ -189,8 +203,8 @@ def _reshape(op, layouts, ctx):
     (layout, *rest) = layouts
     if layout.kind != "shard":
         return None if layout == P else replicated(op)
-    d = reshape_dim(shape(op.operands[0]), shape(op.results[0]), layout.dim, ctx.seq_len)
-    return None if d is None else Strategy([layout], [S(d)])
+    out = reshape_layout(shape(op.operands[0]), shape(op.results[0]), layout, ctx.seq_len)
+    return None if out is None else Strategy([layout], [out])
 
 
 @sharding_rule("aten.permute.default")
@@ -198,7 +212,7 @@ def _permute(op, layouts, ctx):
     if layouts[0].kind != "shard":
         return None
     dims = [_norm(d, len(shape(op.operands[0]))) for d in prop_ints(op, "dims")]
-    return Strategy([layouts[0]], [S(dims.index(layouts[0].dim))])
+    return Strategy([layouts[0]], [layouts[0].at(dims.index(layouts[0].dim))])
 
 
 @sharding_rule("aten.transpose.int", "aten.t.default")
@@ -208,7 +222,7 @@ def _transpose(op, layouts, ctx):
     rank = len(shape(op.operands[0]))
     a, b = (_norm(prop_int(op, "dim0"), rank), _norm(prop_int(op, "dim1"), rank)) if op.name != "aten.t.default" else (0, 1)
     d = layouts[0].dim
-    return Strategy([layouts[0]], [S(b if d == a else a if d == b else d)])
+    return Strategy([layouts[0]], [layouts[0].at(b if d == a else a if d == b else d)])
 
 
 @sharding_rule("aten.expand.default")
@@ -216,7 +230,7 @@ def _expand(op, layouts, ctx):
     if layouts[0].kind != "shard":
         return None
     offset = len(shape(op.results[0])) - len(shape(op.operands[0]))
-    return Strategy([layouts[0]], [S(layouts[0].dim + offset)])
+    return Strategy([layouts[0]], [layouts[0].at(layouts[0].dim + offset)])
 
 
 @sharding_rule("aten.clone.default", "aten._to_copy.default", "aten.alias.default", "aten.contiguous.default")
@@ -239,11 +253,17 @@ def _along_other_dim(op, layouts, ctx):
 
 @sharding_rule("aten._log_softmax_backward_data.default", "aten._softmax_backward_data.default")
 def _softmax_backward(op, layouts, ctx):
-    d = next((l.dim for l in layouts if l.kind == "shard"), None)
+    shard = _one_shard(layouts)
     dim = _norm(prop_int(op, "dim"), len(shape(op.operands[0])))
-    if d is None or d == dim:
+    if shard is None or shard.dim == dim:
         return None
-    return Strategy([S(d), S(d)], [S(d)])
+    return Strategy([shard, shard], [shard])
+
+
+def _one_shard(layouts: list[Layout]) -> Layout | None:
+    """The single sequence sharding among same-rank operands (None if none, several, or a partial)."""
+    shards = {l for l in layouts if l.kind == "shard"}
+    return shards.pop() if len(shards) == 1 and P not in layouts else None
 
 
 @sharding_rule("aten.select.int")
@@ -251,29 +271,25 @@ def _select(op, layouts, ctx):
     dim = _dim_prop(op)
     if layouts[0].kind == "shard" and layouts[0].dim != dim:
         d = layouts[0].dim
-        return Strategy([layouts[0]], [S(d - 1 if d > dim else d)])
+        return Strategy([layouts[0]], [layouts[0].at(d - 1 if d > dim else d)])
     return None
 
 
 @sharding_rule("aten.cat.default")
 def _cat(op, layouts, ctx):
     ranks = {len(shape(v)) for v in op.operands}
-    dims = {l.dim for l in layouts if l.kind == "shard"}
-    if len(ranks) != 1 or len(dims) != 1 or P in layouts:
+    shard = _one_shard(layouts)
+    if len(ranks) != 1 or shard is None or shard.dim == _norm(prop_int(op, "dim", 0), ranks.pop()):
         return None
-    (d,) = dims
-    if d == _norm(prop_int(op, "dim", 0), ranks.pop()):
-        return None
-    return Strategy([S(d)] * len(layouts), [S(d)])
+    return Strategy([shard] * len(layouts), [shard])
 
 
 @sharding_rule("aten.slice_scatter.default")
 def _slice_scatter(op, layouts, ctx):
-    dims = {l.dim for l in layouts if l.kind == "shard"}
-    if len(dims) != 1 or P in layouts or dims == {_dim_prop(op)}:
+    shard = _one_shard(layouts)
+    if shard is None or shard.dim == _dim_prop(op):
         return None
-    d = dims.pop()
-    return Strategy([S(d), S(d)], [S(d)])
+    return Strategy([shard, shard], [shard])
 
 
 @sharding_rule("aten.constant_pad_nd.default")
@@ -306,7 +322,7 @@ def _reduce(op, layouts, ctx):
     if layout.dim in dims:
         return Strategy([layout], [P]) if op.name == "aten.sum.dim_IntList" else None
     keepdim = bool(prop_int(op, "keepdim", 0))
-    return Strategy([layout], [S(layout.dim - (0 if keepdim else sum(d < layout.dim for d in dims)))])
+    return Strategy([layout], [layout.at(layout.dim - (0 if keepdim else sum(d < layout.dim for d in dims)))])
 
 
 @sharding_rule("aten.sum.default")
@@ -320,12 +336,15 @@ def _sum_all(op, layouts, ctx):
 @sharding_rule("aten.mm.default")
 def _mm(op, layouts, ctx):
     a, b = layouts
-    if a == S(0) and b != S(0):
-        return Strategy([S(0), R], [S(0)])
-    if b == S(1) and a != S(1):
-        return Strategy([R, S(1)], [S(1)])
-    if a == S(1) or b == S(0):
-        return Strategy([S(1), S(0)], [P])  # contraction over the sharded dim
+    if a.is_shard(0) and not b.is_shard(0):
+        return Strategy([a, R], [a])
+    if b.is_shard(1) and not a.is_shard(1):
+        return Strategy([R, b], [b])
+    if a.is_shard(1) or b.is_shard(0):  # contraction over the sharded dim: rows must align
+        rows = a.at(0) if a.is_shard(1) else b
+        if b.kind == "shard" and a.kind == "shard" and a.outer != b.outer:
+            return None
+        return Strategy([rows.at(1), rows.at(0)], [P])
     if P in (a, b) and R in (a, b):
         return Strategy([a, b], [P])
     return None
@@ -343,7 +362,7 @@ def _addmm(op, layouts, ctx):
         bias = P
     elif out.kind == "shard":
         bias_dim = out.dim - (2 - len(bias_shape))
-        bias = R if bias_dim < 0 or bias_shape[bias_dim] == 1 else S(bias_dim)
+        bias = R if bias_dim < 0 or bias_shape[bias_dim] == 1 else out.at(bias_dim)
     else:
         bias = R
     return Strategy([bias] + inner.inputs, [out])
@@ -367,18 +386,18 @@ def _embedding(op, layouts, ctx):
 
 @sharding_rule("aten.gather.default")
 def _gather(op, layouts, ctx):
-    d = next((l.dim for l in layouts if l.kind == "shard"), None)
-    if d is None or d == _dim_prop(op) or P in layouts:
+    shard = _one_shard(layouts)
+    if shard is None or shard.dim == _dim_prop(op):
         return None
-    return Strategy([S(d), S(d)], [S(d)])
+    return Strategy([shard, shard], [shard])
 
 
 @sharding_rule("aten.scatter.value", "aten.scatter.src", "aten.scatter_add.default")
 def _scatter(op, layouts, ctx):
-    d = next((l.dim for l in layouts if l.kind == "shard"), None)
-    if d is None or d == _dim_prop(op) or P in layouts:
+    shard = _one_shard(layouts)
+    if shard is None or shard.dim == _dim_prop(op):
         return None
-    return Strategy([S(d)] * len(layouts), [S(d)])
+    return Strategy([shard] * len(layouts), [shard])
 
 
 @sharding_rule("aten::index_put")

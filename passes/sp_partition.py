@@ -23,6 +23,7 @@ The function returns replicated values: the loss and parameter gradients are all
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from xdsl.context import Context
@@ -83,14 +84,18 @@ class _Partitioner:
 
     def _collective(self, cls, value: SSAValue, result_layout: Layout, **props) -> Operation:
         common = {"group": GROUP, "size": _i64(self.sp)}
-        properties = common | {k: (_i64(v) if isinstance(v, int) else StringAttr(v)) for k, v in props.items()}
+        defaults = {"replicas": 1, "outer": 1}  # left out of the IR when they have no effect
+        properties = common | {
+            k: (_i64(v) if isinstance(v, int) else StringAttr(v)) for k, v in props.items() if defaults.get(k) != v
+        }
         global_type = self._global_type(value)
         out_type = self.local_type(global_type, result_layout, cls.name)
         if cls is PlaceShardOp:
             out_type = global_type
         op = cls.build(operands=[value], result_types=[out_type], properties=properties)
         if value.name_hint:
-            op.results[0].name_hint = f"{value.name_hint}_{str(result_layout).lower().replace('(', '').replace(')', '')}"
+            suffix = re.sub(r"[^a-z0-9]", "", str(result_layout).lower())
+            op.results[0].name_hint = f"{value.name_hint}_{suffix}"
         return op
 
     def _global_type(self, value: SSAValue) -> TensorType:
@@ -127,16 +132,16 @@ class _Partitioner:
         if src == R and dst.blocked:
             if self.shrink_factory(value, dst):
                 return []
-            return [self._collective(LocalShardOp, value, dst, dim=dst.dim, replicas=dst.replicas)]
+            return [self._collective(LocalShardOp, value, dst, dim=dst.dim, replicas=dst.replicas, outer=dst.outer)]
         if plain_src and dst == R:
-            return [self._collective(AllGatherOp, value, R, dim=src.dim)]
+            return [self._collective(AllGatherOp, value, R, dim=src.dim, outer=src.outer)]
         if src == P and dst == R:
             return [self._collective(AllReduceOp, value, R, reduce="sum")]
         if src == R and dst == P:
             return [self._collective(ToPartialOp, value, P)]
         if src == P and plain_dst:
-            return [self._collective(ReduceScatterOp, value, dst, reduce="sum", dim=dst.dim)]
-        if plain_src and plain_dst:
+            return [self._collective(ReduceScatterOp, value, dst, reduce="sum", dim=dst.dim, outer=dst.outer)]
+        if plain_src and plain_dst and src.outer == dst.outer == 1:
             return [self._collective(AllToAllOp, value, dst, split_dim=dst.dim, concat_dim=src.dim)]
         if src.blocked and src.replicas > 1 and dst == P:  # blocks held by several ranks: a partial sum
             return [self._collective(PlaceShardOp, value, P, dim=src.dim, replicas=src.replicas)]

@@ -26,8 +26,12 @@ def _resized(x: torch.Tensor | list[int], dim: int, size: int) -> list[int]:
     return shape
 
 
-def all_gather(x: torch.Tensor, dim: int, total: int, group) -> torch.Tensor:
-    """Every rank's part of dim, in rank order; parts may differ by one (`total` in all)."""
+def all_gather(x: torch.Tensor, dim: int, total: int, outer: int, group) -> torch.Tensor:
+    """Every rank's part of dim, in rank order; parts may differ by one (`total` in all). With
+    outer > 1, dim is outer x part and each outer slice is gathered."""
+    if outer > 1:
+        gathered = all_gather(x.unflatten(dim, (outer, -1)), dim + 1, total, 1, group)
+        return gathered.flatten(dim, dim + 1)
     sizes = split_sizes(total, dist.get_world_size(group))
     longest = max(sizes)
     padded = x
@@ -38,10 +42,9 @@ def all_gather(x: torch.Tensor, dim: int, total: int, group) -> torch.Tensor:
     return torch.cat([p.narrow(dim, 0, size) for p, size in zip(parts, sizes)], dim=dim)
 
 
-def reduce_scatter(x: torch.Tensor, reduce: str, dim: int, group) -> torch.Tensor:
-    n = dist.get_world_size(group)
+def reduce_scatter(x: torch.Tensor, reduce: str, dim: int, outer: int, group) -> torch.Tensor:
     summed = all_reduce(x, reduce, group)  # gloo has no reduce_scatter
-    return summed.tensor_split(n, dim=dim)[dist.get_rank(group)].contiguous()
+    return local_shard(summed, dim, 1, outer, group)
 
 
 def _pad_to(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
@@ -65,11 +68,15 @@ def all_to_all(x: torch.Tensor, split_dim: int, concat_dim: int, total: int, gro
     return torch.cat(trimmed, dim=concat_dim)
 
 
-def local_shard(x: torch.Tensor, dim: int, replicas: int, group) -> torch.Tensor:
+def local_shard(x: torch.Tensor, dim: int, replicas: int, outer: int, group) -> torch.Tensor:
     """This rank's block of a replicated tensor along dim (no communication); each block is
-    held by `replicas` consecutive ranks."""
+    held by `replicas` consecutive ranks. With outer > 1, dim is outer x sequence x inner and
+    each of the outer slices is split."""
     blocks = dist.get_world_size(group) // replicas
-    return x.tensor_split(blocks, dim=dim)[dist.get_rank(group) // replicas].contiguous()
+    index = dist.get_rank(group) // replicas
+    if outer > 1:
+        return x.unflatten(dim, (outer, -1)).tensor_split(blocks, dim=dim + 1)[index].flatten(dim, dim + 1).contiguous()
+    return x.tensor_split(blocks, dim=dim)[index].contiguous()
 
 
 def place_shard(x: torch.Tensor, dim: int, replicas: int, group) -> torch.Tensor:

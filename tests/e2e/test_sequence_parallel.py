@@ -47,6 +47,12 @@ def test_sp4_kv_heads_fewer_than_sp_uneven_seq_five_sgd_steps():
     check(run_distributed(4, arch="Llama", sp=4, seq=30, labels_fn=ignore_unevenly, steps=5))
 
 
+def test_batch_of_two_with_odd_length():
+    # HF flattens [batch, seq, hidden] -> [batch*seq, hidden] for every linear: the sequence
+    # parts stay sharded inside the merged dim (layout outer = batch), nothing is gathered.
+    check(run_distributed(2, arch="Llama", sp=2, seq=15, batch=2, labels_fn=ignore_unevenly))
+
+
 def test_sp2_times_dp2_matches_ddp_averaging():
     check(run_distributed(4, arch="Qwen2", sp=2, seq=16, labels_fn=ignore_unevenly, steps=2))
 

@@ -96,3 +96,12 @@ def test_llama_1b_128k_sp8_moves_the_ulysses_optimum():
     assert optimum == 560 * 2**20
     assert report.by_layer == {"layer 0 attention": optimum, "layer 1 attention": optimum, "gradients and loss": report.by_kind["all_reduce"]}
     assert report.count["all_to_all"] == 16 and "all_gather" not in report.count
+
+
+def test_batch_merged_with_sequence_stays_sharded():
+    module = tiny_causal_lm("Llama", num_hidden_layers=1)
+    ids = torch.randint(0, 96, (2, 16))
+    text = str(import_program(torch.export.export(module, (ids, ids.clone()))))
+    names = [op.name for op in collectives(partition(text, 2))]
+    assert "dist.all_gather" not in names
+    assert names.count("dist.all_to_all") == 8
