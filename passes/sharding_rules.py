@@ -201,14 +201,18 @@ def reshape_layout(src: Sequence[int], dst: Sequence[int], layout: Layout, seq_l
                "aten.unsqueeze.default", "aten.squeeze.dims", "aten.squeeze.dim", "aten.squeeze.default")
 def _reshape(op, layouts, ctx):
     (layout, *rest) = layouts
+    if layout == P:
+        return Strategy([P], [P])  # views are linear: a view of summands sums to the view
     if layout.kind != "shard":
-        return None if layout == P else replicated(op)
+        return replicated(op)
     out = reshape_layout(shape(op.operands[0]), shape(op.results[0]), layout, ctx.seq_len)
     return None if out is None else Strategy([layout], [out])
 
 
 @sharding_rule("aten.permute.default")
 def _permute(op, layouts, ctx):
+    if layouts[0] == P:
+        return Strategy([P], [P])
     if layouts[0].kind != "shard":
         return None
     dims = [_norm(d, len(shape(op.operands[0]))) for d in prop_ints(op, "dims")]
@@ -217,6 +221,8 @@ def _permute(op, layouts, ctx):
 
 @sharding_rule("aten.transpose.int", "aten.t.default")
 def _transpose(op, layouts, ctx):
+    if layouts[0] == P:
+        return Strategy([P], [P])
     if layouts[0].kind != "shard":
         return None
     rank = len(shape(op.operands[0]))
@@ -227,6 +233,8 @@ def _transpose(op, layouts, ctx):
 
 @sharding_rule("aten.expand.default")
 def _expand(op, layouts, ctx):
+    if layouts[0] == P:
+        return Strategy([P], [P])
     if layouts[0].kind != "shard":
         return None
     offset = len(shape(op.results[0])) - len(shape(op.operands[0]))
@@ -246,6 +254,8 @@ def _dim_prop(op, name="dim") -> int:
 
 @sharding_rule("aten.slice.Tensor", "aten._log_softmax.default", "aten._softmax.default")
 def _along_other_dim(op, layouts, ctx):
+    if layouts[0] == P and op.name == "aten.slice.Tensor":
+        return Strategy([P], [P])
     if layouts[0].kind == "shard" and layouts[0].dim != _dim_prop(op):
         return Strategy([layouts[0]], [layouts[0]])
     return None

@@ -31,11 +31,11 @@ def check(results):
 @pytest.mark.parametrize(
     "arch, config, seq",
     [
-        ("Llama", {}, 32),
+        ("Llama", {"tie_word_embeddings": True}, 32),  # one gradient for the tied weight
         ("Qwen2", {}, 33),  # odd length: rank 0 holds 17 tokens, rank 1 holds 16
         ("Mistral", {"num_key_value_heads": 1, "sliding_window": None}, 32),
     ],
-    ids=["llama-gqa", "qwen2-bias-odd-seq", "mistral-mqa-kv1"],
+    ids=["llama-gqa-tied", "qwen2-bias-odd-seq", "mistral-mqa-kv1"],
 )
 def test_sp2_matches_eager(arch, config, seq):
     check(run_distributed(2, arch=arch, config=config, sp=2, seq=seq, labels_fn=ignore_unevenly))
@@ -45,6 +45,11 @@ def test_sp4_kv_heads_fewer_than_sp_uneven_seq_five_sgd_steps():
     # 4 query heads, 2 kv heads on 4 ranks: K/V all-gathered (2 heads), one kv head per rank;
     # 30 tokens split 8, 8, 7, 7.
     check(run_distributed(4, arch="Llama", sp=4, seq=30, labels_fn=ignore_unevenly, steps=5))
+
+
+def test_sp4_mqa_one_kv_head_shared_by_four_ranks():
+    config = {"num_key_value_heads": 1, "sliding_window": None}
+    check(run_distributed(4, arch="Mistral", config=config, sp=4, seq=32, labels_fn=ignore_unevenly))
 
 
 def test_batch_of_two_with_odd_length():
