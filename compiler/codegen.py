@@ -155,57 +155,28 @@ def emit_attention_grad(op: AttentionGradOp, names: Names) -> str:
     return f"kernels.attention_backward({', '.join(tensors + _mask_args(op))})"
 
 
-@emits(AllToAllOp)
-def emit_all_to_all(op: AllToAllOp, names: Names) -> str:
-    concat = op.concat_dim.value.data
-    return (
-        f"collectives.all_to_all({names[op.input]}, split_dim={op.split_dim.value.data}, "
-        f"concat_dim={concat}, total={op.output.type.get_shape()[concat]}, "
-        f"group=GROUPS[{op.group.string_value()!r}])"
-    )
+COLLECTIVE_CALLS = {
+    AllToAllOp: "all_to_all",
+    AllReduceOp: "all_reduce",
+    AllGatherOp: "all_gather",
+    ReduceScatterOp: "reduce_scatter",
+    LocalShardOp: "local_shard",
+    PlaceShardOp: "place_shard",
+    ToPartialOp: "to_partial",
+}
 
 
-@emits(AllReduceOp)
-def emit_all_reduce(op: AllReduceOp, names: Names) -> str:
-    return f"collectives.all_reduce({names[op.input]}, {op.reduce.data!r}, group=GROUPS[{op.group.string_value()!r}])"
-
-
-@emits(AllGatherOp)
-def emit_all_gather(op: AllGatherOp, names: Names) -> str:
-    dim, outer = op.dim.value.data, op.outer.value.data
-    return (
-        f"collectives.all_gather({names[op.input]}, dim={dim}, total={op.output.type.get_shape()[dim] // outer}, "
-        f"outer={outer}, group=GROUPS[{op.group.string_value()!r}])"
-    )
-
-
-@emits(ReduceScatterOp)
-def emit_reduce_scatter(op: ReduceScatterOp, names: Names) -> str:
-    return (
-        f"collectives.reduce_scatter({names[op.input]}, {op.reduce.data!r}, dim={op.dim.value.data}, "
-        f"outer={op.outer.value.data}, group=GROUPS[{op.group.string_value()!r}])"
-    )
-
-
-@emits(LocalShardOp)
-def emit_local_shard(op: LocalShardOp, names: Names) -> str:
-    return (
-        f"collectives.local_shard({names[op.input]}, dim={op.dim.value.data}, "
-        f"replicas={op.replicas.value.data}, outer={op.outer.value.data}, group=GROUPS[{op.group.string_value()!r}])"
-    )
-
-
-@emits(PlaceShardOp)
-def emit_place_shard(op: PlaceShardOp, names: Names) -> str:
-    return (
-        f"collectives.place_shard({names[op.input]}, dim={op.dim.value.data}, "
-        f"replicas={op.replicas.value.data}, group=GROUPS[{op.group.string_value()!r}])"
-    )
-
-
-@emits(ToPartialOp)
-def emit_to_partial(op: ToPartialOp, names: Names) -> str:
-    return f"collectives.to_partial({names[op.input]}, group=GROUPS[{op.group.string_value()!r}])"
+@emits(*COLLECTIVE_CALLS)
+def emit_collective(op: Operation, names: Names) -> str:
+    """collectives.<op>(x, <its properties>, group=...): the runtime takes them by name."""
+    args = [names[op.operands[0]]]
+    args += [f"{name}={literal(attr)}" for name, attr in op.properties.items() if name not in ("group", "size")]
+    if isinstance(op, (AllToAllOp, AllGatherOp)):  # the whole gathered length (parts may differ by one)
+        dim = op.concat_dim.value.data if isinstance(op, AllToAllOp) else op.dim.value.data
+        outer = op.outer.value.data if isinstance(op, AllGatherOp) else 1
+        args.append(f"total={op.results[0].type.get_shape()[dim] // outer}")
+    args.append(f"group=GROUPS[{op.group.string_value()!r}]")
+    return f"collectives.{COLLECTIVE_CALLS[type(op)]}({', '.join(args)})"
 
 
 def emitter_for(op: Operation) -> Emitter:

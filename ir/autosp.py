@@ -20,7 +20,6 @@ from xdsl.dialects.builtin import (
     IntegerAttr,
     IntegerType,
     StringAttr,
-    SymbolRefAttr,
     TensorType,
 )
 from xdsl.ir import Attribute, Dialect, ParametrizedAttribute, SSAValue
@@ -39,6 +38,8 @@ from xdsl.parser import AttrParser
 from xdsl.printer import Printer
 from xdsl.traits import Pure
 from xdsl.utils.exceptions import VerifyException
+
+from autosp.ir.dist import GroupOp
 
 # --- attributes ---------------------------------------------------------------------------
 
@@ -231,16 +232,8 @@ class AttentionGradOp(_AttentionBase):
                 raise VerifyException(f"{self.name}: {grad.type} does not match {of.type}")
 
 
-class _LocalOp(IRDLOperation):
-    """A rank-local layout change (no communication), over the SP group `group` of `size`."""
-
-    input = operand_def(TensorType)
-    output = result_def(TensorType)
-    group = prop_def(SymbolRefAttr)
-    size = prop_def(IntegerAttr)
-
-    irdl_options = (ParsePropInAttrDict(),)
-    assembly_format = "$input attr-dict `:` type($input) `->` type($output)"
+class _LocalOp(GroupOp):
+    """A rank-local layout change (no communication; rank-dependent, so not Pure)."""
 
 
 def split_sizes(total: int, parts: int) -> list[int]:

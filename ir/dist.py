@@ -22,7 +22,9 @@ from xdsl.utils.exceptions import VerifyException
 REDUCE_OPS = ("sum", "max", "min")
 
 
-class CollectiveOp(IRDLOperation):
+class GroupOp(IRDLOperation):
+    """One tensor in, one out, over the process group `group` of `size` ranks."""
+
     input = operand_def(TensorType)
     output = result_def(TensorType)
     group = prop_def(SymbolRefAttr)
@@ -31,6 +33,8 @@ class CollectiveOp(IRDLOperation):
     irdl_options = (ParsePropInAttrDict(),)
     assembly_format = "$input attr-dict `:` type($input) `->` type($output)"
 
+
+class CollectiveOp(GroupOp):
     def expected_shapes(self, shape: list[int]) -> list[list[int]]:
         """The result shapes this op may have (a sequence dim split unevenly over the group
         gives parts that differ by one, so a rank's share is one of two sizes)."""

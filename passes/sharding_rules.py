@@ -385,7 +385,7 @@ SEEDS = {"aten.embedding.default"}
 
 @sharding_rule("aten.embedding.default")
 def _embedding(op, layouts, ctx):
-    weight, indices = op.operands[0], op.operands[1]
+    indices = op.operands[1]
     layout = layouts[1]
     if layout == R and indices in ctx.token_values and _long_enough(indices, ctx.seq_dim, ctx):
         layout = S(ctx.seq_dim)  # the seed: token embeddings are sharded on the sequence

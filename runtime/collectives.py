@@ -79,12 +79,12 @@ def local_shard(x: torch.Tensor, dim: int, replicas: int, outer: int, group) -> 
     return x.tensor_split(blocks, dim=dim)[index].contiguous()
 
 
-def place_shard(x: torch.Tensor, dim: int, replicas: int, group) -> torch.Tensor:
-    """Zeros of the whole shape with this rank's block in place: a partial sum."""
+def place_shard(x: torch.Tensor, dim: int, replicas: int, outer: int, group) -> torch.Tensor:
+    """Zeros of the whole shape with this rank's (equal-sized) block in place: a partial sum."""
+    if outer > 1:
+        return place_shard(x.unflatten(dim, (outer, -1)), dim + 1, replicas, 1, group).flatten(dim, dim + 1)
     blocks = dist.get_world_size(group) // replicas
-    shape = list(x.shape)
-    shape[dim] *= blocks
-    out = x.new_zeros(shape)
+    out = x.new_zeros(_resized(x, dim, x.shape[dim] * blocks))
     out.narrow(dim, (dist.get_rank(group) // replicas) * x.shape[dim], x.shape[dim]).copy_(x)
     return out
 
