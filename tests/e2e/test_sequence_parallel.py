@@ -47,9 +47,13 @@ def test_sp4_kv_heads_fewer_than_sp_uneven_seq_five_sgd_steps():
     check(run_distributed(4, arch="Llama", sp=4, seq=30, labels_fn=ignore_unevenly, steps=5))
 
 
-def test_sp4_mqa_one_kv_head_shared_by_four_ranks():
-    config = {"num_key_value_heads": 1, "sliding_window": None}
-    check(run_distributed(4, arch="Mistral", config=config, sp=4, seq=32, labels_fn=ignore_unevenly))
+@pytest.mark.parametrize(
+    "arch, config",
+    [("Qwen2", {}), ("Mistral", {"num_key_value_heads": 1, "sliding_window": None})],
+    ids=["qwen2-kv2", "mistral-one-kv-head-for-four-ranks"],
+)
+def test_sp4(arch, config):
+    check(run_distributed(4, arch=arch, config=config, sp=4, seq=32, labels_fn=ignore_unevenly))
 
 
 def test_batch_of_two_with_odd_length():
