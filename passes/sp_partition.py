@@ -50,6 +50,7 @@ from autosp.passes.sp_propagate import COMPUTED, IN_LAYOUTS, LAYOUTS, read_layou
 from autosp.runtime.errors import AutoSPError
 
 GROUP = SymbolRefAttr("sp")
+LIKE_OPS = {"aten.full_like.default", "aten.zeros_like.default", "aten.ones_like.default", "aten.empty_like.default"}
 SHAPE_PROPERTIES = ("size", "shape")
 
 
@@ -109,15 +110,19 @@ class _Partitioner:
         return TensorType(value.type.element_type, shape)
 
     def shrink_factory(self, value: SSAValue, dst: Layout) -> bool:
-        """A constant fill (full/zeros/empty with a `size`) used only sharded is made at its
-        local size instead of at full size and then sliced."""
+        """A fill used only sharded (full/zeros/empty with a `size`, or a `*_like` of one) is made
+        at its local size instead of at full size and then sliced: at long sequence lengths the
+        full-size fill alone (e.g. [1, S, 8192] in the MLP backward) would not fit."""
         owner = value.owner
-        if not (isinstance(owner, AtenOp) and not owner.operands and "size" in owner.properties):
+        if len(list(value.uses)) != 1 or self.layout_of.get(value) != R or not isinstance(owner, AtenOp):
             return False
-        if len(list(value.uses)) != 1 or self.layout_of[value] != R:
+        if not owner.operands and "size" in owner.properties:
+            local = self.local_type(value.type, dst, owner.name)
+            owner.properties["size"] = DenseArrayBase.from_list(IntegerType(64), list(local.get_shape()))
+        elif owner.name in LIKE_OPS and self.shrink_factory(owner.operands[0], dst):
+            local = owner.operands[0].type
+        else:
             return False
-        local = self.local_type(value.type, dst, owner.name)
-        owner.properties["size"] = DenseArrayBase.from_list(IntegerType(64), list(local.get_shape()))
         new = Rewriter.replace_value_with_new_type(value, local)
         self.layout_of[new] = dst
         self.shrunk[value] = new
