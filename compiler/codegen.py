@@ -197,6 +197,7 @@ from autosp.runtime import collectives
 
 DEVICE = None  # set by the runtime before the first call
 GROUPS = {}  # process-group symbol -> torch.distributed group, set by the runtime
+TRACK = collectives.no_tracking  # the runtime's memory tracker, when measuring
 '''
 
 
@@ -239,6 +240,8 @@ def generate(module: ModuleOp) -> str:
             lines.append(f"    {', '.join(targets)} = {call}")
         else:
             lines.append(f"    {call}")
+        if targets:
+            lines.append(f"    TRACK({', '.join(targets)})")
         dead = [names[r] for r in op.results if not r.uses]
         freed = [names[v] for v in frees_after.get(index, [])] + dead
         if freed:

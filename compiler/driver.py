@@ -14,6 +14,7 @@ from autosp.frontends import import_program
 from autosp.ir.dtypes import torch_dtype
 from autosp.pipeline import pipeline_spec, run_pipeline
 from autosp.runtime.errors import AutoSPError
+from autosp.report import comm_report
 from autosp.runtime.mesh import check_world, make_mesh
 from autosp.runtime.train_step import InputSpec, TrainStep
 
@@ -80,13 +81,12 @@ def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cache_dir=None
     path = write_program(source, Path(cache_dir) if cache_dir else default_cache_dir())
     inputs, grad_of = signature(module)
     state = {**ep.constants, **ep.state_dict}
+    report = comm_report(module).table()
     if sp == 1:
-        return TrainStep(path, inputs, grad_of, state)
-    from autosp.report import comm_report
-
+        return TrainStep(path, inputs, grad_of, state, report=report)
     mesh = make_mesh(sp)
     return TrainStep(
         path, inputs, grad_of, state,
         groups={"sp": mesh.sp_group}, dp_group=mesh.dp_group, dp_size=mesh.dp,
-        report=comm_report(module).table(),
+        report=report,
     )

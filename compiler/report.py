@@ -1,5 +1,5 @@
-"""What a compiled step will do, before it runs: communication volume per collective kind and per
-layer (a layer = one attention op and its gradient).
+"""What a compiled step will do, before it runs: predicted peak memory per rank, communication
+volume per collective kind and per layer (a layer = one attention op and its gradient).
 
 Volume is what each rank sends per step, for ring algorithms: all_to_all (n-1)/n of its input,
 all_gather (n-1) x its input, reduce_scatter (n-1)/n of its input, all_reduce 2(n-1)/n.
@@ -39,6 +39,7 @@ def sent_bytes(op: CollectiveOp) -> float:
 @dataclass
 class CommReport:
     sp: int
+    memory: object = None  # the MemoryPlan, when known
     by_kind: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     by_layer: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     count: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -62,8 +63,16 @@ class CommReport:
             layers.add_row(where, human_bytes(self.by_layer[where]))
         out = StringIO()
         console = Console(file=out, width=100)
-        console.print(kinds)
-        console.print(layers)
+        if self.memory is not None:
+            memory = Table("memory per rank", "bytes", title="memory (predicted)")
+            memory.add_row("peak", human_bytes(self.memory.peak_bytes))
+            memory.add_row("  at", self.memory.peak_op)
+            memory.add_row("arguments (parameters, buffers, inputs)", human_bytes(self.memory.held_bytes))
+            memory.add_row("returned (loss, gradients)", human_bytes(self.memory.returned_bytes))
+            console.print(memory)
+        if self.by_kind:
+            console.print(kinds)
+            console.print(layers)
         return out.getvalue()
 
 
@@ -98,8 +107,10 @@ def _attention_of(value: SSAValue, layer_of: dict[Operation, int]) -> int | None
 
 
 def comm_report(module: ModuleOp) -> CommReport:
+    from autosp.passes.memory_plan import plan_memory
+
     sp_attr = module.attributes.get("autosp.sp")
-    report = CommReport(sp=sp_attr.value.data if sp_attr is not None else 1)
+    report = CommReport(sp=sp_attr.value.data if sp_attr is not None else 1, memory=plan_memory(module))
     layer_of: dict[Operation, int] = {}
     forward = [op for op in module.walk() if isinstance(op, AttentionOp)]
     for i, op in enumerate(forward):

@@ -23,10 +23,17 @@ def _sp_partition() -> type[ModulePass]:
     return SPPartition
 
 
+def _memory_plan() -> type[ModulePass]:
+    from autosp.passes.memory_plan import MemoryPlanPass
+
+    return MemoryPlanPass
+
+
 PASSES: dict[str, Callable[[], type[ModulePass]]] = {
     "drop-aliases": _drop_aliases,
     "sp-propagate": _sp_propagate,
     "sp-partition": _sp_partition,
+    "memory-plan": _memory_plan,
 }
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from autosp.runtime.collectives import no_tracking as collectives_no_tracking
 from autosp.runtime.errors import AutoSPError
 
 
@@ -90,11 +91,34 @@ class TrainStep:
                     "export and compile again for this shape"
                 )
 
-    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+    def _arguments(self, args: tuple) -> list[torch.Tensor]:
+        """The program's arguments: the state in order, the user's inputs in their places."""
         self._check(args)
         user = iter(a.to(self.device) for a in args)
-        call_args = [next(user) if t is None else t.detach() for t in self._state]
-        loss, *grads = self.program.train_step(*call_args)
+        return [next(user) if t is None else t.detach() for t in self._state]
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        loss, *grads = self.program.train_step(*self._arguments(args))
+        self._reduce_and_store(grads)
+        return loss.detach()
+
+    def measure_memory(self, *args: torch.Tensor) -> int:
+        """Run one step while tracking the storages the program holds; returns the peak bytes
+        (arguments included). Gradients are stored as by a normal call."""
+        from autosp.runtime.memory import MemoryTracker
+
+        call_args = self._arguments(args)
+        tracker = MemoryTracker(call_args)
+        self.program.TRACK = tracker.track
+        try:
+            loss, *grads = self.program.train_step(*call_args)
+        finally:
+            self.program.TRACK = collectives_no_tracking
+        self._reduce_and_store(grads)
+        del loss
+        return tracker.peak_bytes
+
+    def _reduce_and_store(self, grads: list[torch.Tensor]) -> None:
         if self.dp_size > 1:  # DDP semantics: the mean over replicas of each replica's gradient
             import torch.distributed as dist
 
@@ -111,4 +135,3 @@ class TrainStep:
                     param.grad = grad
                 else:
                     param.grad += grad
-        return loss.detach()

@@ -1,0 +1,120 @@
+"""memory-plan: predict the per-rank peak memory of the generated program, before it runs.
+
+The model follows what the generated program does: every op result is a new storage of
+shape x dtype bytes, except views (ATen overloads whose schema says the result aliases an input,
+e.g. view, permute, expand, slice), which share their input's storage for free. A storage lives
+from the op that makes it until the last use of any of its views (the program deletes each value
+after its last use). Arguments (parameters, buffers, inputs) are held by the caller for the
+whole step; returned values (the loss and gradients) live to the end. Attention adds its kernel's
+workspace (one fp32 score tile) while it runs.
+
+The pass records `autosp.peak_bytes` and `autosp.peak_op` on the module; `plan_memory` returns
+the whole plan for reports.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from xdsl.context import Context
+from xdsl.dialects import func
+from xdsl.dialects.builtin import IntegerAttr, ModuleOp, StringAttr, TensorType
+from xdsl.ir import Operation, SSAValue
+from xdsl.passes import ModulePass
+
+from autosp.codegen import train_step_of
+from autosp.ir.aten import AtenOp
+from autosp.ir.autosp import AttentionGradOp, AttentionOp
+from autosp.ir.dtypes import BYTES, torch_dtype
+from autosp.runtime.attention import QUERY_BLOCK
+
+# Views whose schema carries no alias annotation.
+EXTRA_VIEWS = {"aten._unsafe_view.default"}
+
+
+def value_bytes(value: SSAValue) -> int:
+    assert isinstance(value.type, TensorType)
+    return math.prod(value.type.get_shape()) * BYTES[torch_dtype(value.type.element_type)]
+
+
+def is_view(op: Operation) -> bool:
+    if not isinstance(op, AtenOp):
+        return False
+    returns = op.OVERLOAD._schema.returns
+    return op.name in EXTRA_VIEWS or bool(returns) and returns[0].alias_info is not None
+
+
+def workspace_bytes(op: Operation) -> int:
+    """Transient memory inside a kernel: the reference attention holds one fp32 score tile
+    [B, Hq, block, Sk] and its probabilities (twice that in the backward)."""
+    if not isinstance(op, (AttentionOp, AttentionGradOp)):
+        return 0
+    b, hq, sq, _ = op.query.type.get_shape()
+    sk = op.key.type.get_shape()[2]
+    tile = b * hq * min(QUERY_BLOCK, sq) * sk * 4
+    return tile * (2 if isinstance(op, AttentionOp) else 4)
+
+
+@dataclass
+class MemoryPlan:
+    held_bytes: int  # arguments: parameters, buffers, inputs
+    peak_bytes: int  # everything the rank holds at the worst moment, held_bytes included
+    peak_op: str  # the op (and its result name) where the peak happens
+    peak_index: int
+    returned_bytes: int  # the loss and the gradients
+
+
+def plan_memory(module: ModuleOp, *, workspace: bool = True) -> MemoryPlan:
+    fn = train_step_of(module)
+    block = fn.body.block
+    ops = list(block.ops)
+    root: dict[SSAValue, SSAValue] = {arg: arg for arg in block.args}
+    for op in ops:
+        for result in op.results:
+            root[result] = root[op.operands[0]] if is_view(op) and op.operands else result
+
+    # The last op index at which each storage is still referenced.
+    last_use: dict[SSAValue, int] = {}
+    for index, op in enumerate(ops):
+        for result in op.results:
+            last_use.setdefault(root[result], index)  # a dead result dies at its birth
+        for operand in op.operands:
+            last_use[root[operand]] = index
+    returned = {root[v] for v in ops[-1].operands} if isinstance(ops[-1], func.ReturnOp) else set()
+    held = sum(value_bytes(arg) for arg in block.args)
+    frees: dict[int, list[SSAValue]] = {}
+    for storage, index in last_use.items():
+        if storage not in returned and storage not in block.args:
+            frees.setdefault(index, []).append(storage)
+
+    live = held
+    peak, peak_index = held, -1
+    for index, op in enumerate(ops):
+        live += sum(value_bytes(r) for r in op.results if root[r] is r)
+        now = live + (workspace_bytes(op) if workspace else 0)
+        if now > peak:
+            peak, peak_index = now, index
+        live -= sum(value_bytes(s) for s in frees.get(index, []))
+    where = "arguments"
+    if peak_index >= 0:
+        op = ops[peak_index]
+        name = op.results[0].name_hint if op.results else ""
+        where = f"{op.name} (%{name}, op {peak_index})"
+    return MemoryPlan(
+        held_bytes=held,
+        peak_bytes=peak,
+        peak_op=where,
+        peak_index=peak_index,
+        returned_bytes=sum(value_bytes(s) for s in returned if s not in block.args),
+    )
+
+
+@dataclass(frozen=True)
+class MemoryPlanPass(ModulePass):
+    name = "memory-plan"
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        plan = plan_memory(op)
+        op.attributes["autosp.peak_bytes"] = IntegerAttr(plan.peak_bytes, 64)
+        op.attributes["autosp.peak_op"] = StringAttr(plan.peak_op)
