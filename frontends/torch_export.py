@@ -95,7 +95,7 @@ def scalar_attr(value: object, where: str) -> Attribute:
     raise AutoSPError(f"{where}: argument {value!r} of type {type(value).__name__} cannot be represented")
 
 
-def list_attr(values: Sequence[object], kind: str, where: str) -> Attribute:
+def list_attr(values: Sequence[object], kind: str) -> Attribute:
     element = {"List[int]": IntegerType(64), "List[float]": Float64Type(), "List[bool]": IntegerType(1)}[kind]
     if kind == "List[float]":
         return DenseArrayBase.from_list(element, [float(v) for v in values])
@@ -177,7 +177,7 @@ class _Importer:
             elif spec.kind == "dropped" or arg is None:
                 continue
             elif spec.kind.startswith("List["):
-                properties[spec.name] = list_attr(arg, spec.kind, where)
+                properties[spec.name] = list_attr(arg, spec.kind)
             else:
                 properties[spec.name] = scalar_attr(arg, where)
         result_types = self.result_types(node)

@@ -4,7 +4,7 @@
 (in schema order; `Tensor?` optional, `Tensor[]` variadic), every other argument is a property
 named as in the schema. Device, layout and generator arguments are not represented: the runtime
 decides where tensors live. Classes are made on first use (there are thousands of overloads and a
-program uses about a hundred), by `AtenDialectRegistry.get(name)`.
+program uses about a hundred), by `aten_op_class(name)`, which `AutoSPContext` calls on lookup.
 
 `aten.op` is the catch-all for an overload whose schema has a type the generated classes cannot
 carry: it names its target and keeps every argument in `args` (operands as `N : index`).
