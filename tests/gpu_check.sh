@@ -9,3 +9,4 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 AUTOSP_CACHE_DIR=/tmp/autosp-cach
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())" | tee "$OUT/versions.txt"
 AUTOSP_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider tests/e2e/test_equivalence.py --junitxml="$OUT/e2e-cuda.xml" 2>&1 | tail -15 | tee "$OUT/e2e-cuda.txt"
 python3 -m pytest -q -p no:cacheprovider tests/e2e tests/unit/test_ir.py --junitxml="$OUT/cpu-torch211.xml" 2>&1 | tail -15 | tee "$OUT/cpu-torch211.txt"
+python3 tests/gpu_memory.py "$OUT/memory-cuda.json" 2>&1 | tail -5
