@@ -53,6 +53,33 @@ def _pad_to(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
     return torch.cat([x, x.new_zeros(_resized(x, dim, size - x.shape[dim]))], dim=dim)
 
 
+_NO_ALLTOALL: set[str] = set()  # backends found without all_to_all (gloo before torch 2.13)
+
+
+def _exchange(outputs: list[torch.Tensor], inputs: list[torch.Tensor], group) -> None:
+    """all_to_all of equal-shaped chunks; point-to-point sends where the backend has none."""
+    backend = str(dist.get_backend(group))
+    if backend not in _NO_ALLTOALL:
+        try:
+            dist.all_to_all(outputs, inputs, group=group)
+            return
+        except RuntimeError as err:
+            if "alltoall" not in str(err).lower():
+                raise
+            _NO_ALLTOALL.add(backend)
+    rank = dist.get_rank(group)
+    ops = []
+    for peer in range(len(inputs)):
+        if peer == rank:
+            outputs[peer].copy_(inputs[peer])
+            continue
+        global_peer = dist.get_global_rank(group, peer) if group is not None else peer
+        ops.append(dist.P2POp(dist.irecv, outputs[peer], global_peer, group))
+        ops.append(dist.P2POp(dist.isend, inputs[peer], global_peer, group))
+    for work in dist.batch_isend_irecv(ops):
+        work.wait()
+
+
 def all_to_all(x: torch.Tensor, split_dim: int, concat_dim: int, total: int, group) -> torch.Tensor:
     """Part r of split_dim goes to rank r; the parts received are concatenated along
     concat_dim (`total` long in all) in rank order. Parts of a sequence may differ by one
@@ -63,7 +90,7 @@ def all_to_all(x: torch.Tensor, split_dim: int, concat_dim: int, total: int, gro
     x = _pad_to(x, concat_dim, max(concat_parts))
     inputs = [_pad_to(c, split_dim, max(split_parts)).contiguous() for c in x.tensor_split(n, dim=split_dim)]
     outputs = [torch.empty_like(inputs[0]) for _ in range(n)]
-    dist.all_to_all(outputs, inputs, group=group)
+    _exchange(outputs, inputs, group)
     trimmed = [o.narrow(split_dim, 0, split_parts[rank]).narrow(concat_dim, 0, size) for o, size in zip(outputs, concat_parts)]
     return torch.cat(trimmed, dim=concat_dim)
 

@@ -31,7 +31,12 @@ def _worker(rank, world, init_file, case, results):
             dist.destroy_process_group()
 
 
-def run_case(rank, world, *, arch, sp, seq, batch=1, config=None, labels_fn=None, steps=1, lr=0.1):
+def run_case(rank, world, *, arch, sp, seq, batch=1, config=None, labels_fn=None, steps=1, lr=0.1,
+             point_to_point=False):
+    if point_to_point:  # as on backends without all_to_all (gloo before torch 2.13)
+        from autosp.runtime import collectives
+
+        collectives._NO_ALLTOALL.add("gloo")
     dp = world // sp
     module = tiny_causal_lm(arch, **(config or {}))
     reference = copy.deepcopy(module)
