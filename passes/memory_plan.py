@@ -46,14 +46,21 @@ def is_view(op: Operation) -> bool:
 
 
 def workspace_bytes(op: Operation) -> int:
-    """Transient memory inside a kernel: the reference attention holds one fp32 score tile
-    [B, Hq, block, Sk] and its probabilities (twice that in the backward)."""
+    """Transient memory inside a kernel (runtime/attention.py): the forward holds one
+    accumulation-dtype score tile [B, Hq, block, Sk], the backward two (probabilities and dS)
+    plus the per-query-head partial dK/dV products [B, Hq, Sk, D] before they are summed over
+    the group; K and V are converted to the accumulation dtype when they are not in it."""
     if not isinstance(op, (AttentionOp, AttentionGradOp)):
         return 0
-    b, hq, sq, _ = op.query.type.get_shape()
-    sk = op.key.type.get_shape()[2]
-    tile = b * hq * min(QUERY_BLOCK, sq) * sk * 4
-    return tile * (2 if isinstance(op, AttentionOp) else 4)
+    b, hq, sq, d = op.query.type.get_shape()
+    hkv, sk = op.key.type.get_shape()[1], op.key.type.get_shape()[2]
+    element = op.query.type.element_type
+    acc_bytes = 8 if BYTES[torch_dtype(element)] == 8 else 4
+    tile = b * hq * min(QUERY_BLOCK, sq) * sk * acc_bytes
+    converted_kv = 0 if BYTES[torch_dtype(element)] == acc_bytes else 2 * b * hkv * sk * d * acc_bytes
+    if isinstance(op, AttentionOp):
+        return tile + converted_kv
+    return 2 * tile + b * hq * sk * d * acc_bytes + converted_kv
 
 
 @dataclass

@@ -25,6 +25,16 @@ def _mask_tile(q_start: int, q_len: int, sk: int, causal: bool, window: int, dev
     return keep
 
 
+def _masked_scores(q_tile, kf, scale: float, start: int, causal: bool, window: int) -> torch.Tensor:
+    """q k^T * scale for one query tile, masked keys at -inf: a new [B, Hkv, G, block, Sk] tile."""
+    scores = q_tile @ kf.transpose(-1, -2)
+    scores.mul_(scale)
+    keep = _mask_tile(start, q_tile.shape[-2], kf.shape[-2], causal, window, q_tile.device)
+    if keep is not None:
+        scores.masked_fill_(~keep, float("-inf"))
+    return scores
+
+
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
@@ -48,15 +58,15 @@ def attention_forward(
     qg, outg, lseg = _grouped(q, hkv), _grouped(out, hkv), lse.view(b, hkv, hq // hkv, sq)
     for start in range(0, sq, QUERY_BLOCK):
         stop = min(start + QUERY_BLOCK, sq)
-        scores = (qg[:, :, :, start:stop].to(acc) @ kf.transpose(-1, -2)) * scale
-        keep = _mask_tile(start, stop - start, sk, causal, window, q.device)
-        if keep is not None:
-            scores = scores.masked_fill(~keep, float("-inf"))
-        tile_lse = torch.logsumexp(scores, dim=-1)
-        # A row that sees no key (possible only with a mask) attends to nothing: output 0.
-        probs = torch.exp(scores - tile_lse.unsqueeze(-1)).nan_to_num_(0.0)
+        # One score tile, turned into probabilities in place (the kernel's only big buffer).
+        probs = _masked_scores(qg[:, :, :, start:stop].to(acc), kf, scale, start, causal, window)
+        row_max = probs.amax(dim=-1, keepdim=True)
+        row_max.masked_fill_(row_max == float("-inf"), 0.0)  # a row that sees no key
+        row_sum = probs.sub_(row_max).exp_().sum(dim=-1, keepdim=True)
+        lseg[:, :, :, start:stop] = (row_max + row_sum.log()).squeeze(-1)
+        probs.div_(row_sum).nan_to_num_(0.0)  # such a row attends to nothing: output 0
         outg[:, :, :, start:stop] = (probs @ vf).to(q.dtype)
-        lseg[:, :, :, start:stop] = tile_lse
+        del probs
     return out, lse
 
 
@@ -89,14 +99,14 @@ def attention_backward(
         stop = min(start + QUERY_BLOCK, sq)
         q_tile = qg[:, :, :, start:stop].to(acc)
         do_tile = dog[:, :, :, start:stop].to(acc)
-        scores = (q_tile @ kf.transpose(-1, -2)) * scale
-        keep = _mask_tile(start, stop - start, sk, causal, window, q.device)
-        if keep is not None:
-            scores = scores.masked_fill(~keep, float("-inf"))
-        probs = torch.exp(scores - lseg[:, :, :, start:stop].unsqueeze(-1)).nan_to_num_(0.0)
+        # Two tiles at most: the probabilities, and dP turned into dS in place.
+        probs = _masked_scores(q_tile, kf, scale, start, causal, window)
+        probs.sub_(lseg[:, :, :, start:stop].unsqueeze(-1)).exp_().nan_to_num_(0.0)
         dv += (probs.transpose(-1, -2) @ do_tile).sum(2)
-        dprobs = do_tile @ vf.transpose(-1, -2)
-        dscores = probs * (dprobs - delta[:, :, :, start:stop]) * scale
+        dscores = do_tile @ vf.transpose(-1, -2)
+        dscores.sub_(delta[:, :, :, start:stop]).mul_(probs).mul_(scale)
+        del probs
         dqg[:, :, :, start:stop] = (dscores @ kf).to(q.dtype)
         dk += (dscores.transpose(-1, -2) @ q_tile).sum(2)
+        del dscores
     return dq, dk.to(k.dtype).contiguous(), dv.to(v.dtype).contiguous()
