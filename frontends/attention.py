@@ -25,8 +25,9 @@ aten = torch.ops.aten
 SDPA = aten.scaled_dot_product_attention.default
 
 
-def bound_arguments(node: Node) -> dict[str, object]:
-    schema = node.target._schema  # type: ignore[union-attr]
+def bound_arguments(node: Node, schema=None) -> dict[str, object]:
+    """The node's arguments by schema name, defaults filled in (`schema`: node.target's)."""
+    schema = schema or node.target._schema  # type: ignore[union-attr]
     bound = {}
     for i, arg in enumerate(schema.arguments):
         if i < len(node.args):

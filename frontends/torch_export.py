@@ -32,7 +32,7 @@ from xdsl.dialects.builtin import (
 from xdsl.ir import Attribute, Block, Region, SSAValue
 from xdsl.rewriter import InsertPoint
 
-from autosp.frontends.attention import rewrite_attention
+from autosp.frontends.attention import bound_arguments, rewrite_attention
 from autosp.ir.aten import (
     NONE_ARG,
     OPT_TENSOR,
@@ -164,7 +164,7 @@ class _Importer:
             return self.catch_all(node, target)
         schema = target._schema
         where = f"{op_name_of(target)} ({node.name})"
-        bound = _bind(node, schema)
+        bound = bound_arguments(node, schema)
         operands, properties = [], {}
         for spec in cls.ARGS:
             arg = bound.get(spec.name)
@@ -216,7 +216,7 @@ class _Importer:
                 return NONE_ARG  # the runtime decides where tensors live
             return scalar_attr(arg, where)
 
-        bound = _bind(node, target._schema)
+        bound = bound_arguments(node, target._schema)
         args = ArrayAttr([encode(bound[a.name]) for a in target._schema.arguments])
         return AtenCallOp.build(
             operands=[inputs],
@@ -229,7 +229,7 @@ def _with_scalar_overload(node: Node, target: torch._ops.OpOverload) -> torch._o
     """Graphs pass Python numbers where a schema says Tensor (`add.Tensor(x, 1)`: a wrapped
     number). Use the sibling overload that takes a Scalar there (`add.Scalar`), which computes
     the same thing, so every operand in the IR is a real tensor."""
-    bound = _bind(node, target._schema)
+    bound = bound_arguments(node, target._schema)
     numbers = {
         a.name
         for a in target._schema.arguments
@@ -253,18 +253,6 @@ def _with_scalar_overload(node: Node, target: torch._ops.OpOverload) -> torch._o
 
 def _is_number(arg: object) -> bool:
     return isinstance(arg, (int, float, bool))
-
-
-def _bind(node: Node, schema) -> dict[str, object]:
-    bound = {}
-    for i, arg in enumerate(schema.arguments):
-        if i < len(node.args):
-            bound[arg.name] = node.args[i]
-        elif arg.name in node.kwargs:
-            bound[arg.name] = node.kwargs[arg.name]
-        else:
-            bound[arg.name] = arg.default_value
-    return bound
 
 
 # --- the program ---------------------------------------------------------------------------
