@@ -197,48 +197,48 @@ def reshape_layout(src: Sequence[int], dst: Sequence[int], layout: Layout, seq_l
     return None
 
 
-@sharding_rule("aten.view.default", "aten._unsafe_view.default", "aten.reshape.default",
-               "aten.unsqueeze.default", "aten.squeeze.dims", "aten.squeeze.dim", "aten.squeeze.default")
-def _reshape(op, layouts, ctx):
-    (layout, *rest) = layouts
-    if layout == P:
-        return Strategy([P], [P])  # views are linear: a view of summands sums to the view
-    if layout.kind != "shard":
-        return replicated(op)
-    out = reshape_layout(shape(op.operands[0]), shape(op.results[0]), layout, ctx.seq_len)
-    return None if out is None else Strategy([layout], [out])
+def view_rule(*op_names: str):
+    """Register a view's rule from where it moves a sequence shard (`moved(op, layout, ctx)`,
+    None when it cannot keep it); partial sums pass through since views are linear."""
+
+    def register(moved: Callable[[Operation, Layout, RuleContext], Layout | None]) -> Rule:
+        def rule(op, layouts, ctx):
+            layout = layouts[0]
+            if layout == P:
+                return Strategy([P], [P])
+            if layout.kind != "shard":
+                return None
+            out = moved(op, layout, ctx)
+            return None if out is None else Strategy([layout], [out])
+
+        return sharding_rule(*op_names)(rule)
+
+    return register
 
 
-@sharding_rule("aten.permute.default")
-def _permute(op, layouts, ctx):
-    if layouts[0] == P:
-        return Strategy([P], [P])
-    if layouts[0].kind != "shard":
-        return None
+@view_rule("aten.view.default", "aten._unsafe_view.default", "aten.reshape.default",
+           "aten.unsqueeze.default", "aten.squeeze.dims", "aten.squeeze.dim", "aten.squeeze.default")
+def _reshape(op, layout, ctx):
+    return reshape_layout(shape(op.operands[0]), shape(op.results[0]), layout, ctx.seq_len)
+
+
+@view_rule("aten.permute.default")
+def _permute(op, layout, ctx):
     dims = [_norm(d, len(shape(op.operands[0]))) for d in prop_ints(op, "dims")]
-    return Strategy([layouts[0]], [layouts[0].at(dims.index(layouts[0].dim))])
+    return layout.at(dims.index(layout.dim))
 
 
-@sharding_rule("aten.transpose.int", "aten.t.default")
-def _transpose(op, layouts, ctx):
-    if layouts[0] == P:
-        return Strategy([P], [P])
-    if layouts[0].kind != "shard":
-        return None
+@view_rule("aten.transpose.int", "aten.t.default")
+def _transpose(op, layout, ctx):
     rank = len(shape(op.operands[0]))
     a, b = (_norm(prop_int(op, "dim0"), rank), _norm(prop_int(op, "dim1"), rank)) if op.name != "aten.t.default" else (0, 1)
-    d = layouts[0].dim
-    return Strategy([layouts[0]], [layouts[0].at(b if d == a else a if d == b else d)])
+    d = layout.dim
+    return layout.at(b if d == a else a if d == b else d)
 
 
-@sharding_rule("aten.expand.default")
-def _expand(op, layouts, ctx):
-    if layouts[0] == P:
-        return Strategy([P], [P])
-    if layouts[0].kind != "shard":
-        return None
-    offset = len(shape(op.results[0])) - len(shape(op.operands[0]))
-    return Strategy([layouts[0]], [layouts[0].at(layouts[0].dim + offset)])
+@view_rule("aten.expand.default")
+def _expand(op, layout, ctx):
+    return layout.at(layout.dim + len(shape(op.results[0])) - len(shape(op.operands[0])))
 
 
 @sharding_rule("aten.clone.default", "aten._to_copy.default", "aten.alias.default", "aten.contiguous.default")
