@@ -19,24 +19,10 @@ from torch.fx import Graph, Node
 
 import autosp.runtime.ops  # noqa: F401  (registers torch.ops.autosp.*)
 from autosp.runtime.errors import AutoSPError
-from autosp.frontends.mask import MaskNotUnderstood, classify
+from autosp.frontends.mask import MaskNotUnderstood, bound_arguments, classify
 
 aten = torch.ops.aten
 SDPA = aten.scaled_dot_product_attention.default
-
-
-def bound_arguments(node: Node, schema=None) -> dict[str, object]:
-    """The node's arguments by schema name, defaults filled in (`schema`: node.target's)."""
-    schema = schema or node.target._schema  # type: ignore[union-attr]
-    bound = {}
-    for i, arg in enumerate(schema.arguments):
-        if i < len(node.args):
-            bound[arg.name] = node.args[i]
-        elif arg.name in node.kwargs:
-            bound[arg.name] = node.kwargs[arg.name]
-        else:
-            bound[arg.name] = arg.default_value
-    return bound
 
 
 def _shape(node: Node) -> tuple[int, ...]:

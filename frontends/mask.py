@@ -99,6 +99,20 @@ def _map_dims(value: AbstractValue, fn: Callable[[tuple], tuple]) -> AbstractVal
     return value
 
 
+def bound_arguments(node: Node, schema=None) -> dict[str, object]:
+    """The node's arguments by schema name, defaults filled in (`schema`: node.target's)."""
+    schema = schema or node.target._schema  # type: ignore[union-attr]
+    bound = {}
+    for i, arg in enumerate(schema.arguments):
+        if i < len(node.args):
+            bound[arg.name] = node.args[i]
+        elif arg.name in node.kwargs:
+            bound[arg.name] = node.kwargs[arg.name]
+        else:
+            bound[arg.name] = arg.default_value
+    return bound
+
+
 # --- rules -------------------------------------------------------------------------------
 
 
@@ -403,8 +417,9 @@ def evaluate(node: Node, memo: dict[Node, AbstractValue] | None = None) -> Abstr
             return type(a)(arg(x) for x in a)
         return a
 
-    args = [arg(a) for a in node.args]
-    args += [arg(v) for k, v in node.kwargs.items() if k not in _IGNORED_KWARGS]
+    # Arguments in schema order whether passed by position or by name, defaults filled in.
+    bound = bound_arguments(node)
+    args = [arg(v) for name, v in bound.items() if name not in _IGNORED_KWARGS]
     memo[node] = rule(node, args)
     return memo[node]
 

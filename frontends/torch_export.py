@@ -32,7 +32,8 @@ from xdsl.dialects.builtin import (
 from xdsl.ir import Attribute, Block, Region, SSAValue
 from xdsl.rewriter import InsertPoint
 
-from autosp.frontends.attention import bound_arguments, rewrite_attention
+from autosp.frontends.attention import rewrite_attention
+from autosp.frontends.mask import bound_arguments
 from autosp.ir.aten import (
     NONE_ARG,
     OPT_TENSOR,
