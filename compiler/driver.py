@@ -61,22 +61,40 @@ def signature(module: ModuleOp) -> tuple[list[InputSpec], list[str]]:
     return specs, grad_of
 
 
-def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cache_dir=None) -> TrainStep:
+def remat_options(ep, memory_budget, cost_model) -> tuple[str, str]:
+    """The budget in bytes ("auto": the memory of the device holding the parameters, less a
+    margin) and the cost model (by default the preset for that device)."""
+    from autosp.passes.cost_model import device_profile, profile_for
+    from autosp.passes.remat import parse_budget
+
+    tensors = [*ep.state_dict.values(), *ep.constants.values()]
+    profile = profile_for(tensors[0].device if tensors else "cpu")
+    if cost_model is not None:
+        profile = device_profile(cost_model, memory_bytes=profile.memory_bytes)
+    budget = parse_budget(memory_budget if memory_budget is not None else "auto", profile)
+    return str(budget), profile.name
+
+
+def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=None, cache_dir=None) -> TrainStep:
     if not isinstance(ep, torch.export.ExportedProgram):
         raise AutoSPError(
             f"autosp.compile takes a torch.export.ExportedProgram, got {type(ep).__name__}; "
             "export first: torch.export.export(LossWrapper(model), (input_ids, labels))"
         )
-    if memory_budget is not None and not remat:
-        raise AutoSPError("memory_budget only applies with remat=True")
-    pipeline_spec(sp=sp, remat=remat)  # bad options fail before the (slow) import
+    if (memory_budget is not None or cost_model is not None) and not remat:
+        raise AutoSPError("memory_budget and cost_model only apply with remat=True")
+    options = dict(sp=sp, remat=remat)
+    if remat:
+        budget, model = remat_options(ep, memory_budget, cost_model)
+        options.update(memory_budget=budget, cost_model=model)
+    pipeline_spec(**options)  # bad options fail before the (slow) import
     rank = 0
     if sp > 1:
         import torch.distributed as dist
 
         check_world(sp)
         rank = dist.get_rank() % sp  # SP groups are contiguous ranks
-    module = run_pipeline(import_program(ep), pipeline_spec(sp=sp, remat=remat, rank=rank))
+    module = run_pipeline(import_program(ep), pipeline_spec(**options, rank=rank))
     source = generate(module)
     path = write_program(source, Path(cache_dir) if cache_dir else default_cache_dir())
     inputs, grad_of = signature(module)

@@ -13,20 +13,27 @@ from autosp.runtime.errors import AutoSPError
 BASE_PASSES = ("drop-aliases", "dce")
 
 
-def check_options(sp: int, remat: bool) -> None:
+def check_options(sp: int, budget: str | int, cost_model: str) -> None:
+    from autosp.passes.cost_model import device_profile
+    from autosp.passes.remat import parse_budget
+
     if not isinstance(sp, int) or sp < 1:
         raise AutoSPError(f"--sp={sp}: the sequence-parallel degree must be an integer >= 1")
-    if remat:
-        raise AutoSPError("--remat: rematerialization is not implemented yet; drop --remat")
+    parse_budget(budget, device_profile(cost_model))
 
 
-def pipeline_spec(sp: int = 1, remat: bool = False, rank: int = 0) -> str:
+def pipeline_spec(
+    sp: int = 1, remat: bool = False, rank: int = 0, memory_budget: str | int = "auto", cost_model: str = "h100"
+) -> str:
     """The passes for these options; `rank` (within the SP group) picks whose program to make
-    (they differ only where the sequence does not divide by sp)."""
-    check_options(sp, remat)
+    (they differ only where the sequence does not divide by sp). With remat, `memory_budget`
+    (bytes, "70GiB" or "auto") is per rank and `cost_model` prices recomputation."""
+    check_options(sp, memory_budget, cost_model)
     passes = list(BASE_PASSES)
     if sp > 1:
         passes += [f"sp-propagate{{sp={sp}}}", f"sp-partition{{rank={rank}}}"]
+    if remat:
+        passes.append(f'remat{{budget="{memory_budget}" cost_model="{cost_model}"}}')
     return ",".join(passes)
 
 

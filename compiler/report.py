@@ -1,5 +1,6 @@
-"""What a compiled step will do, before it runs: predicted peak memory per rank, communication
-volume per collective kind and per layer (a layer = one attention op and its gradient).
+"""What a compiled step will do, before it runs: predicted peak memory per rank, saved
+activations, what remat recomputes (per op family, FLOPs and estimated time), communication volume
+per collective kind and per layer (a layer = one attention op and its gradient).
 
 Volume is what each rank sends per step, for ring algorithms: all_to_all (n-1)/n of its input,
 all_gather (n-1) x its input, reduce_scatter (n-1)/n of its input, all_reduce 2(n-1)/n.
@@ -11,7 +12,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from xdsl.dialects.builtin import ModuleOp, TensorType
+from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType
 from xdsl.ir import Operation, SSAValue
 
 from autosp.ir.autosp import AttentionGradOp, AttentionOp
@@ -43,6 +44,9 @@ class CommReport:
     by_kind: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     by_layer: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     count: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    remat: dict[str, str] = field(default_factory=dict)  # budget, plan, cost model
+    # op family -> [count, FLOPs, estimated seconds] of the recomputed ops
+    recompute: dict[str, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0, 0.0, 0.0]))
 
     @property
     def total(self) -> float:
@@ -69,7 +73,18 @@ class CommReport:
             memory.add_row("  at", self.memory.peak_op)
             memory.add_row("arguments (parameters, buffers, inputs)", human_bytes(self.memory.held_bytes))
             memory.add_row("returned (loss, gradients)", human_bytes(self.memory.returned_bytes))
+            memory.add_row("saved activations (forward -> backward)", human_bytes(self.memory.saved_bytes))
+            for key, value in self.remat.items():
+                memory.add_row(key, value)
             console.print(memory)
+        if self.remat:
+            model = self.remat.get("cost model", "")
+            recompute = Table("op family", "count", "FLOPs", f"time ({model})", title="recomputed in the backward")
+            for family, (count, flops, seconds) in sorted(self.recompute.items(), key=lambda kv: -kv[1][2]):
+                recompute.add_row(family, str(int(count)), f"{flops:.3g}", f"{seconds * 1e3:.3f} ms")
+            total = [sum(v[i] for v in self.recompute.values()) for i in range(3)]
+            recompute.add_row("total", str(int(total[0])), f"{total[1]:.3g}", f"{total[2] * 1e3:.3f} ms")
+            console.print(recompute)
         if self.by_kind:
             console.print(kinds)
             console.print(layers)
@@ -121,6 +136,7 @@ def comm_report(module: ModuleOp) -> CommReport:
             layer = _attention_of(op.lse, layer_of)
             if layer is not None:
                 layer_of[op] = layer
+    _remat_report(module, report)
     for op in module.walk():
         if not isinstance(op, CollectiveOp):
             continue
@@ -136,6 +152,33 @@ def comm_report(module: ModuleOp) -> CommReport:
         )
         report.by_layer[where] += volume
     return report
+
+
+def _remat_report(module: ModuleOp, report: CommReport) -> None:
+    from autosp.passes.cost_model import device_profile, op_flops, op_seconds
+    from autosp.passes.memory_plan import is_view
+    from autosp.passes.remat import RECOMPUTE
+
+    plan = module.attributes.get("autosp.remat_plan")
+    if not isinstance(plan, StringAttr):
+        return
+    model = module.attributes["autosp.cost_model"].data  # type: ignore[union-attr]
+    profile = device_profile(model)
+    report.remat = {
+        "budget": human_bytes(module.attributes["autosp.budget_bytes"].value.data),  # type: ignore[union-attr]
+        "remat plan": plan.data,
+        "cost model": model,
+    }
+    for op in module.walk():
+        if RECOMPUTE not in op.attributes or is_view(op):
+            continue
+        family = op.name if op.name.startswith("autosp.") else ".".join(op.name.split(".")[:2])
+        entry = report.recompute[family]
+        entry[0] += 1
+        entry[1] += op_flops(op)
+        entry[2] += op_seconds(op, profile)
+    total = sum(v[2] for v in report.recompute.values())
+    report.remat["recompute time (estimated)"] = f"{total * 1e3:.3f} ms per step"
 
 
 def ulysses_optimum_per_layer(batch: int, seq: int, q_heads: int, kv_heads: int, head_dim: int, dtype_bytes: int, sp: int) -> float:

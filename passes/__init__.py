@@ -29,10 +29,17 @@ def _memory_plan() -> type[ModulePass]:
     return MemoryPlanPass
 
 
+def _remat() -> type[ModulePass]:
+    from autosp.passes.remat import Remat
+
+    return Remat
+
+
 PASSES: dict[str, Callable[[], type[ModulePass]]] = {
     "drop-aliases": _drop_aliases,
     "sp-propagate": _sp_propagate,
     "sp-partition": _sp_partition,
+    "remat": _remat,
     "memory-plan": _memory_plan,
 }
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import IntegerAttr, ModuleOp, StringAttr, TensorType
-from xdsl.ir import Operation, SSAValue
+from xdsl.ir import Operation, OpResult, SSAValue
 from xdsl.passes import ModulePass
 
 from autosp.codegen import train_step_of
@@ -28,6 +28,7 @@ from autosp.ir.aten import AtenOp
 from autosp.ir.autosp import AttentionGradOp, AttentionOp
 from autosp.ir.dtypes import BYTES, torch_dtype
 from autosp.runtime.attention import QUERY_BLOCK
+from autosp.runtime.errors import AutoSPError
 
 # Views whose schema carries no alias annotation.
 EXTRA_VIEWS = {"aten._unsafe_view.default"}
@@ -70,18 +71,46 @@ class MemoryPlan:
     peak_op: str  # the op (and its result name) where the peak happens
     peak_index: int
     returned_bytes: int  # the loss and the gradients
+    saved_bytes: int  # forward results held for the backward (at the end of the forward)
 
 
-def plan_memory(module: ModuleOp, *, workspace: bool = True) -> MemoryPlan:
-    fn = train_step_of(module)
-    block = fn.body.block
+def forward_end(ops: list[Operation]) -> int:
+    """Index of the last op the loss (the step's first result) depends on."""
+    ret = ops[-1]
+    if not isinstance(ret, func.ReturnOp) or not ret.operands:
+        raise AutoSPError("@train_step must return the loss first")
+    index = {op: i for i, op in enumerate(ops)}
+    end, stack, seen = -1, [ret.operands[0]], set()
+    while stack:
+        value = stack.pop()
+        if not isinstance(value, OpResult) or value.owner in seen:
+            continue
+        seen.add(value.owner)
+        end = max(end, index[value.owner])
+        stack.extend(value.owner.operands)
+    return end
+
+
+@dataclass
+class Liveness:
+    """Storage lifetimes of the program, in op indices."""
+
+    ops: list[Operation]
+    root: dict[SSAValue, SSAValue]  # value -> the value owning its storage (itself unless a view)
+    last_use: dict[SSAValue, int]  # storage -> last op index that references it
+    returned: set[SSAValue]  # storages the step returns (alive to the end)
+    held_bytes: int
+    live: list[int]  # bytes held while op i runs (its results, and its workspace, included)
+
+
+def liveness(module: ModuleOp, *, workspace: bool = True) -> Liveness:
+    block = train_step_of(module).body.block
     ops = list(block.ops)
     root: dict[SSAValue, SSAValue] = {arg: arg for arg in block.args}
     for op in ops:
         for result in op.results:
             root[result] = root[op.operands[0]] if is_view(op) and op.operands else result
 
-    # The last op index at which each storage is still referenced.
     last_use: dict[SSAValue, int] = {}
     for index, op in enumerate(ops):
         for result in op.results:
@@ -95,25 +124,40 @@ def plan_memory(module: ModuleOp, *, workspace: bool = True) -> MemoryPlan:
         if storage not in returned and storage not in block.args:
             frees.setdefault(index, []).append(storage)
 
-    live = held
-    peak, peak_index = held, -1
+    live, profile = held, []
     for index, op in enumerate(ops):
         live += sum(value_bytes(r) for r in op.results if root[r] is r)
-        now = live + (workspace_bytes(op) if workspace else 0)
+        profile.append(live + (workspace_bytes(op) if workspace else 0))
+        live -= sum(value_bytes(s) for s in frees.get(index, []))
+    return Liveness(ops, root, last_use, returned, held, profile)
+
+
+def plan_memory(module: ModuleOp, *, workspace: bool = True) -> MemoryPlan:
+    lv = liveness(module, workspace=workspace)
+    peak, peak_index = lv.held_bytes, -1
+    for index, now in enumerate(lv.live):
         if now > peak:
             peak, peak_index = now, index
-        live -= sum(value_bytes(s) for s in frees.get(index, []))
     where = "arguments"
     if peak_index >= 0:
-        op = ops[peak_index]
+        op = lv.ops[peak_index]
         name = op.results[0].name_hint if op.results else ""
         where = f"{op.name} (%{name}, op {peak_index})"
+    args = train_step_of(module).body.block.args
+    returns = isinstance(lv.ops[-1], func.ReturnOp) and lv.ops[-1].operands
+    boundary = forward_end(lv.ops) if returns else len(lv.ops)
+    born = {r: i for i, op in enumerate(lv.ops) for r in op.results if lv.root[r] is r}
+    saved = sum(
+        value_bytes(s) for s, end in lv.last_use.items()
+        if s in born and born[s] <= boundary < end and s not in lv.returned
+    )
     return MemoryPlan(
-        held_bytes=held,
+        held_bytes=lv.held_bytes,
         peak_bytes=peak,
         peak_op=where,
         peak_index=peak_index,
-        returned_bytes=sum(value_bytes(s) for s in returned if s not in block.args),
+        returned_bytes=sum(value_bytes(s) for s in lv.returned if s not in args),
+        saved_bytes=saved,
     )
 
 

@@ -35,10 +35,16 @@ class AutoSPOptMain(xDSLOptMain):
         arg_parser.add_argument("--sp", type=int, default=None, help="sequence-parallel degree: run the compile pipeline for it")
         arg_parser.add_argument("--rank", type=int, default=0, help="with --sp: the rank (in the SP group) whose program to print")
         arg_parser.add_argument("--remat", action="store_true", help="choose recomputation by ILP to fit --memory-budget")
-        arg_parser.add_argument("--memory-budget", default=None, help="per-rank memory budget for --remat, e.g. 70GiB")
+        arg_parser.add_argument(
+            "--memory-budget", default=None,
+            help="per-rank memory budget for --remat: bytes, 70GiB, 512MiB, or auto (the cost model's device memory less a margin; default)",
+        )
+        arg_parser.add_argument(
+            "--cost-model", default=None, help="device whose roofline prices recomputation for --remat: h100 (default), mi300x, cpu"
+        )
         arg_parser.add_argument(
             "--report", action="store_true",
-            help="print what the step will do (communication per collective and per layer) instead of the IR; -o still writes the IR",
+            help="print what the step will do (memory, recomputation, communication) instead of the IR; -o still writes the IR",
         )
 
     def output_resulting_program(self, prog) -> str:
@@ -53,11 +59,14 @@ class AutoSPOptMain(xDSLOptMain):
         if self.args.sp is not None or self.args.remat:
             if self.args.passes:
                 raise ValueError("give either -p PASSES or the pipeline options (--sp/--remat), not both")
+            remat = {}
+            if self.args.remat:
+                remat = dict(memory_budget=self.args.memory_budget or "auto", cost_model=self.args.cost_model or "h100")
             self.args.passes = pipeline_spec(
-                sp=1 if self.args.sp is None else self.args.sp, remat=self.args.remat, rank=self.args.rank
+                sp=1 if self.args.sp is None else self.args.sp, remat=self.args.remat, rank=self.args.rank, **remat
             )
-        elif self.args.memory_budget is not None:
-            raise ValueError("--memory-budget only applies with --remat")
+        if not self.args.remat and (self.args.memory_budget is not None or self.args.cost_model is not None):
+            raise ValueError("--memory-budget and --cost-model only apply with --remat")
         super().setup_pipeline()
 
 

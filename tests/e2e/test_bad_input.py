@@ -40,8 +40,12 @@ def test_bad_options_are_refused_not_ignored(tmp_cache):
     ep = torch.export.export(module, (ids, ids.clone()))
     with pytest.raises(AutoSPError, match="sp=2 needs torch.distributed initialized"):
         autosp.compile(ep, sp=2)
-    with pytest.raises(AutoSPError, match="--remat"):
-        autosp.compile(ep, remat=True)
+    with pytest.raises(AutoSPError, match="only apply with remat=True"):
+        autosp.compile(ep, memory_budget="1GiB")
+    with pytest.raises(AutoSPError, match="memory budget '12 parsecs' is not a size"):
+        autosp.compile(ep, remat=True, memory_budget="12 parsecs")
+    with pytest.raises(AutoSPError, match=r"remat: the step needs .* per rank at S=16 \(sp=1\)"):
+        autosp.compile(ep, remat=True, memory_budget=4096)
     with pytest.raises(AutoSPError, match="ExportedProgram"):
         autosp.compile(module)
 

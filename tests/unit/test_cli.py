@@ -26,12 +26,14 @@ def run(tool, *args, stdin=""):
         (["-p", "no-such-pass"], GOOD, "no-such-pass"),
         (["--sp=4"], GOOD, "no func.func @train_step"),
         (["--sp=0"], GOOD, "--sp=0"),
-        (["--remat"], GOOD, "--remat"),
+        (["--remat"], GOOD, "@train_step"),
+        (["--remat", "--memory-budget=lots"], GOOD, "memory budget 'lots' is not a size"),
+        (["--remat", "--cost-model=tpu"], GOOD, "unknown cost model 'tpu'"),
         (["--memory-budget=1GiB"], GOOD, "--memory-budget"),
         (["/does/not/exist.mlir"], "", "No such file"),
         ([], GOOD.replace("tensor<4x2xf32>\n  func", "tensor<4x3xf32>\n  func"), ""),
     ],
-    ids=["malformed", "unknown-pass", "sp-no-train-step", "sp-zero", "remat", "budget", "missing-file", "bad-types"],
+    ids=["malformed", "unknown-pass", "sp-no-train-step", "sp-zero", "remat-no-train-step", "remat-bad-budget", "remat-bad-cost-model", "budget-without-remat", "missing-file", "bad-types"],
 )
 def test_autosp_opt_errors(args, stdin, message):
     result = run("autosp-opt", *args, stdin=stdin)

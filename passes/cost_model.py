@@ -1,0 +1,150 @@
+"""How long an op takes on a device: a roofline, max(FLOPs / peak FLOP/s, bytes / bandwidth), plus
+a launch overhead. Used by `remat` to price recomputation and by the report.
+
+Long-context aware on purpose: an elementwise op moves ~8 bytes per FLOP, so it is priced by its
+bytes (a FLOP-only model would call it free), while attention does O(S^2) FLOPs on O(S) bytes and
+becomes the most expensive op to recompute as S grows. FLOP counts live in a rule table
+(`@flop_rule`); an op without a rule is counted as one FLOP per element it reads or writes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from xdsl.dialects.builtin import TensorType
+from xdsl.ir import Operation, SSAValue
+
+from autosp.ir.autosp import AttentionGradOp, AttentionOp
+from autosp.ir.dtypes import BYTES, torch_dtype
+from autosp.runtime.errors import AutoSPError
+
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    matmul_flops: float  # dense matmul FLOP/s in 16-bit types (tensor cores)
+    matmul_flops_fp32: float  # dense matmul FLOP/s in fp32
+    vector_flops: float  # everything else, FLOP/s
+    bandwidth: float  # memory bandwidth, bytes/s
+    launch_s: float  # fixed cost per op
+    memory_bytes: int  # device memory, for budget="auto"
+
+
+def host_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+# Datasheet numbers (dense, no sparsity).
+PROFILES: dict[str, Callable[[], DeviceProfile]] = {
+    "h100": lambda: DeviceProfile("h100", 989e12, 67e12, 67e12, 3.35e12, 4e-6, 80 * GiB),
+    "mi300x": lambda: DeviceProfile("mi300x", 1307e12, 163e12, 163e12, 5.3e12, 4e-6, 192 * GiB),
+    "cpu": lambda: DeviceProfile("cpu", 2e12, 1e12, 2e11, 1e11, 2e-6, host_memory()),
+}
+
+
+def device_profile(name: str, **overrides: float) -> DeviceProfile:
+    """A preset by name, with any of its numbers overridden (e.g. bandwidth=2e12)."""
+    if name not in PROFILES:
+        raise AutoSPError(f"unknown cost model {name!r}; known: {', '.join(sorted(PROFILES))}")
+    return replace(PROFILES[name](), **{k: v for k, v in overrides.items() if v is not None})
+
+
+def numel(value: SSAValue) -> int:
+    assert isinstance(value.type, TensorType)
+    return math.prod(value.type.get_shape())
+
+
+def nbytes(value: SSAValue) -> int:
+    assert isinstance(value.type, TensorType)
+    return numel(value) * BYTES[torch_dtype(value.type.element_type)]
+
+
+# --- FLOP rules -------------------------------------------------------------------------
+
+FlopRule = Callable[[Operation], float]
+FLOP_RULES: dict[str, FlopRule] = {}
+MATMUL_OPS: set[str] = set()  # ops that run on the matmul units
+
+
+def flop_rule(*names: str, matmul: bool = False):
+    def register(fn: FlopRule) -> FlopRule:
+        for name in names:
+            FLOP_RULES[name] = fn
+            if matmul:
+                MATMUL_OPS.add(name)
+        return fn
+
+    return register
+
+
+def _shape(value: SSAValue) -> list[int]:
+    assert isinstance(value.type, TensorType)
+    return list(value.type.get_shape())
+
+
+@flop_rule("aten.mm.default", "aten.bmm.default", matmul=True)
+def _matmul(op: Operation) -> float:
+    a, b = _shape(op.operands[0]), _shape(op.operands[1])
+    return 2.0 * math.prod(a) * b[-1]
+
+
+@flop_rule("aten.addmm.default", "aten.baddbmm.default", matmul=True)
+def _matmul_bias(op: Operation) -> float:
+    a, b = _shape(op.operands[1]), _shape(op.operands[2])
+    return 2.0 * math.prod(a) * b[-1] + numel(op.results[0])
+
+
+def _attention_forward_flops(op: AttentionOp | AttentionGradOp) -> float:
+    b, hq, sq, d = _shape(op.query)
+    sk = _shape(op.key)[2]
+    # Average number of keys a query sees under the mask.
+    keys = float(sk)
+    if op.causal.value.data:
+        keys = (sk + 1) / 2 if sq == sk else sk - (sq - 1) / 2
+    if op.window.value.data:
+        keys = min(keys, float(op.window.value.data))
+    return 4.0 * b * hq * sq * keys * d  # QK^T and PV
+
+
+FLOP_RULES["autosp.attention"] = _attention_forward_flops
+FLOP_RULES["autosp.attention_grad"] = lambda op: 2.5 * _attention_forward_flops(op)  # 5 matmuls for 2
+MATMUL_OPS |= {"autosp.attention", "autosp.attention_grad"}
+
+
+def op_flops(op: Operation) -> float:
+    rule = FLOP_RULES.get(op.name)
+    if rule is not None:
+        return rule(op)
+    sizes = [numel(v) for v in (*op.operands, *op.results) if isinstance(v.type, TensorType)]
+    return float(max(sizes, default=0))
+
+
+def op_bytes(op: Operation) -> float:
+    return float(sum(nbytes(v) for v in (*op.operands, *op.results) if isinstance(v.type, TensorType)))
+
+
+def op_seconds(op: Operation, profile: DeviceProfile) -> float:
+    flops = op_flops(op)
+    if op.name in MATMUL_OPS:
+        element = op.operands[0].type.element_type  # type: ignore[union-attr]
+        rate = profile.matmul_flops_fp32 if BYTES[torch_dtype(element)] >= 4 else profile.matmul_flops
+    else:
+        rate = profile.vector_flops
+    return profile.launch_s + max(flops / rate, op_bytes(op) / profile.bandwidth)
+
+
+def profile_for(device) -> DeviceProfile:
+    """The preset for a torch device, with that device's real memory size."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device_profile("cpu")
+    props = torch.cuda.get_device_properties(device)
+    name = "mi300x" if "MI3" in props.name.upper() else "h100"
+    return replace(device_profile(name), memory_bytes=props.total_memory)

@@ -1,0 +1,532 @@
+"""remat: keep or recompute each forward value the backward needs, so the step fits a per-rank
+memory budget at the least estimated recompute time.
+
+Decision unit: a forward op that makes storage (views are free and follow their storage). Kept:
+its results live from the forward to their last backward use. Recomputed: they die after their
+last forward use, and a clone of the op is inserted in the backward just before the first op that
+needs them (its inputs kept or recomputed in turn, so chains are allowed). Ops with side effects
+(collectives, random ops) are never recomputed, so the collective order stays the same on every
+rank whatever each rank decides.
+
+The ILP (HiGHS) has two binaries per decision *slot*: keep k and recompute r. Transformer layers
+are identical, so the forward is cut into segments at attention ops and segments with the same
+op sequence share their slots: one layer template decides all L layers. Constraints:
+  - a value the backward uses is kept or recomputed: k + r = 1 (otherwise k + r <= 1);
+  - recomputing v needs each input u available: r_v <= k_u + r_u;
+  - one memory row per op of the program (the live bytes while it runs, from memory-plan's
+    liveness, with each candidate's forward/kept/recomputed lifetime as a term) <= budget.
+Objective: the sum of the recomputed ops' roofline times (cost_model.py).
+
+The rows are a conservative linear model of the rewritten program (a recomputed value is counted
+from the first point any consumer could need it to the last). The plan the pass applies is then
+checked exactly by memory-plan; if the exact peak overshoots, the ILP is re-solved with the
+budget lowered by the overshoot. Full per-layer checkpointing (layer inputs kept, every other
+recomputable value recomputed) is always evaluated as well, and used when the ILP plan costs more
+or does not fit (e.g. the solver timed out). If nothing fits, the pass refuses with the memory the
+step needs and the sp degree that would fit it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+from xdsl.context import Context
+from xdsl.dialects import func
+from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp, StringAttr, TensorType, UnitAttr, f64
+from xdsl.ir import Operation, OpResult, SSAValue
+from xdsl.passes import ModulePass
+from xdsl.traits import Pure
+
+from autosp.codegen import train_step_of
+from autosp.ir.autosp import AttentionOp
+from autosp.ir.dist import CollectiveOp, GroupOp
+from autosp.passes.cost_model import GiB, DeviceProfile, device_profile, op_seconds
+from autosp.passes.memory_plan import forward_end, is_view, liveness, plan_memory, value_bytes, workspace_bytes
+from autosp.runtime.errors import AutoSPError
+
+RECOMPUTE = "autosp.recompute"  # marks the clones the pass inserts
+ILP_TIME_LIMIT_S = 10.0
+MAX_REFINEMENTS = 4
+
+_UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+          "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+
+
+def parse_budget(budget: str | int, profile: DeviceProfile) -> int:
+    """Bytes from 123456, "512MiB", "70GiB", "1.5GB" or "auto" (device memory less a margin for
+    the allocator's fragmentation and the runtime: 8%, at least 2 GiB)."""
+    if isinstance(budget, int):
+        value = budget
+    elif budget.strip().lower() == "auto":
+        value = profile.memory_bytes - max(2 * GiB, int(0.08 * profile.memory_bytes))
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", budget)
+        if not match or match.group(2).lower() not in _UNITS:
+            raise AutoSPError(
+                f"memory budget {budget!r} is not a size; give bytes or a number with a unit "
+                "(e.g. 70GiB, 512MiB, 80GB) or 'auto'"
+            )
+        value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if value <= 0:
+        raise AutoSPError(f"memory budget {budget!r} must be positive")
+    return value
+
+
+def human(n: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def recomputable(op: Operation) -> bool:
+    """Deterministic and local: Pure ops, and the rank-local layout changes (not collectives)."""
+    if isinstance(op, CollectiveOp):
+        return False
+    return op.has_trait(Pure) or isinstance(op, GroupOp)
+
+
+# --- the problem ------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Unit:
+    op: Operation
+    index: int
+    recomputable: bool
+    seconds: float
+    workspace: int
+    results: list[tuple[SSAValue, int, int]] = field(default_factory=list)  # (storage, bytes, last forward use)
+    first_direct: int | None = None  # first backward op that reads it
+    last_direct: int = -1
+    inputs: set["Unit"] = field(default_factory=set)
+    consumers: set["Unit"] = field(default_factory=set)
+    needed: bool = False  # by the backward, directly or to recompute a consumer
+    first_need: int = 0
+    death: int = 0
+    slot: int = -1
+
+
+@dataclass
+class Plan:
+    name: str  # "ilp", "per-layer checkpointing", ...
+    recompute: frozenset[int]  # op indices of the recomputed forward ops
+    seconds: float  # estimated recompute time per step
+    peak_bytes: int = 0  # exact, from memory-plan on the rewritten program
+
+
+@dataclass
+class RematResult:
+    budget_bytes: int
+    baseline_peak: int
+    plan: Plan
+    candidates: list[Plan]
+    slots: int
+    ilp_seconds: float
+    ilp_status: str
+
+
+class RematProblem:
+    def __init__(self, module: ModuleOp, profile: DeviceProfile):
+        self.module, self.profile = module, profile
+        self.lv = lv = liveness(module)
+        ops = lv.ops
+        self.boundary = boundary = forward_end(ops)
+        returned = lv.returned
+        self.units: dict[Operation, Unit] = {}
+        for i, op in enumerate(ops[: boundary + 1]):
+            if is_view(op) or not op.results:
+                continue
+            pinned = any(r in returned for r in op.results)
+            self.units[op] = Unit(
+                op, i, recomputable(op) and not pinned, op_seconds(op, profile) if recomputable(op) else 0.0,
+                workspace_bytes(op),
+            )
+
+        def unit_of(value: SSAValue) -> Unit | None:
+            root = lv.root[value]
+            return self.units.get(root.owner) if isinstance(root, OpResult) else None
+
+        last_forward: dict[SSAValue, int] = {}
+        for i, op in enumerate(ops):
+            for operand in op.operands:
+                producer = unit_of(operand)
+                if producer is None:
+                    continue
+                if i <= boundary:
+                    last_forward[lv.root[operand]] = i
+                    consumer = self.units.get(op)
+                    if consumer is not None:
+                        producer.consumers.add(consumer)
+                        consumer.inputs.add(producer)
+                elif not isinstance(op, func.ReturnOp):
+                    if producer.first_direct is None:
+                        producer.first_direct = i
+                    producer.last_direct = i
+        for unit in self.units.values():
+            unit.results = [(r, value_bytes(r), last_forward.get(r, unit.index)) for r in unit.op.results]
+
+        # Who is needed, and from when to when. A value the backward reads is materialized
+        # before that first read; one read only to recompute consumers, when the first of them is
+        # (an estimate: a recomputed consumer may want it earlier; the exact check catches that).
+        for unit in sorted(self.units.values(), key=lambda u: -u.index):
+            needs = [c.first_need for c in unit.consumers if c.needed and c.recomputable]
+            if unit.first_direct is None and not needs or any(r in returned for r in unit.op.results):
+                continue
+            unit.needed = True
+            unit.first_need = min(needs) if unit.first_direct is None else unit.first_direct
+            unit.death = max(needs + [unit.last_direct])
+        self.candidates = [u for u in self.units.values() if u.needed]
+        self._assign_slots()
+
+    # Segments between attention ops with the same op sequence share their decision slots.
+    def _assign_slots(self) -> None:
+        depth: dict[SSAValue, int] = {}
+        segments: dict[int, list[Operation]] = {}
+        for op in self.lv.ops[: self.boundary + 1]:
+            d = max((depth.get(o, 0) for o in op.operands), default=0) + isinstance(op, AttentionOp)
+            for r in op.results:
+                depth[r] = d
+            segments.setdefault(d, []).append(op)
+        classes: dict[tuple, int] = {}
+        position: dict[Operation, tuple[int, int]] = {}
+        for ops in segments.values():
+            local = {op: i for i, op in enumerate(ops)}
+            signature = tuple(
+                (
+                    op.name,
+                    tuple(str(r.type) for r in op.results),
+                    str(op.properties),
+                    tuple(
+                        ("local", local[o.owner]) if isinstance(o, OpResult) and o.owner in local else ("external", str(o.type))
+                        for o in op.operands
+                    ),
+                )
+                for op in ops
+            )
+            cls = classes.setdefault(signature, len(classes))
+            for op, i in local.items():
+                position[op] = (cls, i)
+        slots: dict[tuple, int] = {}
+        for unit in self.candidates:
+            unit.slot = slots.setdefault(position[unit.op], len(slots))
+        self.num_slots = len(slots)
+
+    # --- plans --------------------------------------------------------------------------
+
+    def seconds(self, recompute: frozenset[int]) -> float:
+        return sum(u.seconds for u in self.candidates if u.index in recompute)
+
+    def evaluate(self, plan: Plan) -> Plan:
+        """The exact peak of the rewritten program."""
+        clone = self.module.clone()
+        apply_recompute(clone, plan.recompute)
+        plan.peak_bytes = plan_memory(clone).peak_bytes
+        return plan
+
+    def checkpointing(self) -> Plan:
+        """Full per-layer checkpointing: keep each layer's input (the residual stream entering
+        it), recompute every other recomputable value the backward needs."""
+        graph = nx.DiGraph()
+        for unit in self.units.values():
+            graph.add_node(unit)
+            for consumer in unit.consumers:
+                graph.add_edge(unit, consumer)
+        attentions = [u for u in self.units.values() if isinstance(u.op, AttentionOp)]
+        attentions.sort(key=lambda u: u.index)
+        keep: set[Unit] = set()
+        for prev, attn in zip(attentions, attentions[1:]):
+            between = nx.descendants(graph, prev) & (ancestors := nx.ancestors(graph, attn))
+            sub = graph.subgraph(between | {prev, attn})
+            dominators = nx.immediate_dominators(sub, prev)
+            chain, node = [], dominators.get(attn)
+            while node is not None and node is not prev:
+                chain.append(node)
+                node = dominators.get(node)
+            # The layer input is the latest dominator that is also used past the attention
+            # (the residual connection).
+            for node in sorted(chain, key=lambda u: -u.index):
+                if any(c not in ancestors and c is not attn for c in node.consumers):
+                    keep.add(node)
+                    break
+        recompute = frozenset(u.index for u in self.candidates if u.recomputable and u not in keep)
+        return Plan("per-layer checkpointing", recompute, self.seconds(recompute))
+
+    # --- the ILP ------------------------------------------------------------------------
+
+    def _rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """const[t] + keep[t] . k + recompute[t] . r = bytes live while op t runs."""
+        n, s = len(self.lv.ops), self.num_slots
+        const = np.array(self.lv.live, dtype=np.float64)
+        keep = np.zeros((n + 1, s))
+        rec = np.zeros((n + 1, s))
+        base = np.zeros(n + 1)
+        for u in self.candidates:
+            for storage, size, last_fwd in u.results:
+                # Remove what the unmodified program holds after the last forward use.
+                end = self.lv.last_use[storage]
+                base[last_fwd + 1] -= size
+                base[end + 1] += size
+                keep[last_fwd + 1, u.slot] += size
+                keep[u.death + 1, u.slot] -= size
+                rec[u.first_need, u.slot] += size
+                rec[u.death + 1, u.slot] -= size
+            # A clone's scratch is in use before the op it feeds allocates its results and its
+            # own scratch.
+            t = u.first_need
+            extra = u.workspace - workspace_bytes(self.lv.ops[t]) - sum(
+                value_bytes(r) for r in self.lv.ops[t].results if self.lv.root[r] is r
+            )
+            if extra > 0:
+                rec[t, u.slot] += extra
+                rec[t + 1, u.slot] -= extra
+        const += np.cumsum(base)[:n]
+        return const, np.cumsum(keep, axis=0)[:n], np.cumsum(rec, axis=0)[:n]
+
+    def solve(self, budget: float | None) -> tuple[frozenset[int] | None, str, float]:
+        """Least recompute time with every row <= budget; budget None: the least peak."""
+        import highspy
+
+        s = self.num_slots
+        const, keep, rec = self._rows()
+        scale = GiB  # rows in GiB, costs in ms: coefficients near 1 for the solver
+        a = np.hstack([keep, rec]) / scale
+        c = const / scale
+        slot_cost = np.zeros(s)
+        must, recomputable = np.zeros(s, bool), np.ones(s, bool)
+        for u in self.candidates:
+            slot_cost[u.slot] += u.seconds * 1e3
+            must[u.slot] |= u.first_direct is not None
+            recomputable[u.slot] &= u.recomputable
+        minimize_peak = budget is None
+        nvars = 2 * s + minimize_peak
+        # Drop rows that cannot bind, and duplicates.
+        top = c + np.clip(a, 0, None).sum(axis=1)
+        keep_rows = np.ones(len(c), bool) if minimize_peak else top > budget / scale
+        a, c = a[keep_rows], c[keep_rows]
+        if len(c):
+            a, index = np.unique(np.round(a, 9), axis=0, return_inverse=True)
+            c = np.array([c[index.ravel() == i].max() for i in range(len(a))]) if len(a) < len(c) else c
+        rows: list[tuple[dict[int, float], float, float]] = []
+        for coeffs, offset in zip(a, c):
+            row = {j: float(v) for j, v in enumerate(coeffs) if v}
+            if minimize_peak:
+                row[2 * s] = -1.0
+                rows.append((row, -math.inf, -float(offset)))
+            else:
+                rows.append((row, -math.inf, budget / scale - float(offset)))
+        for j in range(s):
+            rows.append(({j: 1.0, s + j: 1.0}, 1.0 if must[j] else 0.0, 1.0))
+        edges = {(u.slot, v.slot) for v in self.candidates for u in v.inputs if u.needed and v.recomputable}
+        # (Inputs that are no candidate, arguments or returned values, are always there; an
+        # input in the same slot one layer earlier is recomputed if v is: r_v <= k + r holds.)
+        for u_slot, v_slot in edges - {(j, j) for j in range(s)}:
+            rows.append(({s + v_slot: 1.0, u_slot: -1.0, s + u_slot: -1.0}, -math.inf, 0.0))
+
+        highs = _quiet_highs()
+        highs.setOptionValue("output_flag", False)
+        highs.setOptionValue("time_limit", ILP_TIME_LIMIT_S)
+        highs.setOptionValue("mip_rel_gap", 1e-4)
+        lp = highspy.HighsLp()
+        lp.num_col_, lp.num_row_ = nvars, len(rows)
+        cost = np.concatenate([np.zeros(s), slot_cost])
+        if minimize_peak:
+            cost = np.concatenate([cost * 1e-6, [1.0]])  # least peak first, then least time
+        lp.col_cost_ = cost
+        lp.col_lower_ = np.zeros(nvars)
+        upper = np.concatenate([np.ones(s), recomputable.astype(float)])
+        lp.col_upper_ = np.concatenate([upper, [math.inf]]) if minimize_peak else upper
+        lp.row_lower_ = np.array([r[1] for r in rows])
+        lp.row_upper_ = np.array([r[2] for r in rows])
+        starts, indices, values = [0], [], []
+        for row, _, _ in rows:
+            indices += list(row)
+            values += list(row.values())
+            starts.append(len(indices))
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
+        lp.a_matrix_.start_ = np.array(starts)
+        lp.a_matrix_.index_ = np.array(indices, dtype=np.int32)
+        lp.a_matrix_.value_ = np.array(values)
+        lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = nvars, len(rows)
+        lp.integrality_ = [highspy.HighsVarType.kInteger] * (2 * s) + [highspy.HighsVarType.kContinuous] * minimize_peak
+        highs.passModel(lp)
+        started = time.perf_counter()
+        highs.run()
+        elapsed = time.perf_counter() - started
+        status = highs.modelStatusToString(highs.getModelStatus())
+        info = highs.getInfo()
+        if info.primal_solution_status != 2:  # no feasible solution
+            return None, status, elapsed
+        x = np.array(highs.getSolution().col_value)
+        chosen = {j for j in range(s) if x[s + j] > 0.5}
+        return frozenset(u.index for u in self.candidates if u.slot in chosen), status, elapsed
+
+
+_BANNER_SHOWN = False
+
+
+def _quiet_highs():
+    """A Highs instance; the first one in a process prints a banner on stdout from C++."""
+    import highspy
+
+    global _BANNER_SHOWN
+    if _BANNER_SHOWN:
+        return highspy.Highs()
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            highs = highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    _BANNER_SHOWN = True
+    return highs
+
+
+# --- the rewrite ------------------------------------------------------------------------
+
+
+def apply_recompute(module: ModuleOp, recompute: frozenset[int]) -> list[Operation]:
+    """Clone the chosen forward ops (by index) into the backward, before their first use there.
+    Returns the clones, in program order."""
+    block = train_step_of(module).body.block
+    ops = list(block.ops)
+    boundary = forward_end(ops)
+    forward = set(ops[: boundary + 1])
+    chosen = {ops[i] for i in recompute}
+    root: dict[SSAValue, SSAValue] = {}
+    for op in ops[: boundary + 1]:
+        for r in op.results:
+            root[r] = root.get(op.operands[0], op.operands[0]) if is_view(op) and op.operands else r
+
+    def storage_recomputed(value: SSAValue) -> bool:
+        if not isinstance(value, OpResult) or value.owner not in forward:
+            return False
+        base = root[value]
+        return isinstance(base, OpResult) and base.owner in chosen
+
+    clones: dict[SSAValue, SSAValue] = {}
+    made: list[Operation] = []
+
+    def materialize(value: SSAValue, before: Operation) -> SSAValue:
+        # Iterative post-order: recompute chains can be as long as the forward.
+        stack = [value]
+        while stack:
+            top = stack[-1]
+            if top in clones or not storage_recomputed(top):
+                stack.pop()
+                continue
+            owner = top.owner
+            assert isinstance(owner, Operation)
+            pending = [o for o in owner.operands if o not in clones and storage_recomputed(o)]
+            if pending:
+                stack.extend(pending)
+                continue
+            clone = owner.clone(value_mapper={o: clones.get(o, o) for o in owner.operands})
+            clone.attributes[RECOMPUTE] = UnitAttr()
+            for old, new in zip(owner.results, clone.results):
+                new.name_hint = f"{old.name_hint or 'v'}_re"
+                clones[old] = new
+            block.insert_op_before(clone, before)
+            made.append(clone)
+            stack.pop()
+        return clones.get(value, value)
+
+    for op in ops[boundary + 1 :]:
+        if isinstance(op, func.ReturnOp):
+            continue
+        new = [materialize(o, op) for o in op.operands]
+        if any(a is not b for a, b in zip(new, op.operands)):
+            op.operands = new
+    return made
+
+
+# --- the pass -----------------------------------------------------------------------------
+
+
+def sequence_length(module: ModuleOp) -> int | None:
+    attr = module.attributes.get("autosp.seq_len")
+    if isinstance(attr, IntegerAttr):
+        return attr.value.data
+    from autosp.passes.sp_propagate import token_inputs
+
+    tokens = token_inputs(train_step_of(module), 1)
+    return max((t.type.get_shape()[1] for t in tokens), default=None)  # type: ignore[attr-defined]
+
+
+def infeasible(module: ModuleOp, needs: int, budget: int) -> AutoSPError:
+    sp_attr = module.attributes.get("autosp.sp")
+    sp = sp_attr.value.data if isinstance(sp_attr, IntegerAttr) else 1
+    plan = plan_memory(module)
+    fixed = plan.held_bytes + plan.returned_bytes  # parameters, inputs, gradients: not split by sp
+    seq = sequence_length(module)
+    where = f" at S={seq}" if seq else ""
+    if budget <= fixed:
+        hint = "the parameters, inputs and gradients alone take " + human(fixed) + "; raise the budget"
+    else:
+        factor = 2 ** math.ceil(math.log2(max(1.0, (needs - fixed) / (budget - fixed))))
+        hint = f"try sp={sp * max(2, factor)} or a larger budget"
+    return AutoSPError(
+        f"remat: the step needs {human(needs)} per rank{where} (sp={sp}) even with everything "
+        f"recomputable recomputed; budget {human(budget)}; {hint}"
+    )
+
+
+def rematerialize(module: ModuleOp, budget: int, profile: DeviceProfile) -> RematResult:
+    baseline = plan_memory(module)
+    if baseline.peak_bytes <= budget:  # remat costs nothing when memory allows
+        plan = Plan("none (fits without recompute)", frozenset(), 0.0, baseline.peak_bytes)
+        return RematResult(budget, baseline.peak_bytes, plan, [plan], 0, 0.0, "not needed")
+    problem = RematProblem(module, profile)
+    candidates: list[Plan] = []
+    ilp_seconds, status = 0.0, "no solution"
+    target = float(budget)
+    for attempt in range(MAX_REFINEMENTS):
+        recompute, status, elapsed = problem.solve(target)
+        ilp_seconds += elapsed
+        if recompute is None:
+            break
+        plan = problem.evaluate(Plan("ilp", recompute, problem.seconds(recompute)))
+        candidates.append(plan)
+        if plan.peak_bytes <= budget:
+            break
+        target -= (plan.peak_bytes - budget) * 2**attempt  # the model was optimistic here: tighten
+    candidates.append(problem.evaluate(problem.checkpointing()))
+    fitting = [p for p in candidates if p.peak_bytes <= budget]
+    if not fitting:
+        least, _, elapsed = problem.solve(None)
+        ilp_seconds += elapsed
+        if least is not None:
+            candidates.append(problem.evaluate(Plan("least memory", least, problem.seconds(least))))
+        raise infeasible(module, min(p.peak_bytes for p in candidates), budget)
+    best = min(fitting, key=lambda p: (p.seconds, p.peak_bytes))
+    return RematResult(budget, baseline.peak_bytes, best, candidates, problem.num_slots, ilp_seconds, status)
+
+
+@dataclass(frozen=True)
+class Remat(ModulePass):
+    """Fit `budget` (bytes, "70GiB", or "auto": the cost model's device memory less a margin)
+    at the least recompute time estimated for `cost_model` (h100, mi300x, cpu)."""
+
+    name = "remat"
+    budget: str = "auto"
+    cost_model: str = "h100"
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        profile = device_profile(self.cost_model)
+        budget = parse_budget(self.budget, profile)
+        result = rematerialize(op, budget, profile)
+        apply_recompute(op, result.plan.recompute)
+        op.attributes["autosp.budget_bytes"] = IntegerAttr(budget, 64)
+        op.attributes["autosp.remat_plan"] = StringAttr(result.plan.name)
+        op.attributes["autosp.cost_model"] = StringAttr(profile.name)
+        op.attributes["autosp.recompute_seconds"] = FloatAttr(result.plan.seconds, f64)
