@@ -12,6 +12,7 @@ from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType
 from autosp.codegen import generate, train_step_of
 from autosp.frontends import import_program
 from autosp.ir.dtypes import torch_dtype
+from autosp.passes.memory_plan import plan_memory
 from autosp.pipeline import pipeline_spec, run_pipeline
 from autosp.runtime.errors import AutoSPError
 from autosp.report import comm_report
@@ -99,12 +100,16 @@ def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=Non
     path = write_program(source, Path(cache_dir) if cache_dir else default_cache_dir())
     inputs, grad_of = signature(module)
     state = {**ep.constants, **ep.state_dict}
-    report = comm_report(module).table()
+    report = comm_report(module)
+    extra = dict(
+        report=report.table(),
+        predicted_peak_bytes=report.memory.peak_bytes,
+        predicted_tracked_bytes=plan_memory(module, workspace=False).peak_bytes,
+    )
     if sp == 1:
-        return TrainStep(path, inputs, grad_of, state, report=report)
+        return TrainStep(path, inputs, grad_of, state, **extra)
     mesh = make_mesh(sp)
     return TrainStep(
         path, inputs, grad_of, state,
-        groups={"sp": mesh.sp_group}, dp_group=mesh.dp_group, dp_size=mesh.dp,
-        report=report,
+        groups={"sp": mesh.sp_group}, dp_group=mesh.dp_group, dp_size=mesh.dp, **extra,
     )

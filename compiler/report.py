@@ -165,6 +165,7 @@ def _remat_report(module: ModuleOp, report: CommReport) -> None:
     model = module.attributes["autosp.cost_model"].data  # type: ignore[union-attr]
     profile = device_profile(model)
     report.remat = {
+        "peak without remat": human_bytes(module.attributes["autosp.peak_without_remat"].value.data),  # type: ignore[union-attr]
         "budget": human_bytes(module.attributes["autosp.budget_bytes"].value.data),  # type: ignore[union-attr]
         "remat plan": plan.data,
         "cost model": model,

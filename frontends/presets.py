@@ -91,27 +91,29 @@ def preset_config(name: str, layers: int | None = None):
 
 
 def build_preset(
-    name: str, *, seq: int, batch: int = 1, layers: int | None = None, seed: int = 0
+    name: str, *, seq: int, batch: int = 1, layers: int | None = None, seed: int = 0, dtype: torch.dtype = torch.float32
 ) -> tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]:
-    """(loss module, (input_ids, labels)) for a preset, random weights and random tokens."""
+    """(loss module, (input_ids, labels)) for a preset, random weights (in `dtype`) and random tokens."""
     import transformers
 
     if seq < 2 or batch < 1:
         raise AutoSPError(f"--seq={seq} --batch={batch}: need seq >= 2 and batch >= 1")
     config = preset_config(name, layers)
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(config)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
     input_ids = torch.randint(0, config.vocab_size, (batch, seq))
     return CausalLMLoss(model), (input_ids, input_ids.clone())
 
 
-def export_preset(name: str, *, seq: int, batch: int = 1, layers: int | None = None, fake: bool = False):
+def export_preset(
+    name: str, *, seq: int, batch: int = 1, layers: int | None = None, fake: bool = False, dtype: torch.dtype = torch.float32
+):
     """torch.export of a preset's loss module; fake=True allocates nothing (IR only)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
     with mode:
-        module, inputs = build_preset(name, seq=seq, batch=batch, layers=layers)
+        module, inputs = build_preset(name, seq=seq, batch=batch, layers=layers, dtype=dtype)
         return export_loss_module(module, inputs)
 
 

@@ -106,12 +106,13 @@ class Unit:
     results: list[tuple[SSAValue, int, int]] = field(default_factory=list)  # (storage, bytes, last forward use)
     first_direct: int | None = None  # first backward op that reads it
     last_direct: int = -1
-    inputs: set["Unit"] = field(default_factory=set)
-    consumers: set["Unit"] = field(default_factory=set)
+    inputs: set["Unit"] = field(default_factory=set, repr=False)
+    consumers: set["Unit"] = field(default_factory=set, repr=False)
     needed: bool = False  # by the backward, directly or to recompute a consumer
     first_need: int = 0
     death: int = 0
     slot: int = -1
+    segment: int = 0
 
 
 @dataclass
@@ -191,10 +192,12 @@ class RematProblem:
         depth: dict[SSAValue, int] = {}
         segments: dict[int, list[Operation]] = {}
         for op in self.lv.ops[: self.boundary + 1]:
-            d = max((depth.get(o, 0) for o in op.operands), default=0) + isinstance(op, AttentionOp)
+            d = max((depth.get(o, 0) for o in op.operands), default=0)
             for r in op.results:
-                depth[r] = d
+                depth[r] = d + isinstance(op, AttentionOp)  # an attention op ends its segment
             segments.setdefault(d, []).append(op)
+            if op in self.units:
+                self.units[op].segment = d
         classes: dict[tuple, int] = {}
         position: dict[Operation, tuple[int, int]] = {}
         for ops in segments.values():
@@ -324,11 +327,18 @@ class RematProblem:
                 rows.append((row, -math.inf, budget / scale - float(offset)))
         for j in range(s):
             rows.append(({j: 1.0, s + j: 1.0}, 1.0 if must[j] else 0.0, 1.0))
-        edges = {(u.slot, v.slot) for v in self.candidates for u in v.inputs if u.needed and v.recomputable}
-        # (Inputs that are no candidate, arguments or returned values, are always there; an
-        # input in the same slot one layer earlier is recomputed if v is: r_v <= k + r holds.)
-        for u_slot, v_slot in edges - {(j, j) for j in range(s)}:
+        # Inputs that are no candidate (arguments, returned values) are always there. An input
+        # from an earlier segment must be kept: recompute chains stay inside one layer template
+        # (otherwise r_v <= r_u along the residual stream would let a chain run back through
+        # every earlier layer, L^2 recompute, all of it held at once).
+        inner = {(u.slot, v.slot) for v in self.candidates for u in v.inputs
+                 if u.needed and v.recomputable and u.segment == v.segment}
+        across = {(u.slot, v.slot) for v in self.candidates for u in v.inputs
+                  if u.needed and v.recomputable and u.segment != v.segment}
+        for u_slot, v_slot in inner - across:
             rows.append(({s + v_slot: 1.0, u_slot: -1.0, s + u_slot: -1.0}, -math.inf, 0.0))
+        for u_slot, v_slot in across:
+            rows.append(({s + v_slot: 1.0, u_slot: -1.0}, -math.inf, 0.0))
 
         highs = _quiet_highs()
         highs.setOptionValue("output_flag", False)
@@ -472,6 +482,8 @@ def infeasible(module: ModuleOp, needs: int, budget: int) -> AutoSPError:
     where = f" at S={seq}" if seq else ""
     if budget <= fixed:
         hint = "the parameters, inputs and gradients alone take " + human(fixed) + "; raise the budget"
+    elif seq is None:  # no sequence to split
+        hint = "raise the budget"
     else:
         factor = 2 ** math.ceil(math.log2(max(1.0, (needs - fixed) / (budget - fixed))))
         hint = f"try sp={sp * max(2, factor)} or a larger budget"
@@ -527,6 +539,7 @@ class Remat(ModulePass):
         result = rematerialize(op, budget, profile)
         apply_recompute(op, result.plan.recompute)
         op.attributes["autosp.budget_bytes"] = IntegerAttr(budget, 64)
+        op.attributes["autosp.peak_without_remat"] = IntegerAttr(result.baseline_peak, 64)
         op.attributes["autosp.remat_plan"] = StringAttr(result.plan.name)
         op.attributes["autosp.cost_model"] = StringAttr(profile.name)
         op.attributes["autosp.recompute_seconds"] = FloatAttr(result.plan.seconds, f64)

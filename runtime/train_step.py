@@ -49,8 +49,14 @@ class TrainStep:
         report: str = "",
         dp_group=None,
         dp_size: int = 1,
+        predicted_peak_bytes: int = 0,
+        predicted_tracked_bytes: int = 0,
     ):
         self.program_path = Path(program_path)
+        # This rank's predicted peak: with the kernels' scratch, and without it (what
+        # measure_memory sees; torch.cuda.max_memory_allocated sees the former).
+        self.predicted_peak_bytes = predicted_peak_bytes
+        self.predicted_tracked_bytes = predicted_tracked_bytes
         self.inputs = inputs
         self.grad_of = grad_of
         self.report = report

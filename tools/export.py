@@ -12,6 +12,8 @@ import time
 
 from autosp.tools.errors import run_cli
 
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     from autosp.frontends.presets import PRESETS
@@ -23,6 +25,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seq", type=int, default=4096, help="sequence length (default 4096)")
     parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     parser.add_argument("--layers", type=int, default=None, help="override the preset's layer count")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="parameter dtype of a --preset (default fp32)")
     parser.add_argument("-o", "--output", default="-", help="output .mlir file (default stdout)")
     return parser.parse_args(argv)
 
@@ -31,13 +34,16 @@ def run(argv=None) -> None:
     from autosp.frontends import import_program
     from autosp.frontends.presets import export_loss_module, export_preset, load_factory
 
+    import torch
+
     args = parse_args(argv)
+    args.dtype = getattr(torch, DTYPES[args.dtype])
     start = time.perf_counter()
     if args.preset:
-        ep = export_preset(args.preset, seq=args.seq, batch=args.batch, layers=args.layers, fake=True)
+        ep = export_preset(args.preset, seq=args.seq, batch=args.batch, layers=args.layers, fake=True, dtype=args.dtype)
     else:
-        if args.layers is not None:
-            raise ValueError("--layers applies to --preset only")
+        if args.layers is not None or args.dtype != torch.float32:
+            raise ValueError("--layers and --dtype apply to --preset only")
         module, inputs = load_factory(args.module)(seq=args.seq, batch=args.batch)
         ep = export_loss_module(module, tuple(inputs))
     text = str(import_program(ep)) + "\n"
