@@ -74,21 +74,20 @@ class MemoryPlan:
     saved_bytes: int  # forward results held for the backward (at the end of the forward)
 
 
-def forward_end(ops: list[Operation]) -> int:
-    """Index of the last op the loss (the step's first result) depends on."""
+def forward_ops(ops: list[Operation]) -> set[Operation]:
+    """The forward: every op the loss (the step's first result) depends on. Everything else is
+    backward, wherever it sits (sp-partition may place the loss's all_reduce late)."""
     ret = ops[-1]
     if not isinstance(ret, func.ReturnOp) or not ret.operands:
         raise AutoSPError("@train_step must return the loss first")
-    index = {op: i for i, op in enumerate(ops)}
-    end, stack, seen = -1, [ret.operands[0]], set()
+    forward: set[Operation] = set()
+    stack = [ret.operands[0]]
     while stack:
         value = stack.pop()
-        if not isinstance(value, OpResult) or value.owner in seen:
-            continue
-        seen.add(value.owner)
-        end = max(end, index[value.owner])
-        stack.extend(value.owner.operands)
-    return end
+        if isinstance(value, OpResult) and value.owner not in forward:
+            forward.add(value.owner)
+            stack.extend(value.owner.operands)
+    return forward
 
 
 @dataclass
@@ -145,11 +144,13 @@ def plan_memory(module: ModuleOp, *, workspace: bool = True) -> MemoryPlan:
         where = f"{op.name} (%{name}, op {peak_index})"
     args = train_step_of(module).body.block.args
     returns = isinstance(lv.ops[-1], func.ReturnOp) and lv.ops[-1].operands
-    boundary = forward_end(lv.ops) if returns else len(lv.ops)
-    born = {r: i for i, op in enumerate(lv.ops) for r in op.results if lv.root[r] is r}
+    forward = forward_ops(lv.ops) if returns else set(lv.ops)
+    read_by_backward = {
+        lv.root[o] for op in lv.ops if op not in forward and not isinstance(op, func.ReturnOp) for o in op.operands
+    }
     saved = sum(
-        value_bytes(s) for s, end in lv.last_use.items()
-        if s in born and born[s] <= boundary < end and s not in lv.returned
+        value_bytes(s) for s in read_by_backward
+        if isinstance(s, OpResult) and s.owner in forward and s not in lv.returned
     )
     return MemoryPlan(
         held_bytes=lv.held_bytes,

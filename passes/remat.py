@@ -48,7 +48,7 @@ from autosp.codegen import train_step_of
 from autosp.ir.autosp import AttentionOp
 from autosp.ir.dist import CollectiveOp, GroupOp
 from autosp.passes.cost_model import GiB, DeviceProfile, device_profile, op_seconds
-from autosp.passes.memory_plan import forward_end, is_view, liveness, plan_memory, value_bytes, workspace_bytes
+from autosp.passes.memory_plan import forward_ops, is_view, liveness, plan_memory, value_bytes, workspace_bytes
 from autosp.runtime.errors import AutoSPError
 
 RECOMPUTE = "autosp.recompute"  # marks the clones the pass inserts
@@ -139,11 +139,11 @@ class RematProblem:
         self.module, self.profile = module, profile
         self.lv = lv = liveness(module)
         ops = lv.ops
-        self.boundary = boundary = forward_end(ops)
+        self.forward = forward = forward_ops(ops)
         returned = lv.returned
         self.units: dict[Operation, Unit] = {}
-        for i, op in enumerate(ops[: boundary + 1]):
-            if is_view(op) or not op.results:
+        for i, op in enumerate(ops):
+            if op not in forward or is_view(op) or not op.results:
                 continue
             pinned = any(r in returned for r in op.results)
             self.units[op] = Unit(
@@ -161,7 +161,7 @@ class RematProblem:
                 producer = unit_of(operand)
                 if producer is None:
                     continue
-                if i <= boundary:
+                if op in forward:
                     last_forward[lv.root[operand]] = i
                     consumer = self.units.get(op)
                     if consumer is not None:
@@ -191,7 +191,9 @@ class RematProblem:
     def _assign_slots(self) -> None:
         depth: dict[SSAValue, int] = {}
         segments: dict[int, list[Operation]] = {}
-        for op in self.lv.ops[: self.boundary + 1]:
+        for op in self.lv.ops:
+            if op not in self.forward:
+                continue
             d = max((depth.get(o, 0) for o in op.operands), default=0)
             for r in op.results:
                 depth[r] = d + isinstance(op, AttentionOp)  # an attention op ends its segment
@@ -410,11 +412,12 @@ def apply_recompute(module: ModuleOp, recompute: frozenset[int]) -> list[Operati
     Returns the clones, in program order."""
     block = train_step_of(module).body.block
     ops = list(block.ops)
-    boundary = forward_end(ops)
-    forward = set(ops[: boundary + 1])
+    forward = forward_ops(ops)
     chosen = {ops[i] for i in recompute}
     root: dict[SSAValue, SSAValue] = {}
-    for op in ops[: boundary + 1]:
+    for op in ops:
+        if op not in forward:
+            continue
         for r in op.results:
             root[r] = root.get(op.operands[0], op.operands[0]) if is_view(op) and op.operands else r
 
@@ -451,8 +454,8 @@ def apply_recompute(module: ModuleOp, recompute: frozenset[int]) -> list[Operati
             stack.pop()
         return clones.get(value, value)
 
-    for op in ops[boundary + 1 :]:
-        if isinstance(op, func.ReturnOp):
+    for op in ops:
+        if op in forward or isinstance(op, func.ReturnOp):
             continue
         new = [materialize(o, op) for o in op.operands]
         if any(a is not b for a, b in zip(new, op.operands)):

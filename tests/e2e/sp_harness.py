@@ -22,7 +22,7 @@ def _worker(rank, world, init_file, case, results):
     try:
         torch.set_num_threads(1)
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-        errors = run_case(rank, world, **case)
+        errors = (run_remat_case if case.pop("remat", False) else run_case)(rank, world, **case)
         results.put((rank, errors, None))
     except Exception as err:  # report, then let the parent fail the test with the message
         results.put((rank, None, f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
@@ -71,6 +71,37 @@ def run_case(rank, world, *, arch, sp, seq, batch=1, config=None, labels_fn=None
     for p, ref in zip(module.parameters(), reference.parameters()):
         errors["param"] = max(errors["param"], relative_error(p.detach(), ref.detach()))
     return errors
+
+
+def run_remat_case(rank, world, *, config, seq, fractions):
+    """The SP step under budgets (fractions of its peak without remat) against the same SP step
+    without remat on this rank: fits, predicted as measured, bitwise the same loss and grads."""
+    torch.use_deterministic_algorithms(True)  # the embedding gradient's accumulation order
+    module = tiny_causal_lm("Llama", **config)
+    ids = torch.randint(0, config["vocab_size"], (1, seq), generator=torch.Generator().manual_seed(7))
+    labels = ids.clone()
+    labels[0, : seq // 2 : 3] = -100
+    ep = torch.export.export(module, (ids, labels))
+
+    def run(step):
+        measured = step.measure_memory(ids, labels)
+        module.zero_grad(set_to_none=True)
+        loss = step(ids, labels)
+        return measured, loss, [p.grad.clone() for p in module.parameters()]
+
+    plain = autosp.compile(ep, sp=2)
+    _, loss, grads = run(plain)
+    stats = []
+    for fraction in fractions:
+        budget = int(fraction * plain.predicted_peak_bytes)
+        step = autosp.compile(ep, sp=2, remat=True, memory_budget=budget, cost_model="cpu")
+        measured, remat_loss, remat_grads = run(step)
+        stats.append(dict(
+            fraction=fraction, budget=budget, measured=measured, predicted=step.predicted_peak_bytes,
+            tracked=step.predicted_tracked_bytes, recomputes="_re = " in step.source,
+            bitwise=torch.equal(loss, remat_loss) and all(torch.equal(a, b) for a, b in zip(grads, remat_grads)),
+        ))
+    return stats
 
 
 def run_distributed(world: int, **case) -> list[dict]:
