@@ -1,7 +1,7 @@
 """autosp-bench: measurements that write JSON.
 
     autosp-bench remat --preset llama-3.2-1b --sp 1 8 --memory 80GiB -o remat.json
-        the predicted max context per sp degree on a device of that size: for S = 8K, 16K, ...
+        the predicted max context per sp degree on devices of that size (budget "auto": less 8%): for S = 8K, 16K, ...
         1M, export (shapes only), run the pipeline with --remat and record whether the step fits,
         its predicted peak, the recompute overhead and how long each stage took.
 """
@@ -27,7 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     remat.add_argument("--sp", type=int, nargs="+", default=[1, 8], help="sp degrees (default 1 8)")
     remat.add_argument("--min-seq", type=int, default=8192)
     remat.add_argument("--max-seq", type=int, default=1 << 20)
-    remat.add_argument("--memory", default="80GiB", help="device memory per rank (default 80GiB)")
+    remat.add_argument("--memory", default="80GiB", help="device memory per rank (default 80GiB); the budget is what --memory-budget=auto leaves of it")
     remat.add_argument("--cost-model", default="h100")
     remat.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="bf16", help="parameter dtype (default bf16)")
     remat.add_argument("--keep-going", action="store_true", help="try every S even after one does not fit")
@@ -35,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def remat_point(preset: str, layers: int | None, seq: int, sp: int, budget: str, cost_model: str, dtype: str) -> dict:
+def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str, cost_model: str, dtype: str) -> dict:
     import torch
 
     from autosp.frontends import import_program
@@ -45,8 +45,10 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, budget: str,
     from autosp.pipeline import pipeline_spec, run_pipeline
     from autosp.runtime.errors import AutoSPError
 
+    # A device of `memory` bytes: the budget is what "auto" leaves of it.
     profile = device_profile(cost_model)
-    point: dict = {"seq": seq, "sp": sp}
+    profile = device_profile(cost_model, memory_bytes=parse_budget(memory, profile))
+    point: dict = {"seq": seq, "sp": sp, "budget_gib": parse_budget("auto", profile) / 2**30}
     started = time.perf_counter()
     ep = export_preset(preset, seq=seq, layers=layers, fake=True, dtype=getattr(torch, DTYPES[dtype]))
     point["export_s"] = time.perf_counter() - started
@@ -55,7 +57,7 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, budget: str,
     point["import_and_sp_s"] = time.perf_counter() - started
     started = time.perf_counter()
     try:
-        result = rematerialize(module, parse_budget(budget, profile), profile)
+        result = rematerialize(module, parse_budget("auto", profile), profile)
     except AutoSPError as error:
         point.update(fits=False, error=str(error), remat_s=time.perf_counter() - started)
         return point
