@@ -103,14 +103,14 @@ def test_attention_is_kept_and_cheap_ops_recomputed_at_long_context():
 
 
 def test_remat_under_sequence_parallelism():
-    """sp=2 on two gloo processes: each rank fits 60% / 50% of its own peak without remat. (Its
-    floor is higher than at sp=1: outputs of collectives are never recomputed, so the head-sharded
-    q/k/v/out of every layer stay; 40% does not fit this model at sp=2.)"""
+    """sp=2 on two gloo processes: each rank fits 60% / 40% of its own peak without remat. The
+    MLP is wide here: outputs of collectives are never recomputed, so under SP every layer keeps
+    its head-sharded q/k/v/out, and those must not be most of the activations."""
     from tests.e2e.sp_harness import run_distributed
 
-    config = dict(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=12,
+    config = dict(vocab_size=128, hidden_size=64, intermediate_size=512, num_hidden_layers=12,
                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=SEQ)
-    for rank_stats in run_distributed(2, remat=True, config=config, seq=SEQ, fractions=(0.6, 0.5)):
+    for rank_stats in run_distributed(2, remat=True, config=config, seq=SEQ, fractions=(0.6, 0.4)):
         for s in rank_stats:
             print(s)
             assert s["predicted"] <= s["budget"] and s["measured"] <= s["budget"]
