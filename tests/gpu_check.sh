@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check, run through the device tool: the e2e equivalence suite on CUDA with the
 # machine's own torch (2.11 there), plus the demo. Wheels for what the image lacks are carried
-# in .whl/. Results land in $OUT.
+# in .whl/ (xdsl, immutabledict, ordered-set, highspy: `pip download --only-binary :all: -d .whl ...`
+# for the GPU machine's Python). Results land in $OUT.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/site . || exit 1
