@@ -39,7 +39,7 @@ import networkx as nx
 import numpy as np
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp, StringAttr, TensorType, UnitAttr, f64
+from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp, StringAttr, UnitAttr, f64
 from xdsl.ir import Operation, OpResult, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.traits import Pure
@@ -136,7 +136,7 @@ class RematResult:
 
 class RematProblem:
     def __init__(self, module: ModuleOp, profile: DeviceProfile):
-        self.module, self.profile = module, profile
+        self.module = module
         self.lv = lv = liveness(module)
         ops = lv.ops
         self.forward = forward = forward_ops(ops)

@@ -49,7 +49,7 @@ def attention_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: int, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     b, hq, sq, _ = q.shape
-    hkv, sk, dv = k.shape[1], k.shape[2], v.shape[3]
+    hkv, dv = k.shape[1], v.shape[3]
     out = torch.empty(b, hq, sq, dv, dtype=q.dtype, device=q.device)
     acc = accumulation_dtype(q.dtype)
     lse = torch.empty(b, hq, sq, dtype=acc, device=q.device)
@@ -82,7 +82,7 @@ def attention_backward(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     b, hq, sq, _ = q.shape
-    hkv, sk = k.shape[1], k.shape[2]
+    hkv = k.shape[1]
     acc = accumulation_dtype(q.dtype)
     kf = k.to(acc).unsqueeze(2)
     vf = v.to(acc).unsqueeze(2)

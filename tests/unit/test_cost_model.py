@@ -52,7 +52,7 @@ def _ops(seq: int):
 
 def test_roofline_prices_attention_quadratically_and_elementwise_by_bytes():
     h100 = device_profile("h100")
-    short_attention, short_sigmoid = _ops(4096)
+    short_attention, _ = _ops(4096)
     long_attention, long_sigmoid = _ops(65536)
     # Causal attention: 4 * B * H * S * (S+1)/2 * D FLOPs.
     assert op_flops(short_attention) == 4 * 32 * 4096 * (4097 / 2) * 64
