@@ -116,3 +116,22 @@ def test_remat_under_sequence_parallelism():
             assert s["predicted"] <= s["budget"] and s["measured"] <= s["budget"]
             assert abs(s["tracked"] - s["measured"]) <= 0.05 * s["measured"]
             assert s["recomputes"] and s["bitwise"]
+
+
+@pytest.mark.parametrize("arch, extra", [("Qwen2", {}), ("Mistral", {"num_key_value_heads": 1}), ("Gemma", {"head_dim": 32})])
+def test_other_architectures_at_half_the_peak(arch, extra, tmp_cache, deterministic):
+    config = dict(vocab_size=96, hidden_size=64, intermediate_size=256, num_hidden_layers=4,
+                  num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=384)
+    model = tiny_causal_lm(arch, **(config | extra))
+    ids = torch.randint(0, 96, (1, 384), generator=torch.Generator().manual_seed(3))
+    labels = ids.clone()
+    labels[0, ::5] = -100
+    ep = torch.export.export(model, (ids, labels))
+    plain = autosp.compile(ep)
+    _, loss, grads = run_step(model, plain, (ids, labels))
+    budget = int(0.5 * plain.predicted_peak_bytes)
+    step = autosp.compile(ep, remat=True, memory_budget=budget, cost_model="cpu")
+    measured, remat_loss, remat_grads = run_step(model, step, (ids, labels))
+    assert measured <= budget and measured == step.predicted_tracked_bytes
+    assert torch.equal(remat_loss, loss)
+    assert all(torch.equal(remat_grads[name], grads[name]) for name in grads)
