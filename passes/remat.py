@@ -28,6 +28,7 @@ step needs and the sp degree that would fit it.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -52,6 +53,7 @@ from autosp.passes.memory_plan import forward_ops, is_view, liveness, plan_memor
 from autosp.runtime.errors import AutoSPError
 
 RECOMPUTE = "autosp.recompute"  # marks the clones the pass inserts
+log = logging.getLogger("autosp.remat")
 ILP_TIME_LIMIT_S = 10.0
 MAX_REFINEMENTS = 4
 
@@ -540,6 +542,11 @@ class Remat(ModulePass):
         profile = device_profile(self.cost_model)
         budget = parse_budget(self.budget, profile)
         result = rematerialize(op, budget, profile)
+        log.info(
+            "remat: ILP %.2f s (%s, %d slots); plan %s: %d ops recomputed, %.3f ms estimated, peak %s of %s",
+            result.ilp_seconds, result.ilp_status, result.slots, result.plan.name, len(result.plan.recompute),
+            result.plan.seconds * 1e3, human(result.plan.peak_bytes), human(budget),
+        )
         apply_recompute(op, result.plan.recompute)
         op.attributes["autosp.budget_bytes"] = IntegerAttr(budget, 64)
         op.attributes["autosp.peak_without_remat"] = IntegerAttr(result.baseline_peak, 64)

@@ -56,6 +56,10 @@ class AutoSPOptMain(xDSLOptMain):
         return super().output_resulting_program(prog) if self.args.output_file else ""
 
     def setup_pipeline(self):
+        if self.args.time_passes:  # and the remat pass's solver time
+            import logging
+
+            logging.basicConfig(level=logging.INFO, format="%(message)s")
         if self.args.sp is not None or self.args.remat:
             if self.args.passes:
                 raise ValueError("give either -p PASSES or the pipeline options (--sp/--remat), not both")
