@@ -319,8 +319,11 @@ class RematProblem:
         keep_rows = np.ones(len(c), bool) if minimize_peak else top > budget / scale
         a, c = a[keep_rows], c[keep_rows]
         if len(c):
+            # np.unique sorts the rows: each unique row takes the largest offset among its copies.
             a, index = np.unique(np.round(a, 9), axis=0, return_inverse=True)
-            c = np.array([c[index.ravel() == i].max() for i in range(len(a))]) if len(a) < len(c) else c
+            offsets = np.full(len(a), -np.inf)
+            np.maximum.at(offsets, index.ravel(), c)
+            c = offsets
         rows: list[tuple[dict[int, float], float, float]] = []
         for coeffs, offset in zip(a, c):
             row = {j: float(v) for j, v in enumerate(coeffs) if v}
