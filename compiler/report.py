@@ -8,21 +8,16 @@ all_gather (n-1) x its input, reduce_scatter (n-1)/n of its input, all_reduce 2(
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType
+from xdsl.dialects.builtin import ModuleOp, StringAttr
 from xdsl.ir import Operation, SSAValue
 
 from autosp.ir.autosp import AttentionGradOp, AttentionOp
 from autosp.ir.dist import AllGatherOp, AllReduceOp, AllToAllOp, CollectiveOp, ReduceScatterOp
-from autosp.ir.dtypes import BYTES, torch_dtype
-
-
-def tensor_bytes(value: SSAValue) -> int:
-    assert isinstance(value.type, TensorType)
-    return math.prod(value.type.get_shape()) * BYTES[torch_dtype(value.type.element_type)]
+from autosp.ir.dtypes import tensor_bytes
+from autosp.passes.memory_plan import human_bytes, plan_memory
 
 
 def sent_bytes(op: CollectiveOp) -> float:
@@ -95,14 +90,6 @@ def _layer_key(where: str):
     return (0, int(where.split()[1])) if where.startswith("layer ") else (1, where)
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
-        n /= 1024
-    raise AssertionError
-
-
 def _attention_of(value: SSAValue, layer_of: dict[Operation, int]) -> int | None:
     """The layer of the attention op that produces `value` or reads it (through collectives)."""
     owner = value.owner
@@ -122,8 +109,6 @@ def _attention_of(value: SSAValue, layer_of: dict[Operation, int]) -> int | None
 
 
 def comm_report(module: ModuleOp) -> CommReport:
-    from autosp.passes.memory_plan import plan_memory
-
     sp_attr = module.attributes.get("autosp.sp")
     report = CommReport(sp=sp_attr.value.data if sp_attr is not None else 1, memory=plan_memory(module))
     layer_of: dict[Operation, int] = {}

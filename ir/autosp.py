@@ -40,6 +40,7 @@ from xdsl.traits import Pure
 from xdsl.utils.exceptions import VerifyException
 
 from autosp.ir.dist import GroupOp
+from autosp.runtime.collectives import split_sizes
 
 # --- attributes ---------------------------------------------------------------------------
 
@@ -234,11 +235,6 @@ class AttentionGradOp(_AttentionBase):
 
 class _LocalOp(GroupOp):
     """A rank-local layout change (no communication; rank-dependent, so not Pure)."""
-
-
-def split_sizes(total: int, parts: int) -> list[int]:
-    """How `total` splits into `parts` (torch.tensor_split): the first total % parts get one more."""
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
 class _BlockOp(_LocalOp):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from xdsl.dialects.builtin import (
     BFloat16Type,
@@ -12,7 +14,7 @@ from xdsl.dialects.builtin import (
     Signedness,
     TensorType,
 )
-from xdsl.ir import Attribute
+from xdsl.ir import Attribute, SSAValue
 
 _TORCH_TO_IR: dict[torch.dtype, Attribute] = {
     torch.float32: Float32Type(),
@@ -29,6 +31,12 @@ _TORCH_TO_IR: dict[torch.dtype, Attribute] = {
 _IR_TO_TORCH = {v: k for k, v in _TORCH_TO_IR.items()}
 
 BYTES = {dtype: torch.empty((), dtype=dtype).element_size() for dtype in _TORCH_TO_IR}
+
+
+def tensor_bytes(value: SSAValue) -> int:
+    """The bytes of a tensor-typed value: shape x element size."""
+    assert isinstance(value.type, TensorType)
+    return math.prod(value.type.get_shape()) * BYTES[torch_dtype(value.type.element_type)]
 
 
 class UnsupportedDtype(ValueError):

@@ -18,7 +18,7 @@ from xdsl.dialects.builtin import TensorType
 from xdsl.ir import Operation, SSAValue
 
 from autosp.ir.autosp import AttentionGradOp, AttentionOp
-from autosp.ir.dtypes import BYTES, torch_dtype
+from autosp.ir.dtypes import BYTES, tensor_bytes, torch_dtype
 from autosp.runtime.errors import AutoSPError
 
 GiB = 2**30
@@ -57,11 +57,6 @@ def device_profile(name: str, **overrides: float) -> DeviceProfile:
 def numel(value: SSAValue) -> int:
     assert isinstance(value.type, TensorType)
     return math.prod(value.type.get_shape())
-
-
-def nbytes(value: SSAValue) -> int:
-    assert isinstance(value.type, TensorType)
-    return numel(value) * BYTES[torch_dtype(value.type.element_type)]
 
 
 # --- FLOP rules -------------------------------------------------------------------------
@@ -125,7 +120,7 @@ def op_flops(op: Operation) -> float:
 
 
 def op_bytes(op: Operation) -> float:
-    return float(sum(nbytes(v) for v in (*op.operands, *op.results) if isinstance(v.type, TensorType)))
+    return float(sum(tensor_bytes(v) for v in (*op.operands, *op.results) if isinstance(v.type, TensorType)))
 
 
 def op_seconds(op: Operation, profile: DeviceProfile) -> float:

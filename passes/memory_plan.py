@@ -14,19 +14,18 @@ the whole plan for reports.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import IntegerAttr, ModuleOp, StringAttr, TensorType
+from xdsl.dialects.builtin import IntegerAttr, ModuleOp, StringAttr
 from xdsl.ir import Operation, OpResult, SSAValue
 from xdsl.passes import ModulePass
 
 from autosp.codegen import train_step_of
 from autosp.ir.aten import AtenOp
 from autosp.ir.autosp import AttentionGradOp, AttentionOp
-from autosp.ir.dtypes import BYTES, torch_dtype
+from autosp.ir.dtypes import BYTES, tensor_bytes, torch_dtype
 from autosp.runtime.attention import QUERY_BLOCK
 from autosp.runtime.errors import AutoSPError
 
@@ -34,9 +33,12 @@ from autosp.runtime.errors import AutoSPError
 EXTRA_VIEWS = {"aten._unsafe_view.default"}
 
 
-def value_bytes(value: SSAValue) -> int:
-    assert isinstance(value.type, TensorType)
-    return math.prod(value.type.get_shape()) * BYTES[torch_dtype(value.type.element_type)]
+def human_bytes(n: float, digits: int = 1) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.{digits}f} {unit}" if unit != "B" else f"{n:.0f} B"
+        n /= 1024
+    raise AssertionError
 
 
 def is_view(op: Operation) -> bool:
@@ -117,7 +119,7 @@ def liveness(module: ModuleOp, *, workspace: bool = True) -> Liveness:
         for operand in op.operands:
             last_use[root[operand]] = index
     returned = {root[v] for v in ops[-1].operands} if isinstance(ops[-1], func.ReturnOp) else set()
-    held = sum(value_bytes(arg) for arg in block.args)
+    held = sum(tensor_bytes(arg) for arg in block.args)
     frees: dict[int, list[SSAValue]] = {}
     for storage, index in last_use.items():
         if storage not in returned and storage not in block.args:
@@ -125,9 +127,9 @@ def liveness(module: ModuleOp, *, workspace: bool = True) -> Liveness:
 
     live, profile = held, []
     for index, op in enumerate(ops):
-        live += sum(value_bytes(r) for r in op.results if root[r] is r)
+        live += sum(tensor_bytes(r) for r in op.results if root[r] is r)
         profile.append(live + (workspace_bytes(op) if workspace else 0))
-        live -= sum(value_bytes(s) for s in frees.get(index, []))
+        live -= sum(tensor_bytes(s) for s in frees.get(index, []))
     return Liveness(ops, root, last_use, returned, held, profile)
 
 
@@ -149,7 +151,7 @@ def plan_memory(module: ModuleOp, *, workspace: bool = True) -> MemoryPlan:
         lv.root[o] for op in lv.ops if op not in forward and not isinstance(op, func.ReturnOp) for o in op.operands
     }
     saved = sum(
-        value_bytes(s) for s in read_by_backward
+        tensor_bytes(s) for s in read_by_backward
         if isinstance(s, OpResult) and s.owner in forward and s not in lv.returned
     )
     return MemoryPlan(
@@ -157,7 +159,7 @@ def plan_memory(module: ModuleOp, *, workspace: bool = True) -> MemoryPlan:
         peak_bytes=peak,
         peak_op=where,
         peak_index=peak_index,
-        returned_bytes=sum(value_bytes(s) for s in lv.returned if s not in args),
+        returned_bytes=sum(tensor_bytes(s) for s in lv.returned if s not in args),
         saved_bytes=saved,
     )
 

@@ -49,7 +49,8 @@ from autosp.codegen import train_step_of
 from autosp.ir.autosp import AttentionOp
 from autosp.ir.dist import CollectiveOp, GroupOp
 from autosp.passes.cost_model import GiB, DeviceProfile, device_profile, op_seconds
-from autosp.passes.memory_plan import forward_ops, is_view, liveness, plan_memory, value_bytes, workspace_bytes
+from autosp.ir.dtypes import tensor_bytes
+from autosp.passes.memory_plan import forward_ops, human_bytes, is_view, liveness, plan_memory, workspace_bytes
 from autosp.runtime.errors import AutoSPError
 
 RECOMPUTE = "autosp.recompute"  # marks the clones the pass inserts
@@ -79,13 +80,6 @@ def parse_budget(budget: str | int, profile: DeviceProfile) -> int:
     if value <= 0:
         raise AutoSPError(f"memory budget {budget!r} must be positive")
     return value
-
-
-def human(n: float) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} B"
 
 
 def recomputable(op: Operation) -> bool:
@@ -174,7 +168,7 @@ class RematProblem:
                         producer.first_direct = i
                     producer.last_direct = i
         for unit in self.units.values():
-            unit.results = [(r, value_bytes(r), last_forward.get(r, unit.index)) for r in unit.op.results]
+            unit.results = [(r, tensor_bytes(r), last_forward.get(r, unit.index)) for r in unit.op.results]
 
         # Who is needed, and from when to when. A value the backward reads is materialized
         # before that first read; one read only to recompute consumers, when the first of them is
@@ -289,7 +283,7 @@ class RematProblem:
             # own scratch.
             t = u.first_need
             extra = u.workspace - workspace_bytes(self.lv.ops[t]) - sum(
-                value_bytes(r) for r in self.lv.ops[t].results if self.lv.root[r] is r
+                tensor_bytes(r) for r in self.lv.ops[t].results if self.lv.root[r] is r
             )
             if extra > 0:
                 rec[t, u.slot] += extra
@@ -489,15 +483,15 @@ def infeasible(module: ModuleOp, needs: int, budget: int) -> AutoSPError:
     seq = sequence_length(module)
     where = f" at S={seq}" if seq else ""
     if budget <= fixed:
-        hint = "the parameters, inputs and gradients alone take " + human(fixed) + "; raise the budget"
+        hint = "the parameters, inputs and gradients alone take " + human_bytes(fixed, 2) + "; raise the budget"
     elif seq is None:  # no sequence to split
         hint = "raise the budget"
     else:
         factor = 2 ** math.ceil(math.log2(max(1.0, (needs - fixed) / (budget - fixed))))
         hint = f"try sp={sp * max(2, factor)} or a larger budget"
     return AutoSPError(
-        f"remat: the step needs {human(needs)} per rank{where} (sp={sp}) even with everything "
-        f"recomputable recomputed; budget {human(budget)}; {hint}"
+        f"remat: the step needs {human_bytes(needs, 2)} per rank{where} (sp={sp}) even with everything "
+        f"recomputable recomputed; budget {human_bytes(budget, 2)}; {hint}"
     )
 
 
@@ -548,7 +542,7 @@ class Remat(ModulePass):
         log.info(
             "remat: ILP %.2f s (%s, %d slots); plan %s: %d ops recomputed, %.3f ms estimated, peak %s of %s",
             result.ilp_seconds, result.ilp_status, result.slots, result.plan.name, len(result.plan.recompute),
-            result.plan.seconds * 1e3, human(result.plan.peak_bytes), human(budget),
+            result.plan.seconds * 1e3, human_bytes(result.plan.peak_bytes, 2), human_bytes(budget, 2),
         )
         apply_recompute(op, result.plan.recompute)
         op.attributes["autosp.budget_bytes"] = IntegerAttr(budget, 64)

@@ -43,10 +43,11 @@ from xdsl.rewriter import InsertPoint, Rewriter
 
 from autosp.codegen import train_step_of
 from autosp.ir.aten import AtenOp
-from autosp.ir.autosp import LocalShardOp, PlaceShardOp, ToPartialOp, split_sizes
+from autosp.ir.autosp import LocalShardOp, PlaceShardOp, ToPartialOp
 from autosp.ir.dist import AllGatherOp, AllReduceOp, AllToAllOp, ReduceScatterOp
 from autosp.passes.sharding_rules import P, R, Layout
 from autosp.passes.sp_propagate import COMPUTED, IN_LAYOUTS, LAYOUTS, read_layouts
+from autosp.runtime.collectives import split_sizes
 from autosp.runtime.errors import AutoSPError
 
 GROUP = SymbolRefAttr("sp")

@@ -26,6 +26,12 @@ def _resized(x: torch.Tensor | list[int], dim: int, size: int) -> list[int]:
     return shape
 
 
+def _pad_to(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    if x.shape[dim] == size:
+        return x
+    return torch.cat([x, x.new_zeros(_resized(x, dim, size - x.shape[dim]))], dim=dim)
+
+
 def all_gather(x: torch.Tensor, dim: int, total: int, outer: int, group) -> torch.Tensor:
     """Every rank's part of dim, in rank order; parts may differ by one (`total` in all). With
     outer > 1, dim is outer x part and each outer slice is gathered."""
@@ -33,10 +39,7 @@ def all_gather(x: torch.Tensor, dim: int, total: int, outer: int, group) -> torc
         gathered = all_gather(x.unflatten(dim, (outer, -1)), dim + 1, total, 1, group)
         return gathered.flatten(dim, dim + 1)
     sizes = split_sizes(total, dist.get_world_size(group))
-    longest = max(sizes)
-    padded = x
-    if x.shape[dim] < longest:  # gloo gathers equal shapes: pad, then trim each part
-        padded = torch.cat([x, x.new_zeros(_resized(x, dim, longest - x.shape[dim]))], dim=dim)
+    padded = _pad_to(x, dim, max(sizes))  # gloo gathers equal shapes: pad, then trim each part
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded.contiguous(), group=group)
     return torch.cat([p.narrow(dim, 0, size) for p, size in zip(parts, sizes)], dim=dim)
@@ -45,12 +48,6 @@ def all_gather(x: torch.Tensor, dim: int, total: int, outer: int, group) -> torc
 def reduce_scatter(x: torch.Tensor, reduce: str, dim: int, outer: int, group) -> torch.Tensor:
     summed = all_reduce(x, reduce, group)  # gloo has no reduce_scatter
     return local_shard(summed, dim, 1, outer, group)
-
-
-def _pad_to(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
-    if x.shape[dim] == size:
-        return x
-    return torch.cat([x, x.new_zeros(_resized(x, dim, size - x.shape[dim]))], dim=dim)
 
 
 _NO_ALLTOALL: set[str] = set()  # backends found without all_to_all (gloo before torch 2.13)
