@@ -35,6 +35,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import networkx as nx
 import numpy as np
@@ -50,7 +51,15 @@ from autosp.ir.autosp import AttentionOp
 from autosp.ir.dist import CollectiveOp, GroupOp
 from autosp.passes.cost_model import GiB, DeviceProfile, device_profile, op_seconds
 from autosp.ir.dtypes import tensor_bytes
-from autosp.passes.memory_plan import forward_ops, human_bytes, is_view, liveness, plan_memory, workspace_bytes
+from autosp.passes.memory_plan import (
+    MemoryPlan,
+    forward_ops,
+    human_bytes,
+    is_view,
+    liveness,
+    plan_memory,
+    workspace_bytes,
+)
 from autosp.runtime.errors import AutoSPError
 
 RECOMPUTE = "autosp.recompute"  # marks the clones the pass inserts
@@ -141,11 +150,9 @@ class RematProblem:
         for i, op in enumerate(ops):
             if op not in forward or is_view(op) or not op.results:
                 continue
+            can = recomputable(op)
             pinned = any(r in returned for r in op.results)
-            self.units[op] = Unit(
-                op, i, recomputable(op) and not pinned, op_seconds(op, profile) if recomputable(op) else 0.0,
-                workspace_bytes(op),
-            )
+            self.units[op] = Unit(op, i, can and not pinned, op_seconds(op, profile) if can else 0.0, workspace_bytes(op))
 
         def unit_of(value: SSAValue) -> Unit | None:
             root = lv.root[value]
@@ -262,6 +269,7 @@ class RematProblem:
 
     # --- the ILP ------------------------------------------------------------------------
 
+    @cached_property
     def _rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """const[t] + keep[t] . k + recompute[t] . r = bytes live while op t runs."""
         n, s = len(self.lv.ops), self.num_slots
@@ -296,7 +304,7 @@ class RematProblem:
         import highspy
 
         s = self.num_slots
-        const, keep, rec = self._rows()
+        const, keep, rec = self._rows  # the same for every budget
         scale = GiB  # rows in GiB, costs in ms: coefficients near 1 for the solver
         a = np.hstack([keep, rec]) / scale
         c = const / scale
@@ -475,10 +483,10 @@ def sequence_length(module: ModuleOp) -> int | None:
     return max((t.type.get_shape()[1] for t in tokens), default=None)  # type: ignore[attr-defined]
 
 
-def infeasible(module: ModuleOp, needs: int, budget: int) -> AutoSPError:
+def infeasible(module: ModuleOp, plan: MemoryPlan, needs: int, budget: int) -> AutoSPError:
+    """The error for a budget nothing fits; `plan` is the step's plan without remat."""
     sp_attr = module.attributes.get("autosp.sp")
     sp = sp_attr.value.data if isinstance(sp_attr, IntegerAttr) else 1
-    plan = plan_memory(module)
     fixed = plan.held_bytes + plan.returned_bytes  # parameters, inputs, gradients: not split by sp
     seq = sequence_length(module)
     where = f" at S={seq}" if seq else ""
@@ -521,7 +529,7 @@ def rematerialize(module: ModuleOp, budget: int, profile: DeviceProfile) -> Rema
         ilp_seconds += elapsed
         if least is not None:
             candidates.append(problem.evaluate(Plan("least memory", least, problem.seconds(least))))
-        raise infeasible(module, min(p.peak_bytes for p in candidates), budget)
+        raise infeasible(module, baseline, min(p.peak_bytes for p in candidates), budget)
     best = min(fitting, key=lambda p: (p.seconds, p.peak_bytes))
     return RematResult(budget, baseline.peak_bytes, best, candidates, problem.num_slots, ilp_seconds, status)
 

@@ -63,9 +63,8 @@ class AutoSPOptMain(xDSLOptMain):
         if self.args.sp is not None or self.args.remat:
             if self.args.passes:
                 raise ValueError("give either -p PASSES or the pipeline options (--sp/--remat), not both")
-            remat = {}
-            if self.args.remat:
-                remat = dict(memory_budget=self.args.memory_budget or "auto", cost_model=self.args.cost_model or "h100")
+            given = {"memory_budget": self.args.memory_budget, "cost_model": self.args.cost_model}
+            remat = {k: v for k, v in given.items() if v is not None and self.args.remat}  # else the defaults
             self.args.passes = pipeline_spec(
                 sp=1 if self.args.sp is None else self.args.sp, remat=self.args.remat, rank=self.args.rank, **remat
             )
