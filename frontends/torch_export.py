@@ -33,6 +33,7 @@ from xdsl.ir import Attribute, Block, Region, SSAValue
 from xdsl.rewriter import InsertPoint
 
 from autosp.frontends.attention import rewrite_attention
+from autosp.frontends.loss import rewrite_linear_cross_entropy
 from autosp.frontends.mask import bound_arguments
 from autosp.ir.aten import (
     NONE_ARG,
@@ -44,7 +45,7 @@ from autosp.ir.aten import (
     op_name_of,
     operand_ref,
 )
-from autosp.ir.autosp import AttentionGradOp, AttentionOp
+from autosp.ir.autosp import AttentionGradOp, AttentionOp, LinearCrossEntropyOp
 from autosp.ir.dtypes import UnsupportedDtype, element_type, tensor_type
 from autosp.runtime.errors import AutoSPError
 
@@ -141,6 +142,11 @@ class _Importer:
         elif target == torch.ops.autosp.attention_backward.default:
             *tensors, causal, window, scale = node.args
             op = AttentionGradOp(*(self.value(t) for t in tensors), causal=causal, window=window, scale=scale)
+        elif target == torch.ops.autosp.linear_cross_entropy.default:
+            hidden, weight, labels, ignore_index, chunk = node.args
+            op = LinearCrossEntropyOp(
+                self.value(hidden), self.value(weight), self.value(labels), ignore_index=ignore_index, chunk=chunk
+            )
         elif isinstance(target, torch._ops.OpOverload) and target.namespace == "aten":
             op = self.aten_op(node, target)
         elif isinstance(target, torch._ops.OpOverload):
@@ -280,7 +286,8 @@ def _check_loss_output(ep: ExportedProgram) -> None:
 
 
 def joint_graph(ep: ExportedProgram) -> ExportedProgram:
-    """The joint forward+backward ExportedProgram, attention kept as one op each way."""
+    """The joint forward+backward ExportedProgram, attention kept as one op each way and the
+    LM head + cross-entropy as one fused op."""
     from torch.export.experimental import _export_forward_backward
 
     _check_loss_output(ep)
@@ -291,6 +298,7 @@ def joint_graph(ep: ExportedProgram) -> ExportedProgram:
         if node.target in SKIPPED_TARGETS:
             graph.erase_node(node)
     rewrite_attention(graph)
+    rewrite_linear_cross_entropy(graph)
     _drop_unused_parameters(ep)
     ep.graph_module.recompile()
     return _export_forward_backward(ep, joint_loss_index=0)

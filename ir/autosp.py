@@ -5,6 +5,9 @@
   through the whole pipeline. GQA-native (K/V keep their own head count), the mask is a
   description (`causal`, sliding `window`) the kernel evaluates blockwise, and the forward
   returns the log-sum-exp so the backward never recomputes the S x S scores.
+- `autosp.linear_cross_entropy`: the LM head matmul and the summed cross-entropy in one op,
+  computed in row chunks so the [N, V] logits never exist; it also returns the gradients of the
+  summed loss w.r.t. the hidden states and the head weight (the backward only scales them).
 """
 
 from __future__ import annotations
@@ -297,6 +300,56 @@ class ToPartialOp(_LocalOp):
             raise VerifyException(f"{self.name}: result type must equal the input type")
 
 
+@irdl_op_definition
+class LinearCrossEntropyOp(IRDLOperation):
+    """loss_sum = Σ_i [label_i != ignore_index] · (logsumexp(h_i Wᵀ) - (h_i Wᵀ)[label_i]), with
+    grad_hidden = ∂loss_sum/∂h (hidden's type) and grad_weight = ∂loss_sum/∂W (f32, or f64 for
+    f64: it accumulates over the chunks). hidden [N, H], weight [V, H], labels [N] integer; the
+    kernel computes `chunk` rows of logits at a time."""
+
+    name = "autosp.linear_cross_entropy"
+    hidden = operand_def(TensorType)
+    weight = operand_def(TensorType)
+    labels = operand_def(TensorType)
+    loss_sum = result_def(TensorType)
+    grad_hidden = result_def(TensorType)
+    grad_weight = result_def(TensorType)
+    ignore_index = prop_def(IntegerAttr)
+    chunk = prop_def(IntegerAttr)
+
+    irdl_options = (ParsePropInAttrDict(),)
+    traits = traits_def(Pure())
+
+    assembly_format = "$hidden `,` $weight `,` $labels attr-dict `:` functional-type(operands, results)"
+
+    def __init__(self, hidden: SSAValue, weight: SSAValue, labels: SSAValue, *, ignore_index: int, chunk: int):
+        acc = lse_element_type(hidden.type.element_type)  # type: ignore[attr-defined]
+        super().__init__(
+            operands=[hidden, weight, labels],
+            result_types=[TensorType(acc, []), hidden.type, TensorType(acc, _shape(weight))],
+            properties={
+                "ignore_index": IntegerAttr(ignore_index, IntegerType(64)),
+                "chunk": IntegerAttr(chunk, IntegerType(64)),
+            },
+        )
+
+    def verify_(self) -> None:
+        hs, ws, ls = _shape(self.hidden), _shape(self.weight), _shape(self.labels)
+        if len(hs) != 2 or len(ws) != 2 or ls != hs[:1] or hs[1] != ws[1]:
+            raise VerifyException(f"{self.name}: needs hidden [N, H], weight [V, H], labels [N]; got {hs}, {ws}, {ls}")
+        element = self.hidden.type.element_type  # type: ignore[attr-defined]
+        if self.weight.type.element_type != element:  # type: ignore[attr-defined]
+            raise VerifyException(f"{self.name}: hidden and weight must have one element type")
+        if not isinstance(self.labels.type.element_type, IntegerType):  # type: ignore[attr-defined]
+            raise VerifyException(f"{self.name}: labels must be integers")
+        if self.chunk.value.data < 1:
+            raise VerifyException(f"{self.name}: chunk must be >= 1")
+        acc = lse_element_type(element)
+        expected = [TensorType(acc, []), self.hidden.type, TensorType(acc, ws)]
+        if [r.type for r in self.results] != expected:
+            raise VerifyException(f"{self.name}: results must be {', '.join(map(str, expected))}")
+
+
 def lse_element_type(element: Attribute) -> Attribute:
     """The log-sum-exp accumulates in f32, or f64 for f64 inputs."""
     return Float64Type() if element == Float64Type() else Float32Type()
@@ -310,4 +363,4 @@ def mask_properties(causal: bool, window: int, scale: float) -> dict[str, Attrib
     }
 
 
-AutoSP = Dialect("autosp", [AttentionOp, AttentionGradOp, LocalShardOp, PlaceShardOp, ToPartialOp], [LayoutAttr])
+AutoSP = Dialect("autosp", [AttentionOp, AttentionGradOp, LinearCrossEntropyOp, LocalShardOp, PlaceShardOp, ToPartialOp], [LayoutAttr])

@@ -111,6 +111,13 @@ FLOP_RULES["autosp.attention_grad"] = lambda op: 2.5 * _attention_forward_flops(
 MATMUL_OPS |= {"autosp.attention", "autosp.attention_grad"}
 
 
+@flop_rule("autosp.linear_cross_entropy", matmul=True)
+def _linear_cross_entropy_flops(op: Operation) -> float:
+    """Three matmuls of N x H x V (logits, hidden gradient, weight gradient)."""
+    rows, width = _shape(op.operands[0])
+    return 3 * 2.0 * rows * width * _shape(op.operands[1])[0]
+
+
 def op_flops(op: Operation) -> float:
     rule = FLOP_RULES.get(op.name)
     if rule is not None:

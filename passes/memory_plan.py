@@ -5,8 +5,8 @@ shape x dtype bytes, except views (ATen overloads whose schema says the result a
 e.g. view, permute, expand, slice), which share their input's storage for free. A storage lives
 from the op that makes it until the last use of any of its views (the program deletes each value
 after its last use). Arguments (parameters, buffers, inputs) are held by the caller for the
-whole step; returned values (the loss and gradients) live to the end. Attention adds its kernel's
-workspace (one fp32 score tile) while it runs.
+whole step; returned values (the loss and gradients) live to the end. Kernels add their
+workspace while they run (`@workspace_rule`).
 
 The pass records `autosp.peak_bytes` and `autosp.peak_op` on the module; `plan_memory` returns
 the whole plan for reports.
@@ -14,6 +14,7 @@ the whole plan for reports.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from xdsl.context import Context
@@ -24,9 +25,8 @@ from xdsl.passes import ModulePass
 
 from autosp.codegen import train_step_of
 from autosp.ir.aten import AtenOp
-from autosp.ir.autosp import AttentionGradOp, AttentionOp
+from autosp.ir.autosp import AttentionGradOp, LinearCrossEntropyOp
 from autosp.ir.dtypes import BYTES, tensor_bytes, torch_dtype
-from autosp.runtime.attention import QUERY_BLOCK
 from autosp.runtime.errors import AutoSPError
 
 # Views whose schema carries no alias annotation.
@@ -48,22 +48,45 @@ def is_view(op: Operation) -> bool:
     return op.name in EXTRA_VIEWS or bool(returns) and returns[0].alias_info is not None
 
 
+WorkspaceRule = Callable[[Operation], int]
+WORKSPACE_RULES: dict[str, WorkspaceRule] = {}
+
+
+def workspace_rule(*op_names: str):
+    def register(fn: WorkspaceRule) -> WorkspaceRule:
+        for name in op_names:
+            WORKSPACE_RULES[name] = fn
+        return fn
+
+    return register
+
+
 def workspace_bytes(op: Operation) -> int:
-    """Transient memory inside a kernel (runtime/attention.py): the forward holds one
-    accumulation-dtype score tile [B, Hq, block, Sk], the backward two (probabilities and dS)
-    plus the per-query-head partial dK/dV products [B, Hq, Sk, D] before they are summed over
-    the group; K and V are converted to the accumulation dtype when they are not in it."""
-    if not isinstance(op, (AttentionOp, AttentionGradOp)):
-        return 0
-    b, hq, sq, d = op.query.type.get_shape()
-    hkv, sk = op.key.type.get_shape()[1], op.key.type.get_shape()[2]
-    element = op.query.type.element_type
-    acc_bytes = 8 if BYTES[torch_dtype(element)] == 8 else 4
-    tile = b * hq * min(QUERY_BLOCK, sq) * sk * acc_bytes
-    converted_kv = 0 if BYTES[torch_dtype(element)] == acc_bytes else 2 * b * hkv * sk * d * acc_bytes
-    if isinstance(op, AttentionOp):
-        return tile + converted_kv
-    return 2 * tile + b * hq * sk * d * acc_bytes + converted_kv
+    """Transient memory inside a kernel while it runs, as the GPU (Triton) kernels use it; the
+    CPU reference kernels use more, which CPU runs do not measure."""
+    rule = WORKSPACE_RULES.get(op.name)
+    return rule(op) if rule else 0
+
+
+@workspace_rule("autosp.attention_grad")
+def _attention_grad_workspace(op: AttentionGradOp) -> int:
+    """Flash attention keeps its tiles on chip; the backward's one buffer is delta = rowsum(dO·O),
+    one fp32 per query row (the forward needs nothing beyond out and lse)."""
+    b, hq, sq, _ = op.query.type.get_shape()
+    return b * hq * sq * 4
+
+
+@workspace_rule("autosp.linear_cross_entropy")
+def _linear_cross_entropy_workspace(op: LinearCrossEntropyOp) -> int:
+    """One chunk of logits in the model dtype (overwritten by its gradient), the chunk's per-row
+    losses, and, when the weight gradient accumulates in a wider dtype, one product in the
+    model dtype before it is added."""
+    rows, _ = op.hidden.type.get_shape()
+    vocab, width = op.weight.type.get_shape()
+    element = BYTES[torch_dtype(op.hidden.type.element_type)]
+    acc = BYTES[torch_dtype(op.grad_weight.type.element_type)]
+    chunk = min(rows, op.chunk.value.data)
+    return chunk * vocab * element + chunk * acc + (vocab * width * element if element != acc else 0)
 
 
 @dataclass

@@ -470,3 +470,18 @@ def _attention(op: AttentionOp, layouts, ctx):
 def _attention_grad(op: AttentionGradOp, layouts, ctx):
     kv = _heads_check(op, op.query, op.key, ctx)
     return Strategy([H(1), H(1), kv, kv, H(1), H(1)], [S(2)] * 3, computed=[H(1), kv, kv])
+
+
+# --- fused LM head + loss ---------------------------------------------------------------
+
+
+@sharding_rule("autosp.linear_cross_entropy")
+def _linear_cross_entropy(op, layouts, ctx):
+    """Rows (tokens) sharded, the head weight replicated: each rank sums the loss of its own
+    tokens and its tokens' share of the weight gradient (partials); hidden-state gradients
+    stay with their rows. The labels follow the rows (local_shard of replicated labels)."""
+    hidden, weight, labels = layouts
+    rows = hidden if hidden.is_shard(0) else labels if labels.is_shard(0) else None
+    if rows is None or weight != R:
+        return None
+    return Strategy([rows, R, rows], [P, rows, P])

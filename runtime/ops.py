@@ -1,11 +1,13 @@
 """AutoSP's operators as torch custom ops, so torch.export and AOT autograd keep attention as
-one op forward (`autosp::attention`) and one op backward (`autosp::attention_backward`)."""
+one op forward (`autosp::attention`) and one op backward (`autosp::attention_backward`), and the
+LM head + cross-entropy as one op (`autosp::linear_cross_entropy`) whose backward is two scalings."""
 
 from __future__ import annotations
 
 import torch
 
-from autosp.runtime import attention as kernels
+from autosp.runtime import kernels
+from autosp.runtime.attention import accumulation_dtype
 
 
 @torch.library.custom_op("autosp::attention", mutates_args=())
@@ -19,7 +21,7 @@ def attention(
 def _attention_fake(q, k, v, causal, window, scale):
     b, hq, sq, _ = q.shape
     out = q.new_empty(b, hq, sq, v.shape[3])
-    return out, q.new_empty(b, hq, sq, dtype=kernels.accumulation_dtype(q.dtype))
+    return out, q.new_empty(b, hq, sq, dtype=accumulation_dtype(q.dtype))
 
 
 @torch.library.custom_op("autosp::attention_backward", mutates_args=())
@@ -58,3 +60,32 @@ def _backward(ctx, grad_out, grad_lse):
 
 
 attention.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("autosp::linear_cross_entropy", mutates_args=())
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ignore_index: int, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return kernels.linear_cross_entropy(hidden, weight, labels, ignore_index, chunk)
+
+
+@linear_cross_entropy.register_fake
+def _linear_cross_entropy_fake(hidden, weight, labels, ignore_index, chunk):
+    acc = accumulation_dtype(hidden.dtype)
+    return hidden.new_empty((), dtype=acc), hidden.new_empty(hidden.shape), weight.new_empty(weight.shape, dtype=acc)
+
+
+def _lce_setup_context(ctx, inputs, output):
+    hidden, weight, *_ = inputs
+    _, grad_hidden, grad_weight = output
+    ctx.save_for_backward(grad_hidden, grad_weight)
+    ctx.weight_dtype = weight.dtype
+
+
+def _lce_backward(ctx, grad_loss, _grad_hidden, _grad_weight):
+    # The op's gradients are those of the summed loss: scale them by the loss's gradient.
+    grad_hidden, grad_weight = ctx.saved_tensors
+    return grad_hidden * grad_loss, (grad_weight * grad_loss).to(ctx.weight_dtype), None, None, None
+
+
+linear_cross_entropy.register_autograd(_lce_backward, setup_context=_lce_setup_context)

@@ -1,0 +1,113 @@
+"""Rewrite `cross_entropy(linear(h, W) [-> float] [-> view(-1, V)], labels)` of an exported forward
+graph into `autosp::linear_cross_entropy`, before the joint forward/backward export, so the
+[N, V] logits (the largest long-context tensor: N·V·4 bytes) are never materialized.
+
+Only the exact pattern is fused: no bias, no class weights, no label smoothing, reduction `sum`
+or `mean`, and logits that nothing else reads. Anything else keeps the plain ops (correct, just
+not fused). `mean` becomes the summed loss over the count of non-ignored labels, as eager's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch._guards import detect_fake_mode
+from torch.fx import Graph, Node
+
+import autosp.runtime.ops  # noqa: F401  (registers torch.ops.autosp.*)
+from autosp.frontends.mask import bound_arguments
+from autosp.runtime.attention import accumulation_dtype
+
+aten = torch.ops.aten
+CROSS_ENTROPY = aten.cross_entropy_loss.default
+# Between the LM head and the loss: reshapes, no-op aliases and the fp32 upcast.
+PASS_THROUGH = {
+    aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.alias.default,
+    aten.clone.default, aten.contiguous.default, aten.to.dtype, aten._to_copy.default,
+}
+REDUCTIONS = {1: "mean", 2: "sum"}  # torch's Reduction enum
+# Rows of logits per chunk: about this many bytes of fp32 logits at a time.
+CHUNK_BYTES = 1 << 30
+
+
+def chunk_rows(rows: int, vocab: int) -> int:
+    """A power of two (or all rows) so one chunk's fp32 logits take about CHUNK_BYTES."""
+    fits = max(1, CHUNK_BYTES // (vocab * 4))
+    return min(rows, 1 << (fits.bit_length() - 1))
+
+
+def _val(node) -> torch.Tensor | None:
+    return node.meta.get("val") if isinstance(node, Node) else None
+
+
+def _lm_head(logits: Node) -> Node | None:
+    """The bias-free `linear` the logits come from through single-use pass-through ops."""
+    node = logits
+    while node.target in PASS_THROUGH and len(node.users) == 1:
+        if node.target in (aten.to.dtype, aten._to_copy.default):
+            src, dst = _val(node.args[0]), _val(node)
+            if not dst.dtype.is_floating_point or dst.dtype.itemsize < src.dtype.itemsize:
+                return None  # a downcast of the logits changes the loss: keep it as written
+        node = node.args[0]
+    if node.target != aten.linear.default or len(node.users) != 1:
+        return None
+    if len(node.args) > 2 and node.args[2] is not None:
+        return None
+    return node
+
+
+def _call(graph: Graph, target, args: tuple) -> Node:
+    """A new node with its fake value (what torch.export's later stages expect in meta)."""
+    node = graph.call_function(target, args)
+    vals = [_val(a) if isinstance(a, Node) else a for a in args]
+    with detect_fake_mode([v for v in vals if isinstance(v, torch.Tensor)]) or contextlib.nullcontext():
+        node.meta["val"] = target(*vals)
+    return node
+
+
+def _getitem(graph: Graph, node: Node, index: int) -> Node:
+    import operator
+
+    item = graph.call_function(operator.getitem, (node, index))
+    item.meta["val"] = node.meta["val"][index]
+    return item
+
+
+def rewrite_linear_cross_entropy(graph: Graph) -> int:
+    """Replace each fusable LM head + cross-entropy in `graph`; returns how many."""
+    count = 0
+    for node in list(graph.nodes):
+        if node.target != CROSS_ENTROPY:
+            continue
+        args = bound_arguments(node)
+        logits, labels = args["self"], args["target"]
+        if (
+            args["weight"] is not None or args["label_smoothing"]
+            or args["reduction"] not in REDUCTIONS
+            or _val(logits).dim() != 2 or _val(labels).dim() != 1
+            or _val(labels).dtype != torch.int64
+        ):
+            continue
+        head = _lm_head(logits)
+        if head is None:
+            continue
+        hidden, weight = head.args[0], head.args[1]
+        width = _val(weight).shape[1]
+        rows = _val(hidden).numel() // width
+        chunk = chunk_rows(rows, _val(weight).shape[0])
+        ignore_index = int(args["ignore_index"])
+        with graph.inserting_before(node):
+            flat = _call(graph, aten.reshape.default, (hidden, [rows, width]))
+            fused = _call(graph, torch.ops.autosp.linear_cross_entropy.default, (flat, weight, labels, ignore_index, chunk))
+            loss = _getitem(graph, fused, 0)
+            if REDUCTIONS[args["reduction"]] == "mean":
+                kept = _call(graph, aten.ne.Scalar, (labels, ignore_index))
+                loss = _call(graph, aten.div.Tensor, (loss, _call(graph, aten.sum.default, (kept,))))
+            if _val(node).dtype != accumulation_dtype(_val(hidden).dtype):
+                loss = _call(graph, aten.to.dtype, (loss, _val(node).dtype))
+        node.replace_all_uses_with(loss)
+        graph.erase_node(node)
+        count += 1
+    graph.eliminate_dead_code()
+    return count
