@@ -42,11 +42,12 @@ def _cross_entropy_rows(
         tl.store(base + cols, grad.to(logits_ptr.dtype.element_ty), mask=cols < vocab)
 
 
-def rows_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    """Same contract as runtime.loss.rows_cross_entropy (fp32 loss per row, logits overwritten)."""
+def rows_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, block: int = 4096) -> torch.Tensor:
+    """Same contract as runtime.loss.rows_cross_entropy (fp32 loss per row, logits overwritten);
+    `block`: the vocabulary tile width (a power of two)."""
     rows, vocab = logits.shape
     assert logits.stride(1) == 1
     loss = torch.empty(rows, dtype=accumulation_dtype(logits.dtype), device=logits.device)
-    block = min(4096, triton.next_power_of_2(vocab))
+    block = min(block, triton.next_power_of_2(vocab))
     _cross_entropy_rows[(rows,)](logits, logits.stride(0), labels, loss, vocab, ignore_index, BLOCK=block)
     return loss
