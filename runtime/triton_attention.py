@@ -1,0 +1,366 @@
+"""Flash attention in Triton, forward and backward, with the same contract as the reference
+kernels in runtime/attention.py: q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, D] (any
+strides), query head h reads kv head h // (Hq / Hkv) (GQA-native: K/V are never repeated), the
+mask is a description evaluated per tile (`causal`: key j <= query i; `window` W > 0: also
+j > i - W), any lengths (tails masked), any head dim (padded to a power of two in registers),
+fp32 accumulation, and the log-sum-exp of every query row as an output.
+
+Each loop over tiles runs in three stretches: tiles the mask cuts (computed with the mask),
+tiles every row sees entirely (no mask arithmetic), and the masked tiles again. The backward is
+two kernels: dK/dV per key tile (looping over the query heads of its group and their query
+tiles, so GQA needs no atomics) and dQ per query tile; delta = rowsum(dO·O) comes first.
+fp32 inputs use IEEE fp32 dots (not TF32): the fp32 contract is 1e-5.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from autosp.runtime.kernels import interpreting
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+_NEG_BIG = -1.0e30  # a finite running-max start: masked tiles give exp2(-inf) = 0, never NaN
+
+
+def _configs(blocks: list[tuple[int, int, int, int]]) -> list[triton.Config]:
+    if interpreting():  # tiny shapes on CPU: one small tile size, nothing to tune
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in blocks]
+
+
+FORWARD_CONFIGS = _configs([(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 4), (128, 32, 4, 4)])
+DKDV_CONFIGS = _configs([(32, 128, 4, 3), (64, 128, 8, 3), (32, 64, 4, 4), (64, 64, 4, 3)])
+DQ_CONFIGS = _configs([(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4), (64, 32, 4, 3)])
+
+
+# Triton's interpreter multiplies bf16 operands of tl.dot as raw uint16 bits (triton 3.9):
+# under the interpreter, dots take fp32 copies (the GPU path keeps 16-bit tensor-core dots).
+_UPCAST_DOTS = tl.constexpr(interpreting())
+
+
+@triton.jit
+def _dot(a, b, PRECISION: tl.constexpr):
+    if _UPCAST_DOTS:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def _stretches(lo, full_lo, full_hi, hi):
+    """[lo, hi) cut into masked [lo, b), unmasked [b, c), masked [c, hi)."""
+    b = tl.minimum(tl.maximum(full_lo, lo), hi)
+    c = tl.maximum(tl.minimum(full_hi, hi), b)
+    return b, c
+
+
+@triton.jit
+def _keep(rows, cols, SK, CAUSAL: tl.constexpr, WINDOW):
+    keep = cols[None, :] < SK
+    if CAUSAL:
+        keep = keep & (cols[None, :] <= rows[:, None])
+        if WINDOW > 0:
+            keep = keep & (cols[None, :] > rows[:, None] - WINDOW)
+    return keep
+
+
+@triton.jit
+def _key_range(m0, SK, CAUSAL: tl.constexpr, WINDOW, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The key tiles query rows [m0, m0 + BLOCK_M) see: all [lo, hi), entirely [full_lo, full_hi)."""
+    lo = m0 * 0  # tensors from the start: a runtime `if` below may reassign them
+    hi = lo + SK
+    full_lo = lo
+    full_hi = lo + (SK // BLOCK_N) * BLOCK_N
+    if CAUSAL:
+        hi = tl.minimum(SK, m0 + BLOCK_M)
+        full_hi = tl.minimum(full_hi, ((m0 + 1) // BLOCK_N) * BLOCK_N)
+        if WINDOW > 0:
+            lo = (tl.maximum(m0 - WINDOW + 1, 0) // BLOCK_N) * BLOCK_N
+            full_lo = tl.cdiv(tl.maximum(m0 + BLOCK_M - WINDOW, 0), BLOCK_N) * BLOCK_N
+    return lo, full_lo, full_hi, hi
+
+
+@triton.jit
+def _forward_tiles(
+    acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
+    start, stop, qk_scale, SK, D, WINDOW,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+):
+    for n0 in range(start, stop, BLOCK_N):
+        cols = n0 + offs_n
+        in_bounds = (cols[None, :] < SK) & (offs_d[:, None] < D)
+        k_t = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None], mask=in_bounds, other=0.0)
+        s = _dot(q, k_t, PRECISION) * qk_scale  # log2 units
+        if MASKED:
+            s = tl.where(_keep(rows, cols, SK, CAUSAL, WINDOW), s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + cols[:, None] * stride_vs + offs_d[None, :], mask=(cols[:, None] < SK) & (offs_d[None, :] < D), other=0.0)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PRECISION)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.autotune(configs=FORWARD_CONFIGS, key=["SQ", "SK", "BLOCK_D", "CAUSAL"])
+@triton.jit
+def _attention_forward(
+    Q, K, V, O, LSE, qk_scale,
+    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+    stride_ob, stride_oh, stride_os,
+    HQ, GROUP, SQ, SK, D, WINDOW,
+    CAUSAL: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    m0 = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // HQ, bh % HQ
+    hkv = h // GROUP
+    rows = m0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_mask = (rows[:, None] < SQ) & (offs_d[None, :] < D)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qs + offs_d[None, :], mask=q_mask, other=0.0)
+    k_base = K + b * stride_kb + hkv * stride_kh
+    v_base = V + b * stride_vb + hkv * stride_vh
+    m_i = tl.full([BLOCK_M], _NEG_BIG, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    lo, full_lo, full_hi, hi = _key_range(m0, SK, CAUSAL, WINDOW, BLOCK_M, BLOCK_N)
+    mid_lo, mid_hi = _stretches(lo, full_lo, full_hi, hi)
+    acc, m_i, l_i = _forward_tiles(acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
+                                   lo, mid_lo, qk_scale, SK, D, WINDOW, CAUSAL, True, BLOCK_N, PRECISION)
+    acc, m_i, l_i = _forward_tiles(acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
+                                   mid_lo, mid_hi, qk_scale, SK, D, WINDOW, CAUSAL, False, BLOCK_N, PRECISION)
+    acc, m_i, l_i = _forward_tiles(acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
+                                   mid_hi, hi, qk_scale, SK, D, WINDOW, CAUSAL, True, BLOCK_N, PRECISION)
+    seen = l_i > 0.0  # a row that sees no key attends to nothing: output 0, lse -inf
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * LN2, float("-inf"))
+    tl.store(O + b * stride_ob + h * stride_oh + rows[:, None] * stride_os + offs_d[None, :], out.to(O.dtype.element_ty), mask=q_mask)
+    tl.store(LSE + bh * SQ + rows, lse, mask=rows < SQ)
+
+
+@triton.jit
+def _row_dot(
+    A, B, OUT, stride_ab, stride_ah, stride_as, stride_bb, stride_bh, stride_bs, H, S, D,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """OUT[b, h, s] = Σ_d A[b, h, s, d] · B[b, h, s, d] in fp32 (delta = rowsum(dO·O))."""
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // H, bh % H
+    rows = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < S) & (offs_d[None, :] < D)
+    a = tl.load(A + b * stride_ab + h * stride_ah + rows[:, None] * stride_as + offs_d[None, :], mask=mask, other=0.0)
+    x = tl.load(B + b * stride_bb + h * stride_bh + rows[:, None] * stride_bs + offs_d[None, :], mask=mask, other=0.0)
+    tl.store(OUT + bh * S + rows, tl.sum(a.to(tl.float32) * x.to(tl.float32), 1), mask=rows < S)
+
+
+@triton.jit
+def _query_range(n0, SQ, CAUSAL: tl.constexpr, WINDOW, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The query tiles that see keys [n0, n0 + BLOCK_N): all [lo, hi), entirely [full_lo, full_hi).
+    Rows past SQ load as zeros and contribute nothing, so they need no mask."""
+    lo = n0 * 0  # tensors from the start: a runtime `if` below may reassign them
+    hi = lo + SQ
+    full_lo = lo
+    full_hi = lo + SQ
+    if CAUSAL:
+        lo = (n0 // BLOCK_M) * BLOCK_M
+        full_lo = tl.cdiv(n0 + BLOCK_N - 1, BLOCK_M) * BLOCK_M
+        if WINDOW > 0:
+            hi = tl.minimum(SQ, n0 + BLOCK_N - 1 + WINDOW)
+            full_hi = ((n0 + WINDOW) // BLOCK_M) * BLOCK_M
+    return lo, full_lo, full_hi, hi
+
+
+@triton.jit
+def _dkdv_tiles(
+    dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos, cols, offs_m, offs_d,
+    start, stop, qk_scale, SQ, SK, D, WINDOW,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr, BLOCK_M: tl.constexpr, PRECISION: tl.constexpr,
+):
+    for m0 in range(start, stop, BLOCK_M):
+        rows = m0 + offs_m
+        row_mask = (rows[None, :] < SQ) & (offs_d[:, None] < D)
+        q_t = tl.load(q_base + rows[None, :] * stride_qs + offs_d[:, None], mask=row_mask, other=0.0)
+        do = tl.load(do_base + rows[:, None] * stride_dos + offs_d[None, :], mask=(rows[:, None] < SQ) & (offs_d[None, :] < D), other=0.0)
+        lse = tl.load(lse_base + rows, mask=rows < SQ, other=0.0) * LOG2E
+        delta = tl.load(delta_base + rows, mask=rows < SQ, other=0.0)
+        s_t = _dot(k, q_t, PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M], log2 units
+        p_t = tl.math.exp2(s_t - lse[None, :])
+        if MASKED:
+            # _keep is written for [rows, cols]; transposed here.
+            keep = cols[:, None] < SK
+            if CAUSAL:
+                keep = keep & (cols[:, None] <= rows[None, :])
+                if WINDOW > 0:
+                    keep = keep & (cols[:, None] > rows[None, :] - WINDOW)
+            p_t = tl.where(keep, p_t, 0.0)
+        dv += _dot(p_t.to(do.dtype), do, PRECISION)
+        dp_t = _dot(v, tl.trans(do), PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += _dot(ds_t.to(q_t.dtype), tl.trans(q_t), PRECISION)
+    return dk, dv
+
+
+@triton.autotune(configs=DKDV_CONFIGS, key=["SQ", "SK", "BLOCK_D", "CAUSAL"])
+@triton.jit
+def _attention_dkdv(
+    Q, K, V, DO, LSE, DELTA, DK, DV, qk_scale, sm_scale,
+    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+    stride_dob, stride_doh, stride_dos, stride_dkb, stride_dkh, stride_dks, stride_dvb, stride_dvh, stride_dvs,
+    HQ, HKV, GROUP, SQ, SK, D, WINDOW,
+    CAUSAL: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    n0 = tl.program_id(0) * BLOCK_N
+    bh = tl.program_id(1).to(tl.int64)
+    b, hkv = bh // HKV, bh % HKV
+    cols = n0 + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_mask = (cols[:, None] < SK) & (offs_d[None, :] < D)
+    k = tl.load(K + b * stride_kb + hkv * stride_kh + cols[:, None] * stride_ks + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(V + b * stride_vb + hkv * stride_vh + cols[:, None] * stride_vs + offs_d[None, :], mask=kv_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    lo, full_lo, full_hi, hi = _query_range(n0, SQ, CAUSAL, WINDOW, BLOCK_M, BLOCK_N)
+    mid_lo, mid_hi = _stretches(lo, full_lo, full_hi, hi)
+    for g in range(0, GROUP):
+        h = hkv * GROUP + g
+        q_base = Q + b * stride_qb + h * stride_qh
+        do_base = DO + b * stride_dob + h * stride_doh
+        row_base = (b * HQ + h) * SQ
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qs, stride_dos,
+                             cols, offs_m, offs_d, lo, mid_lo, qk_scale, SQ, SK, D, WINDOW, CAUSAL, True, BLOCK_M, PRECISION)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qs, stride_dos,
+                             cols, offs_m, offs_d, mid_lo, mid_hi, qk_scale, SQ, SK, D, WINDOW, CAUSAL, False, BLOCK_M, PRECISION)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qs, stride_dos,
+                             cols, offs_m, offs_d, mid_hi, hi, qk_scale, SQ, SK, D, WINDOW, CAUSAL, True, BLOCK_M, PRECISION)
+    tl.store(DK + b * stride_dkb + hkv * stride_dkh + cols[:, None] * stride_dks + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + b * stride_dvb + hkv * stride_dvh + cols[:, None] * stride_dvs + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _dq_tiles(
+    dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
+    start, stop, qk_scale, SK, D, WINDOW,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+):
+    for n0 in range(start, stop, BLOCK_N):
+        cols = n0 + offs_n
+        kv_mask = (cols[None, :] < SK) & (offs_d[:, None] < D)
+        k_t = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None], mask=kv_mask, other=0.0)
+        v_t = tl.load(v_base + cols[None, :] * stride_vs + offs_d[:, None], mask=kv_mask, other=0.0)
+        p = tl.math.exp2(_dot(q, k_t, PRECISION) * qk_scale - lse[:, None])
+        if MASKED:
+            p = tl.where(_keep(rows, cols, SK, CAUSAL, WINDOW), p, 0.0)
+        dp = _dot(do, v_t, PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += _dot(ds.to(k_t.dtype), tl.trans(k_t), PRECISION)
+    return dq
+
+
+@triton.autotune(configs=DQ_CONFIGS, key=["SQ", "SK", "BLOCK_D", "CAUSAL"])
+@triton.jit
+def _attention_dq(
+    Q, K, V, DO, LSE, DELTA, DQ, qk_scale, sm_scale,
+    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+    stride_dob, stride_doh, stride_dos, stride_dqb, stride_dqh, stride_dqs,
+    HQ, GROUP, SQ, SK, D, WINDOW,
+    CAUSAL: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    m0 = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // HQ, bh % HQ
+    hkv = h // GROUP
+    rows = m0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_mask = (rows[:, None] < SQ) & (offs_d[None, :] < D)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qs + offs_d[None, :], mask=row_mask, other=0.0)
+    do = tl.load(DO + b * stride_dob + h * stride_doh + rows[:, None] * stride_dos + offs_d[None, :], mask=row_mask, other=0.0)
+    lse = tl.load(LSE + bh * SQ + rows, mask=rows < SQ, other=0.0) * LOG2E
+    delta = tl.load(DELTA + bh * SQ + rows, mask=rows < SQ, other=0.0)
+    k_base = K + b * stride_kb + hkv * stride_kh
+    v_base = V + b * stride_vb + hkv * stride_vh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    lo, full_lo, full_hi, hi = _key_range(m0, SK, CAUSAL, WINDOW, BLOCK_M, BLOCK_N)
+    mid_lo, mid_hi = _stretches(lo, full_lo, full_hi, hi)
+    dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
+                   lo, mid_lo, qk_scale, SK, D, WINDOW, CAUSAL, True, BLOCK_N, PRECISION)
+    dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
+                   mid_lo, mid_hi, qk_scale, SK, D, WINDOW, CAUSAL, False, BLOCK_N, PRECISION)
+    dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
+                   mid_hi, hi, qk_scale, SK, D, WINDOW, CAUSAL, True, BLOCK_N, PRECISION)
+    tl.store(DQ + b * stride_dqb + h * stride_dqh + rows[:, None] * stride_dqs + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_mask)
+
+
+# --- launch ------------------------------------------------------------------------------
+
+
+def _unit_last(x: torch.Tensor) -> torch.Tensor:
+    """The kernels index the head dim with stride 1 (any other strides are passed)."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _common(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    if v.shape[-1] != q.shape[-1]:
+        raise NotImplementedError("the Triton kernels need one head dim for q/k and v")
+    b, hq, sq, d = q.shape
+    hkv, sk = k.shape[1], k.shape[2]
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    return b, hq, hkv, sq, sk, d, max(16, triton.next_power_of_2(d)), precision
+
+
+def attention_forward(q, k, v, causal: bool, window: int, scale: float):
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    b, hq, hkv, sq, sk, d, block_d, precision = _common(q, k, v)
+    out = torch.empty(b, hq, sq, d, dtype=q.dtype, device=q.device)
+    lse = torch.empty(b, hq, sq, dtype=torch.float32, device=q.device)
+    grid = lambda meta: (triton.cdiv(sq, meta["BLOCK_M"]), b * hq)  # noqa: E731
+    _attention_forward[grid](
+        q, k, v, out, lse, scale * LOG2E,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        hq, hq // hkv, sq, sk, d, window,
+        CAUSAL=causal, BLOCK_D=block_d, PRECISION=precision,
+    )
+    return out, lse
+
+
+def attention_backward(grad_out, q, k, v, out, lse, causal: bool, window: int, scale: float):
+    grad_out, q, k, v, out = (_unit_last(t) for t in (grad_out, q, k, v, out))
+    lse = lse.contiguous()
+    b, hq, hkv, sq, sk, d, block_d, precision = _common(q, k, v)
+    delta = torch.empty(b, hq, sq, dtype=torch.float32, device=q.device)
+    _row_dot[(triton.cdiv(sq, 64), b * hq)](
+        grad_out, out, delta,
+        grad_out.stride(0), grad_out.stride(1), grad_out.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        hq, sq, d, BLOCK_S=64, BLOCK_D=block_d,
+    )
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    strides = (
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
+    )
+    _attention_dkdv[lambda meta: (triton.cdiv(sk, meta["BLOCK_N"]), b * hkv)](
+        q, k, v, grad_out, lse, delta, dk, dv, scale * LOG2E, scale, *strides,
+        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
+        hq, hkv, hq // hkv, sq, sk, d, window,
+        CAUSAL=causal, BLOCK_D=block_d, PRECISION=precision,
+    )
+    _attention_dq[lambda meta: (triton.cdiv(sq, meta["BLOCK_M"]), b * hq)](
+        q, k, v, grad_out, lse, delta, dq, scale * LOG2E, scale, *strides,
+        dq.stride(0), dq.stride(1), dq.stride(2),
+        hq, hq // hkv, sq, sk, d, window,
+        CAUSAL=causal, BLOCK_D=block_d, PRECISION=precision,
+    )
+    return dq, dk, dv

@@ -1,0 +1,86 @@
+"""Triton flash attention (Triton's interpreter on CPU) and the PyTorch reference kernels against
+attention written as plain math in fp64 (scores, mask, softmax, autograd): forward output, LSE,
+and dQ/dK/dV."""
+
+import math
+
+import pytest
+import torch
+
+from autosp.runtime import attention as reference
+from autosp.runtime import triton_attention
+from tests.conftest import relative_error
+
+KERNELS = {"reference": reference, "triton": triton_attention}
+
+
+def _math(q, k, v, causal, window, scale, grad_out):
+    q, k, v = (t.detach().double().requires_grad_() for t in (q, k, v))
+    group = q.shape[1] // k.shape[1]
+    kk, vv = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    scores = q @ kk.transpose(-1, -2) * scale
+    if causal:
+        i = torch.arange(q.shape[2])[:, None]
+        j = torch.arange(k.shape[2])[None, :]
+        keep = (j <= i) & ((j > i - window) if window else True)
+        scores = scores.masked_fill(~keep, float("-inf"))
+    lse = torch.logsumexp(scores, -1)
+    out = torch.softmax(scores, -1) @ vv
+    out.backward(grad_out.double())
+    return out.detach(), lse.detach(), q.grad, k.grad, v.grad
+
+
+def _inputs(b, hq, hkv, sq, sk, d, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    make = lambda *shape: torch.randn(*shape, generator=g).to(dtype)  # noqa: E731
+    return make(b, hq, sq, d), make(b, hkv, sk, d), make(b, hkv, sk, d), make(b, hq, sq, d)
+
+
+CASES = [
+    # b, hq, hkv, sq, sk, d, causal, window
+    pytest.param(1, 4, 2, 40, 40, 64, True, 0, id="causal-gqa-tail-d64"),
+    pytest.param(2, 2, 2, 33, 33, 64, False, 0, id="full-mha-tail-b2"),
+    pytest.param(1, 4, 1, 48, 48, 128, True, 0, id="causal-mqa-d128"),
+    pytest.param(1, 2, 1, 45, 45, 64, True, 7, id="window7-tail"),
+    pytest.param(1, 2, 2, 20, 37, 64, False, 0, id="cross-sq-ne-sk"),
+    pytest.param(1, 2, 1, 17, 17, 80, True, 0, id="d80-padded"),
+]
+
+
+@pytest.mark.parametrize("kernel", ["triton", "reference"])
+@pytest.mark.parametrize("b,hq,hkv,sq,sk,d,causal,window", CASES)
+def test_forward_and_backward_match_math(kernel, b, hq, hkv, sq, sk, d, causal, window):
+    q, k, v, grad_out = _inputs(b, hq, hkv, sq, sk, d, torch.float32)
+    scale = 1 / math.sqrt(d)
+    expected = _math(q, k, v, causal, window, scale, grad_out)
+    ops = KERNELS[kernel]
+    out, lse = ops.attention_forward(q, k, v, causal, window, scale)
+    grads = ops.attention_backward(grad_out, q, k, v, out, lse, causal, window, scale)
+    for name, got, want in zip(("out", "lse", "dq", "dk", "dv"), (out, lse) + tuple(grads), expected):
+        assert got.shape == want.shape, name
+        assert relative_error(got.double(), want) < 2e-5, name
+
+
+def test_bf16_within_bf16_tolerance():
+    q, k, v, grad_out = _inputs(1, 4, 2, 40, 40, 64, torch.bfloat16, seed=3)
+    expected = _math(q, k, v, True, 0, 0.125, grad_out)
+    out, lse = triton_attention.attention_forward(q, k, v, True, 0, 0.125)
+    grads = triton_attention.attention_backward(grad_out, q, k, v, out, lse, True, 0, 0.125)
+    assert out.dtype == torch.bfloat16 and lse.dtype == torch.float32
+    for name, got, want in zip(("out", "lse", "dq", "dk", "dv"), (out, lse) + tuple(grads), expected):
+        assert relative_error(got.double(), want) < 3e-2, name
+
+
+def test_strided_inputs_and_a_row_that_sees_no_key():
+    """q/k/v as transposed views (the joint graph's layout), and queries past the keys under a
+    window: such rows attend to nothing (output 0, lse -inf), as in the reference."""
+    q, k, v, grad_out = _inputs(1, 2, 2, 24, 24, 64, torch.float32, seed=5)
+    qt, kt, vt = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+    out, lse = triton_attention.attention_forward(qt, kt, vt, True, 4, 0.125)
+    expected_out, expected_lse = reference.attention_forward(q, k, v, True, 4, 0.125)
+    assert relative_error(out, expected_out) < 1e-5 and relative_error(lse, expected_lse) < 1e-5
+    short_k, short_v = k[:, :, :8], v[:, :, :8]
+    out, lse = triton_attention.attention_forward(q, short_k, short_v, True, 4, 0.125)
+    ref_out, ref_lse = reference.attention_forward(q, short_k, short_v, True, 4, 0.125)
+    assert torch.equal(lse[:, :, 11:], ref_lse[:, :, 11:]) and torch.all(lse[:, :, 11:] == float("-inf"))
+    assert torch.all(out[:, :, 11:] == 0) and relative_error(out, ref_out) < 1e-5
