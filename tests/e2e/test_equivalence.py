@@ -100,3 +100,23 @@ def test_parameters_are_the_models_own_tensors(tmp_cache):
     own = {id(p) for p in module.parameters()}
     assert {id(p) for p in step.parameters} <= own
     assert "def train_step(" in step.source
+
+
+@pytest.mark.parametrize("arch", ["Llama", "Gemma"])
+def test_triton_kernels_match_eager(arch, tmp_cache, monkeypatch):
+    """The same step with every kernel in Triton (the interpreter on CPU): attention forward and
+    backward and the fused LM head + loss; the reference kernels are made to fail if called."""
+    from autosp.runtime import attention, loss
+
+    monkeypatch.setenv("AUTOSP_KERNELS", "triton")
+    if DEVICE.type == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+    def not_called(*args, **kwargs):
+        raise AssertionError("a reference kernel ran on the Triton path")
+
+    for name in ("attention_forward", "attention_backward"):
+        monkeypatch.setattr(attention, name, not_called)
+    monkeypatch.setattr(loss, "rows_cross_entropy", not_called)
+    module = tiny_causal_lm(arch, **ARCHS[arch])
+    compare_step(module, *batch())

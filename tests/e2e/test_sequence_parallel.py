@@ -41,6 +41,13 @@ def test_sp2_matches_eager(arch, config, seq):
     check(run_distributed(2, arch=arch, config=config, sp=2, seq=seq, labels_fn=ignore_unevenly))
 
 
+def test_sp2_with_triton_kernels(monkeypatch):
+    """Ulysses attention on head shards and the fused loss on sequence shards, all in Triton
+    (the interpreter on CPU; the spawned ranks inherit the environment)."""
+    monkeypatch.setenv("AUTOSP_KERNELS", "triton")
+    check(run_distributed(2, arch="Llama", config={"tie_word_embeddings": True}, sp=2, seq=33, labels_fn=ignore_unevenly))
+
+
 def test_sp4_kv_heads_fewer_than_sp_uneven_seq_five_sgd_steps():
     # 4 query heads, 2 kv heads on 4 ranks: K/V all-gathered (2 heads), one kv head per rank;
     # 30 tokens split 8, 8, 7, 7.
