@@ -76,7 +76,7 @@ def remat_options(ep, memory_budget, cost_model) -> tuple[str, str]:
     return str(budget), profile.name
 
 
-def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=None, cache_dir=None) -> TrainStep:
+def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=None, fuse=True, cache_dir=None) -> TrainStep:
     if not isinstance(ep, torch.export.ExportedProgram):
         raise AutoSPError(
             f"autosp.compile takes a torch.export.ExportedProgram, got {type(ep).__name__}; "
@@ -84,7 +84,7 @@ def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=Non
         )
     if (memory_budget is not None or cost_model is not None) and not remat:
         raise AutoSPError("memory_budget and cost_model only apply with remat=True")
-    options = dict(sp=sp, remat=remat)
+    options = dict(sp=sp, remat=remat, fuse=fuse)
     if remat:
         budget, model = remat_options(ep, memory_budget, cost_model)
         options.update(memory_budget=budget, cost_model=model)

@@ -23,17 +23,21 @@ def check_options(sp: int, budget: str | int, cost_model: str) -> None:
 
 
 def pipeline_spec(
-    sp: int = 1, remat: bool = False, rank: int = 0, memory_budget: str | int = "auto", cost_model: str = "h100"
+    sp: int = 1, remat: bool = False, rank: int = 0, memory_budget: str | int = "auto", cost_model: str = "h100",
+    fuse: bool = True,
 ) -> str:
     """The passes for these options; `rank` (within the SP group) picks whose program to make
     (they differ only where the sequence does not divide by sp). With remat, `memory_budget`
-    (bytes, "70GiB" or "auto") is per rank and `cost_model` prices recomputation."""
+    (bytes, "70GiB" or "auto") is per rank and `cost_model` prices recomputation. `fuse`:
+    elementwise chains into generated kernels (after remat, never raising the peak it planned)."""
     check_options(sp, memory_budget, cost_model)
     passes = list(BASE_PASSES)
     if sp > 1:
         passes += [f"sp-propagate{{sp={sp}}}", f"sp-partition{{rank={rank}}}"]
     if remat:
         passes.append(f'remat{{budget="{memory_budget}" cost_model="{cost_model}"}}')
+    if fuse:
+        passes.append("fuse-elementwise")
     return ",".join(passes)
 
 

@@ -8,6 +8,8 @@
 - `autosp.linear_cross_entropy`: the LM head matmul and the summed cross-entropy in one op,
   computed in row chunks so the [N, V] logits never exist; it also returns the gradients of the
   summed loss w.r.t. the hidden states and the head weight (the backward only scales them).
+- `autosp.fused` / `autosp.yield`: a chain of elementwise ops (and last-dim row reductions) that
+  the backend turns into one generated Triton kernel; the region holds the original ops.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Sequence
 
 from xdsl.dialects.builtin import (
     BoolAttr,
+    DenseArrayBase,
     Float32Type,
     Float64Type,
     FloatAttr,
@@ -25,7 +28,7 @@ from xdsl.dialects.builtin import (
     StringAttr,
     TensorType,
 )
-from xdsl.ir import Attribute, Dialect, ParametrizedAttribute, SSAValue
+from xdsl.ir import Attribute, Block, Dialect, ParametrizedAttribute, Region, SSAValue
 from xdsl.irdl import (
     IRDLOperation,
     ParsePropInAttrDict,
@@ -34,12 +37,15 @@ from xdsl.irdl import (
     operand_def,
     param_def,
     prop_def,
+    region_def,
     result_def,
     traits_def,
+    var_operand_def,
+    var_result_def,
 )
 from xdsl.parser import AttrParser
 from xdsl.printer import Printer
-from xdsl.traits import Pure
+from xdsl.traits import HasParent, IsTerminator, Pure
 from xdsl.utils.exceptions import VerifyException
 
 from autosp.ir.dist import GroupOp
@@ -350,6 +356,58 @@ class LinearCrossEntropyOp(IRDLOperation):
             raise VerifyException(f"{self.name}: results must be {', '.join(map(str, expected))}")
 
 
+@irdl_op_definition
+class FusedOp(IRDLOperation):
+    """One generated kernel: the region's ops computed elementwise over `shape` (rows of its last
+    dim when a row reduction is inside), reading `inputs` (the block arguments, broadcast to
+    `shape`) and materializing only what `autosp.yield` returns."""
+
+    name = "autosp.fused"
+    inputs = var_operand_def(TensorType)
+    outputs = var_result_def(TensorType)
+    shape = prop_def(DenseArrayBase)
+    body = region_def("single_block")
+
+    irdl_options = (ParsePropInAttrDict(),)
+    traits = traits_def(Pure())
+
+    assembly_format = "`(` $inputs `)` attr-dict `:` functional-type($inputs, $outputs) $body"
+
+    def __init__(self, inputs: Sequence[SSAValue], output_types: Sequence[Attribute], shape: Sequence[int], body: Region):
+        super().__init__(
+            operands=[inputs],
+            result_types=[output_types],
+            properties={"shape": DenseArrayBase.from_list(IntegerType(64), list(shape))},
+            regions=[body],
+        )
+
+    @property
+    def block(self) -> Block:
+        return self.body.block
+
+    def verify_(self) -> None:
+        args = self.block.args
+        if [a.type for a in args] != [v.type for v in self.inputs]:
+            raise VerifyException(f"{self.name}: block arguments must match the inputs' types")
+        terminator = self.block.last_op
+        if not isinstance(terminator, YieldOp):
+            raise VerifyException(f"{self.name}: the body must end with autosp.yield")
+        if [v.type for v in terminator.operands] != [r.type for r in self.outputs]:
+            raise VerifyException(f"{self.name}: yielded types must match the results")
+
+
+@irdl_op_definition
+class YieldOp(IRDLOperation):
+    name = "autosp.yield"
+    values = var_operand_def(TensorType)
+
+    traits = traits_def(IsTerminator(), HasParent(FusedOp), Pure())
+    assembly_format = "$values attr-dict `:` type($values)"
+
+    def __init__(self, *values: SSAValue):
+        super().__init__(operands=[values])
+
+
 def lse_element_type(element: Attribute) -> Attribute:
     """The log-sum-exp accumulates in f32, or f64 for f64 inputs."""
     return Float64Type() if element == Float64Type() else Float32Type()
@@ -363,4 +421,4 @@ def mask_properties(causal: bool, window: int, scale: float) -> dict[str, Attrib
     }
 
 
-AutoSP = Dialect("autosp", [AttentionOp, AttentionGradOp, LinearCrossEntropyOp, LocalShardOp, PlaceShardOp, ToPartialOp], [LayoutAttr])
+AutoSP = Dialect("autosp", [AttentionOp, AttentionGradOp, LinearCrossEntropyOp, FusedOp, YieldOp, LocalShardOp, PlaceShardOp, ToPartialOp], [LayoutAttr])

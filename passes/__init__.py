@@ -35,12 +35,19 @@ def _remat() -> type[ModulePass]:
     return Remat
 
 
+def _fuse_elementwise() -> type[ModulePass]:
+    from autosp.passes.fuse_elementwise import FuseElementwise
+
+    return FuseElementwise
+
+
 PASSES: dict[str, Callable[[], type[ModulePass]]] = {
     "drop-aliases": _drop_aliases,
     "sp-propagate": _sp_propagate,
     "sp-partition": _sp_partition,
     "remat": _remat,
     "memory-plan": _memory_plan,
+    "fuse-elementwise": _fuse_elementwise,
 }
 
 

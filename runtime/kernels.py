@@ -66,3 +66,9 @@ def linear_cross_entropy(hidden, weight, labels, ignore_index: int, chunk: int):
 
         rows = triton_loss.rows_cross_entropy
     return reference_loss.linear_cross_entropy(hidden, weight, labels, ignore_index, chunk, rows)
+
+
+def broadcast_strides(x: torch.Tensor, shape: list[int]) -> list[int]:
+    """x's strides over `shape` (x broadcast to it): 0 along dims x lacks or has size 1."""
+    pad = len(shape) - x.dim()
+    return [0 if d < pad or x.shape[d - pad] == 1 else x.stride(d - pad) for d in range(len(shape))]

@@ -4,6 +4,13 @@
         the predicted max context per sp degree on devices of that size (budget "auto": less 8%): for S = 8K, 16K, ...
         1M, export (shapes only), run the pipeline with --remat and record whether the step fits,
         its predicted peak, the recompute overhead and how long each stage took.
+    autosp-bench kernels -o kernels.json
+        attention forward/backward TFLOP/s, AutoSP's Triton kernels vs SDPA flash and cuDNN in the same
+        run, causal bf16, D 64 and 128, S 2K..32K. Without a GPU: an interpreter correctness check only.
+    autosp-bench train --preset llama-3.2-1b -o train.json
+        max context (double S until OOM, then bisect) and tokens/s at fixed S for AutoSP (remat auto),
+        eager HF, HF gradient checkpointing, torch.compile, and HF checkpointing + chunked loss (8K).
+        Without a GPU: AutoSP's predicted max context from its memory plan (like `remat`, sp=1).
 """
 
 from __future__ import annotations
@@ -32,6 +39,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     remat.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="bf16", help="parameter dtype (default bf16)")
     remat.add_argument("--keep-going", action="store_true", help="try every S even after one does not fit")
     remat.add_argument("-o", "--output", default="remat.json")
+    kernels = commands.add_parser("kernels", help="attention TFLOP/s vs SDPA flash/cuDNN (GPU)")
+    kernels.add_argument("--seq", type=int, nargs="+", default=[2048, 4096, 8192, 16384, 32768])
+    kernels.add_argument("--dim", type=int, nargs="+", default=[64, 128])
+    kernels.add_argument("-o", "--output", default="kernels.json")
+    train = commands.add_parser("train", help="max context and tokens/s vs HF baselines (GPU)")
+    train.add_argument("--preset", choices=sorted(PRESETS), default="llama-3.2-1b")
+    train.add_argument("--layers", type=int, default=None)
+    train.add_argument("--methods", nargs="+", default=["autosp", "hf-eager", "hf-ckpt", "torch-compile", "hf-ckpt-chunked-loss"])
+    train.add_argument("--throughput-seq", type=int, nargs="+", default=[16384, 49152, 262144])
+    train.add_argument("--start-seq", type=int, default=8192)
+    train.add_argument("--max-seq", type=int, default=1 << 20)
+    train.add_argument("--refine", type=int, default=16384, help="bisect the max context down to this many tokens")
+    train.add_argument("-o", "--output", default="train.json")
     return parser.parse_args(argv)
 
 
@@ -53,7 +73,7 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str,
     ep = export_preset(preset, seq=seq, layers=layers, fake=True, dtype=getattr(torch, DTYPES[dtype]))
     point["export_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    module = run_pipeline(import_program(ep), pipeline_spec(sp=sp))
+    module = run_pipeline(import_program(ep), pipeline_spec(sp=sp, fuse=False))  # as compile: remat plans the unfused program
     point["import_and_sp_s"] = time.perf_counter() - started
     started = time.perf_counter()
     try:
@@ -111,10 +131,76 @@ def run_remat(args: argparse.Namespace) -> None:
     console.print(f"wrote {args.output}")
 
 
+def run_kernels(args: argparse.Namespace) -> None:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from autosp.tools import bench_gpu
+
+    console = Console(width=150)
+    if not torch.cuda.is_available():
+        result = {"gpu": False, "interpreter_check": bench_gpu.kernel_check_cpu()}
+        console.print(f"no GPU: Triton attention checked in the interpreter only (max abs error "
+                      f"{result['interpreter_check']['max_abs_error']:.2e}); no speed measured")
+    else:
+        points = [bench_gpu.kernel_point(seq, dim, backend)
+                  for dim in args.dim for seq in args.seq for backend in ("autosp", "sdpa-flash", "sdpa-cudnn")]
+        result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "points": points}
+        table = Table("D", "S", "batch", "backend", "fwd TFLOP/s", "bwd TFLOP/s", "fwd vs cuDNN", "bwd vs cuDNN",
+                      title=f"causal bf16 attention on {result['gpu']}")
+        cudnn = {(p["dim"], p["seq"]): p for p in points if p["backend"] == "sdpa-cudnn" and "fwd_tflops" in p}
+        for p in points:
+            ref = cudnn.get((p["dim"], p["seq"]))
+            ratio = lambda key: f"{p[key] / ref[key]:.2f}" if ref and key in p else "-"  # noqa: E731
+            table.add_row(str(p["dim"]), str(p["seq"]), str(p["batch"]), p["backend"],
+                          f"{p['fwd_tflops']:.0f}" if "fwd_tflops" in p else p.get("error", "-"),
+                          f"{p['bwd_tflops']:.0f}" if "bwd_tflops" in p else "-", ratio("fwd_tflops"), ratio("bwd_tflops"))
+        console.print(table)
+    with open(args.output, "w") as f:
+        json.dump(result, f, indent=1)
+    console.print(f"wrote {args.output}")
+
+
+def run_train(args: argparse.Namespace) -> None:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from autosp.tools import bench_gpu
+
+    console = Console(width=150)
+    if not torch.cuda.is_available():
+        console.print("no GPU: only AutoSP's predicted max context (its memory plan, sp=1, 80GiB) is computed")
+        args.sp, args.memory, args.cost_model, args.dtype, args.keep_going = [1], "80GiB", "h100", "bf16", False
+        args.min_seq = args.start_seq
+        run_remat(args)
+        return
+    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "preset": args.preset,
+              "max_context": {}, "throughput": [], "ladder": []}
+    for method in args.methods:
+        best, points = bench_gpu.max_context(method, args.preset, args.layers, args.start_seq, args.max_seq, args.refine)
+        result["max_context"][method] = best
+        result["ladder"] += points
+        console.print(f"{method}: max context {best}")
+        for seq in args.throughput_seq:
+            if best is not None and seq <= best:
+                result["throughput"].append(bench_gpu.train_point(method, args.preset, seq, args.layers))
+    table = Table("method", "max context", *(f"tok/s @ {s // 1024}K" for s in args.throughput_seq),
+                  title=f"{args.preset} bf16 training step on {result['gpu']}")
+    for method in args.methods:
+        speeds = {p["seq"]: p for p in result["throughput"] if p["method"] == method and p["fits"]}
+        table.add_row(method, str(result["max_context"][method]),
+                      *(f"{speeds[s]['tokens_per_s']:.0f}" if s in speeds else "-" for s in args.throughput_seq))
+    console.print(table)
+    with open(args.output, "w") as f:
+        json.dump(result, f, indent=1)
+    console.print(f"wrote {args.output}")
+
+
 def run(argv=None) -> None:
     args = parse_args(argv)
-    if args.command == "remat":
-        run_remat(args)
+    {"remat": run_remat, "kernels": run_kernels, "train": run_train}[args.command](args)
 
 
 def main() -> None:

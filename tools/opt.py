@@ -43,6 +43,9 @@ class AutoSPOptMain(xDSLOptMain):
             "--cost-model", default=None, help="device whose roofline prices recomputation for --remat: h100 (default), mi300x, cpu"
         )
         arg_parser.add_argument(
+            "--no-fuse", action="store_true", help="with --sp/--remat: leave elementwise chains unfused (no fuse-elementwise)"
+        )
+        arg_parser.add_argument(
             "--report", action="store_true",
             help="print what the step will do (memory, recomputation, communication) instead of the IR; -o still writes the IR",
         )
@@ -66,7 +69,8 @@ class AutoSPOptMain(xDSLOptMain):
             given = {"memory_budget": self.args.memory_budget, "cost_model": self.args.cost_model}
             remat = {k: v for k, v in given.items() if v is not None and self.args.remat}  # else the defaults
             self.args.passes = pipeline_spec(
-                sp=1 if self.args.sp is None else self.args.sp, remat=self.args.remat, rank=self.args.rank, **remat
+                sp=1 if self.args.sp is None else self.args.sp, remat=self.args.remat, rank=self.args.rank,
+                fuse=not self.args.no_fuse, **remat,
             )
         if not self.args.remat and (self.args.memory_budget is not None or self.args.cost_model is not None):
             raise ValueError("--memory-budget and --cost-model only apply with --remat")

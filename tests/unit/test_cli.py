@@ -67,3 +67,28 @@ def test_autosp_export_errors():
     assert result.stderr.strip().splitlines() == [
         "autosp-export: error: --module no_such_pkg.mod:make: cannot import no_such_pkg.mod (No module named 'no_such_pkg')"
     ]
+
+
+def test_autosp_export_fuses_the_loss_and_opt_fuses_elementwise_chains(tmp_path):
+    out = tmp_path / "tiny.mlir"
+    assert run("autosp-export", "--preset", "tiny-llama", "--seq", "32", "--layers", "1", "-o", str(out)).returncode == 0
+    fused = run("autosp-opt", str(out), "--sp=1")
+    assert fused.returncode == 0, fused.stderr
+    assert "autosp.linear_cross_entropy" in fused.stdout and "autosp.fused(" in fused.stdout
+    plain = run("autosp-opt", str(out), "--sp=1", "--no-fuse")
+    assert plain.returncode == 0 and "autosp.fused(" not in plain.stdout
+
+
+def test_autosp_bench_kernels_without_a_gpu(tmp_path):
+    """Without a GPU the kernel benchmark still checks the Triton kernels (interpreter) and says
+    that it measured no speed."""
+    import json
+
+    out = tmp_path / "kernels.json"
+    result = run("autosp-bench", "kernels", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    if data["gpu"] is False:
+        assert "no GPU" in result.stdout and data["interpreter_check"]["max_abs_error"] < 1e-4
+    else:
+        assert {p["backend"] for p in data["points"]} == {"autosp", "sdpa-flash", "sdpa-cudnn"}

@@ -1,0 +1,152 @@
+"""fuse-elementwise: runs of consecutive elementwise ops (and last-dim row reductions with
+keepdim, as in RMSNorm) over one shape become one `autosp.fused` op, which the backend turns
+into one generated Triton kernel. Only the values used after the run are materialized.
+
+A run is a maximal stretch of consecutive ops of the program that the backend can express
+(compiler/triton_codegen.TRITON_EXPRS) over the same shape, or over that shape's rows ([..., 1]
+values: the reduction results and what is computed from them). Runs of consecutive ops cannot
+create a cycle, whatever their dataflow, so independent neighbours (RoPE's two products, a
+residual add next to a cast) fuse too. Runs of one op stay as they are.
+
+A kernel allocates all its outputs at once and frees its inputs only when it ends, so fusing can
+raise the memory held at that point. A run (or the longest prefixes it splits into) is fused
+only where that point stays within the program's peak: fusion never raises the peak, so it runs
+after remat (which decides per ATen op) without breaking its budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from xdsl.context import Context
+from xdsl.dialects.builtin import ModuleOp, TensorType
+from xdsl.ir import Block, Operation, Region, SSAValue
+from xdsl.passes import ModulePass
+from xdsl.rewriter import InsertPoint, Rewriter
+
+from autosp.codegen import train_step_of
+from autosp.ir.autosp import FusedOp, YieldOp
+from autosp.ir.dtypes import tensor_bytes
+from autosp.passes.memory_plan import liveness
+from autosp.triton_codegen import MAX_ROW, ROW_REDUCTIONS, expressible
+
+
+def _shape(value: SSAValue) -> tuple[int, ...]:
+    assert isinstance(value.type, TensorType)
+    return tuple(value.type.get_shape())
+
+
+def iteration_shape(op: Operation) -> tuple[int, ...] | None:
+    """The shape `op` iterates over if it can join a kernel (a reduction: its input's)."""
+    if not expressible(op):
+        return None
+    shape = _shape(op.operands[0]) if op.name in ROW_REDUCTIONS else _shape(op.results[0])
+    return shape if shape and all(shape) else None
+
+
+@dataclass
+class Run:
+    shape: tuple[int, ...]
+    ops: list[Operation] = field(default_factory=list)
+
+    def admits(self, shape: tuple[int, ...], is_reduction: bool) -> bool:
+        """Same shape; or rows of it ([..., 1]) with rows short enough for one tile."""
+        if shape[:-1] != self.shape[:-1]:
+            return False
+        if shape == self.shape:
+            return not is_reduction or self.shape[-1] <= MAX_ROW
+        widest = max(shape[-1], self.shape[-1])
+        return 1 in (shape[-1], self.shape[-1]) and widest <= MAX_ROW
+
+    def add(self, op: Operation, shape: tuple[int, ...]) -> None:
+        self.ops.append(op)
+        if shape[-1] > self.shape[-1]:
+            self.shape = shape
+
+
+def _outputs(ops: list[Operation]) -> list[SSAValue]:
+    """Results of `ops` read after them (by other ops or the return), in program order."""
+    members = set(ops)
+    return [r for op in ops for r in op.results if any(use.operation not in members for use in r.uses)]
+
+
+class MemoryBound:
+    """Whether a fused kernel standing for some consecutive ops keeps within the program's peak."""
+
+    def __init__(self, module: ModuleOp):
+        plain = liveness(module, workspace=False)
+        self.peak = max(liveness(module).live, default=0)
+        self.index = {op: i for i, op in enumerate(plain.ops)}
+        self.live = plain.live
+        self.root = plain.root
+
+    def fits(self, ops: list[Operation]) -> bool:
+        first = ops[0]
+        made_by_first = sum(tensor_bytes(r) for r in first.results if self.root[r] is r)
+        before = self.live[self.index[first]] - made_by_first
+        return before + sum(tensor_bytes(v) for v in _outputs(ops)) <= self.peak
+
+    def split(self, ops: list[Operation]) -> list[list[Operation]]:
+        """The run as the longest fitting pieces, left to right."""
+        pieces, start = [], 0
+        while start < len(ops):
+            stop = start + 1
+            while stop < len(ops) and self.fits(ops[start : stop + 1]):
+                stop += 1
+            pieces.append(ops[start:stop])
+            start = stop
+        return pieces
+
+
+def fuse(ops: list[Operation]) -> None:
+    inside = {r for op in ops for r in op.results}
+    inputs: list[SSAValue] = []
+    for op in ops:
+        for value in op.operands:
+            if value not in inside and value not in inputs:
+                inputs.append(value)
+    outputs = _outputs(ops)
+    body = Block(arg_types=[v.type for v in inputs])
+    mapping = dict(zip(inputs, body.args))
+    for value, arg in mapping.items():
+        arg.name_hint = value.name_hint
+    for op in ops:
+        clone = op.clone(value_mapper=mapping)
+        body.add_op(clone)
+        for old, new in zip(op.results, clone.results):
+            mapping[old] = new
+            new.name_hint = old.name_hint
+    body.add_op(YieldOp(*(mapping[v] for v in outputs)))
+    shape = max((iteration_shape(op) for op in ops), key=lambda s: s[-1])
+    fused = FusedOp(inputs, [v.type for v in outputs], shape, Region(body))
+    Rewriter.insert_op(fused, InsertPoint.before(ops[0]))
+    for old, new in zip(outputs, fused.results):
+        new.name_hint = old.name_hint
+        old.replace_all_uses_with(new)
+    for op in reversed(ops):
+        op.detach()
+        op.erase()
+
+
+@dataclass(frozen=True)
+class FuseElementwise(ModulePass):
+    name = "fuse-elementwise"
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        block = train_step_of(op).body.block
+        runs: list[Run] = []
+        current: Run | None = None
+        for inner in list(block.ops):
+            shape = iteration_shape(inner)
+            if shape is not None and current is not None and current.admits(shape, inner.name in ROW_REDUCTIONS):
+                current.add(inner, shape)
+                continue
+            current = Run(shape) if shape is not None else None
+            if current is not None:
+                current.add(inner, shape)
+                runs.append(current)
+        bound = MemoryBound(op)
+        for run in runs:
+            for piece in bound.split(run.ops):
+                if len(piece) > 1:
+                    fuse(piece)
