@@ -19,12 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from xdsl.context import Context
+from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp, TensorType
 from xdsl.ir import Block, Operation, Region, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
 
-from autosp.codegen import train_step_of
 from autosp.ir.autosp import FusedOp, YieldOp
 from autosp.ir.dtypes import tensor_bytes
 from autosp.passes.memory_plan import liveness
@@ -73,9 +73,9 @@ def _outputs(ops: list[Operation]) -> list[SSAValue]:
 class MemoryBound:
     """Whether a fused kernel standing for some consecutive ops keeps within the program's peak."""
 
-    def __init__(self, module: ModuleOp):
-        plain = liveness(module, workspace=False)
-        self.peak = max(liveness(module).live, default=0)
+    def __init__(self, module: ModuleOp, fn: func.FuncOp):
+        plain = liveness(module, workspace=False, fn=fn)
+        self.peak = max(liveness(module, fn=fn).live, default=0)
         self.index = {op: i for i, op in enumerate(plain.ops)}
         self.live = plain.live
         self.root = plain.root
@@ -133,7 +133,11 @@ class FuseElementwise(ModulePass):
     name = "fuse-elementwise"
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        block = train_step_of(op).body.block
+        for fn in [f for f in op.ops if isinstance(f, func.FuncOp)]:
+            self.fuse_function(op, fn)
+
+    def fuse_function(self, module: ModuleOp, fn: func.FuncOp) -> None:
+        block = fn.body.block
         runs: list[Run] = []
         current: Run | None = None
         for inner in list(block.ops):
@@ -145,7 +149,7 @@ class FuseElementwise(ModulePass):
             if current is not None:
                 current.add(inner, shape)
                 runs.append(current)
-        bound = MemoryBound(op)
+        bound = MemoryBound(module, fn)
         for run in runs:
             for piece in bound.split(run.ops):
                 if len(piece) > 1:

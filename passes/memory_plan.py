@@ -127,8 +127,9 @@ class Liveness:
     live: list[int]  # bytes held while op i runs (its results, and its workspace, included)
 
 
-def liveness(module: ModuleOp, *, workspace: bool = True) -> Liveness:
-    block = train_step_of(module).body.block
+def liveness(module: ModuleOp, *, workspace: bool = True, fn: func.FuncOp | None = None) -> Liveness:
+    """Lifetimes in @train_step (or in `fn`)."""
+    block = (fn or train_step_of(module)).body.block
     ops = list(block.ops)
     root: dict[SSAValue, SSAValue] = {arg: arg for arg in block.args}
     for op in ops:

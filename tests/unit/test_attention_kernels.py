@@ -11,6 +11,9 @@ from autosp.runtime import attention as reference
 from autosp.runtime import triton_attention
 from tests.conftest import relative_error
 
+# On a GPU machine the same tests run the kernels compiled; on CPU, in Triton's interpreter.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
 KERNELS = {"reference": reference, "triton": triton_attention}
 
 
@@ -20,8 +23,8 @@ def _math(q, k, v, causal, window, scale, grad_out):
     kk, vv = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
     scores = q @ kk.transpose(-1, -2) * scale
     if causal:
-        i = torch.arange(q.shape[2])[:, None]
-        j = torch.arange(k.shape[2])[None, :]
+        i = torch.arange(q.shape[2], device=q.device)[:, None]
+        j = torch.arange(k.shape[2], device=q.device)[None, :]
         keep = (j <= i) & ((j > i - window) if window else True)
         scores = scores.masked_fill(~keep, float("-inf"))
     lse = torch.logsumexp(scores, -1)
@@ -32,7 +35,7 @@ def _math(q, k, v, causal, window, scale, grad_out):
 
 def _inputs(b, hq, hkv, sq, sk, d, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
-    make = lambda *shape: torch.randn(*shape, generator=g).to(dtype)  # noqa: E731
+    make = lambda *shape: torch.randn(*shape, generator=g).to(dtype).to(DEVICE)  # noqa: E731
     return make(b, hq, sq, d), make(b, hkv, sk, d), make(b, hkv, sk, d), make(b, hq, sq, d)
 
 

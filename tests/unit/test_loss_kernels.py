@@ -12,6 +12,9 @@ from autosp.runtime import loss, triton_loss
 from autosp.runtime.errors import AutoSPError
 from tests.conftest import relative_error
 
+# On a GPU machine the same tests run the kernels compiled; on CPU, in Triton's interpreter.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
 ROWS = {
     "reference": loss.rows_cross_entropy,
     # a 16-wide vocabulary tile: several sweeps per row and a masked tail
@@ -25,7 +28,7 @@ def _problem(n=37, width=16, vocab=50, dtype=torch.float32, seed=0):
     weight = (torch.randn(vocab, width, generator=g) * 0.5).to(dtype)
     labels = torch.randint(0, vocab, (n,), generator=g)
     labels[torch.rand(n, generator=g) < 0.3] = -100
-    return hidden, weight, labels
+    return hidden.to(DEVICE), weight.to(DEVICE), labels.to(DEVICE)
 
 
 def _eager(hidden, weight, labels, reduction="sum"):
@@ -76,7 +79,7 @@ def test_custom_op_backward_scales_to_the_mean_loss():
 
 def test_all_labels_ignored_gives_zero_sum():
     hidden, weight, _ = _problem(n=6)
-    labels = torch.full((6,), -100)
+    labels = torch.full((6,), -100, device=DEVICE)
     total, grad_hidden, grad_weight = loss.linear_cross_entropy(hidden, weight, labels, -100, 4, ROWS["triton"])
     assert total.item() == 0 and not grad_hidden.any() and not grad_weight.any()
 
