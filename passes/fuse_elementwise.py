@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import ModuleOp, TensorType
+from xdsl.dialects.builtin import ModuleOp, TensorType, UnitAttr
 from xdsl.ir import Block, Operation, Region, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
@@ -28,6 +28,7 @@ from xdsl.rewriter import InsertPoint, Rewriter
 from autosp.ir.autosp import FusedOp, YieldOp
 from autosp.ir.dtypes import tensor_bytes
 from autosp.passes.memory_plan import liveness
+from autosp.passes.remat import RECOMPUTE
 from autosp.triton_codegen import MAX_ROW, ROW_REDUCTIONS, expressible
 
 
@@ -119,6 +120,8 @@ def fuse(ops: list[Operation]) -> None:
     body.add_op(YieldOp(*(mapping[v] for v in outputs)))
     shape = max((iteration_shape(op) for op in ops), key=lambda s: s[-1])
     fused = FusedOp(inputs, [v.type for v in outputs], shape, Region(body))
+    if all(RECOMPUTE in op.attributes for op in ops):  # a kernel that only recomputes
+        fused.attributes[RECOMPUTE] = UnitAttr()
     Rewriter.insert_op(fused, InsertPoint.before(ops[0]))
     for old, new in zip(outputs, fused.results):
         new.name_hint = old.name_hint

@@ -157,6 +157,34 @@ def liveness(module: ModuleOp, *, workspace: bool = True, fn: func.FuncOp | None
     return Liveness(ops, root, last_use, returned, held, profile)
 
 
+def peak_breakdown(module: ModuleOp, seq: int | None = None) -> list[tuple[str, int]]:
+    """What is held at the peak, largest first: the arguments (parameters, inputs), then the
+    other storages by type (dims equal to `seq` written S) and whether they were recomputed,
+    then the running kernel's workspace."""
+    lv = liveness(module)
+    at = max(range(len(lv.live)), key=lv.live.__getitem__)
+    born = {arg: -1 for arg in train_step_of(module).body.block.args}
+    for index, op in enumerate(lv.ops):
+        for result in op.results:
+            born.setdefault(lv.root[result], index)
+    kinds: dict[str, int] = {}
+    for storage, birth in born.items():
+        dies = len(lv.ops) if storage in lv.returned or birth < 0 else lv.last_use.get(storage, birth)
+        if not birth <= at <= dies:
+            continue
+        if birth < 0:
+            kind = "arguments (parameters, inputs)"
+        else:
+            dims = ["S" if d == seq else str(d) for d in storage.type.get_shape()]
+            recomputed = "autosp.recompute" in storage.owner.attributes
+            kind = f"[{', '.join(dims)}] {torch_dtype(storage.type.element_type)}".replace("torch.", "")
+            kind += " (recomputed)" if recomputed else ""
+        kinds[kind] = kinds.get(kind, 0) + tensor_bytes(storage)
+    if workspace_bytes(lv.ops[at]):
+        kinds[f"workspace of {lv.ops[at].name}"] = workspace_bytes(lv.ops[at])
+    return sorted(kinds.items(), key=lambda item: -item[1])
+
+
 def plan_memory(module: ModuleOp, *, workspace: bool = True) -> MemoryPlan:
     lv = liveness(module, workspace=workspace)
     peak, peak_index = lv.held_bytes, -1

@@ -61,7 +61,8 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str,
     from autosp.frontends import import_program
     from autosp.frontends.presets import export_preset
     from autosp.passes.cost_model import device_profile
-    from autosp.passes.remat import parse_budget, rematerialize
+    from autosp.passes.memory_plan import peak_breakdown, plan_memory
+    from autosp.passes.remat import RematProblem, apply_recompute, parse_budget, rematerialize
     from autosp.pipeline import pipeline_spec, run_pipeline
     from autosp.runtime.errors import AutoSPError
 
@@ -76,10 +77,22 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str,
     module = run_pipeline(import_program(ep), pipeline_spec(sp=sp, fuse=False))  # as compile: remat plans the unfused program
     point["import_and_sp_s"] = time.perf_counter() - started
     started = time.perf_counter()
+    def breakdown(recompute) -> dict:
+        """What compile would run (this recompute, then fusion): its peak, per token, by kind."""
+        apply_recompute(module, recompute)
+        run_pipeline(module, "fuse-elementwise")
+        return {
+            "peak_fused_gib": plan_memory(module).peak_bytes / 2**30,
+            # per token of this rank's part of the sequence
+            "kb_per_token": {kind: size * sp / seq / 1024 for kind, size in peak_breakdown(module, seq // sp)[:12]},
+        }
+
     try:
         result = rematerialize(module, parse_budget("auto", profile), profile)
     except AutoSPError as error:
         point.update(fits=False, error=str(error), remat_s=time.perf_counter() - started)
+        # Where the memory goes under per-layer checkpointing (about the least remat can reach).
+        point["checkpointing"] = breakdown(RematProblem(module, profile).checkpointing().recompute)
         return point
     point.update(
         fits=True,
@@ -91,6 +104,7 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str,
         recompute_ms=result.plan.seconds * 1e3,
         recomputed_ops=len(result.plan.recompute),
         slots=result.slots,
+        **breakdown(result.plan.recompute),
     )
     return point
 
@@ -113,18 +127,26 @@ def run_remat(args: argparse.Namespace) -> None:
             elif not args.keep_going:
                 break
             seq *= 2
-    table = Table("sp", "S", "fits", "peak (GiB)", "without remat (GiB)", "recompute (ms)", "plan", "remat (s)", "ILP (s)",
+    table = Table("sp", "S", "fits", "peak (GiB)", "fused (GiB)", "without remat (GiB)", "recompute (ms)", "plan", "remat (s)", "ILP (s)",
                   title=f"{args.preset} ({args.dtype}) on {args.memory} per rank ({args.cost_model} cost model)")
     for p in points:
         table.add_row(
             str(p["sp"]), str(p["seq"]), "yes" if p["fits"] else "no",
-            f"{p['peak_gib']:.1f}" if p["fits"] else "-", f"{p.get('peak_without_remat_gib', 0):.1f}" if p["fits"] else "-",
+            f"{p['peak_gib']:.1f}" if p["fits"] else "-", f"{p['peak_fused_gib']:.1f}" if p["fits"] else "-",
+            f"{p.get('peak_without_remat_gib', 0):.1f}" if p["fits"] else "-",
             f"{p['recompute_ms']:.1f}" if p["fits"] else "-", p.get("plan", "-"),
             f"{p['remat_s']:.1f}", f"{p['ilp_s']:.2f}" if p["fits"] else "-",
         )
     console.print(table)
     for sp in args.sp:
         console.print(f"max context sp={sp}: {best.get(sp, 'none of the lengths tried')}")
+        last = [p for p in points if p["sp"] == sp][-1]
+        where = last.get("checkpointing") or last
+        if "kb_per_token" in where:
+            state = "fits" if last["fits"] else "does not fit; with per-layer checkpointing"
+            console.print(f"  at S={last['seq']} ({state}): peak {where['peak_fused_gib']:.1f} GiB; KB per token held at the peak:")
+            for kind, kb in where["kb_per_token"].items():
+                console.print(f"    {kb:8.1f}  {kind}")
     with open(args.output, "w") as f:
         json.dump({"preset": args.preset, "dtype": args.dtype, "memory": args.memory, "cost_model": args.cost_model,
                    "max_context": {str(sp): best.get(sp) for sp in args.sp}, "points": points}, f, indent=1)
