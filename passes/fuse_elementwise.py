@@ -42,6 +42,8 @@ def iteration_shape(op: Operation) -> tuple[int, ...] | None:
     if not expressible(op):
         return None
     shape = _shape(op.operands[0]) if op.name in ROW_REDUCTIONS else _shape(op.results[0])
+    if op.name in ROW_REDUCTIONS and shape and shape[-1] > MAX_ROW:
+        return None  # a row must fit one tile
     return shape if shape and all(shape) else None
 
 
