@@ -111,6 +111,7 @@ def make_step(method: str, preset: str, seq: int, layers: int | None):
     with torch.device("cuda"):
         module, (ids, labels) = build_preset(preset, seq=seq, layers=layers, dtype=torch.bfloat16)
     ids, labels = ids.cuda(), labels.cuda()
+    module.train()  # HF applies gradient checkpointing in training mode only
     model = module.model
     if method == "autosp":
         import autosp
