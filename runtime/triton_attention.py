@@ -21,8 +21,10 @@ import triton.language as tl
 from autosp.runtime.kernels import interpreting
 
 LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
-_NEG_BIG = -1.0e30  # a finite running-max start: masked tiles give exp2(-inf) = 0, never NaN
+# Globals a kernel reads must be constexpr.
+_LOG2E = tl.constexpr(LOG2E)
+_LN2 = tl.constexpr(0.6931471805599453)
+_NEG_BIG = tl.constexpr(-1.0e30)  # a finite running-max start: masked tiles give exp2(-inf) = 0, never NaN
 
 
 def _configs(blocks: list[tuple[int, int, int, int]]) -> list[triton.Config]:
@@ -139,7 +141,7 @@ def _attention_forward(
                                    mid_hi, hi, qk_scale, SK, D, WINDOW, CAUSAL, True, BLOCK_N, PRECISION)
     seen = l_i > 0.0  # a row that sees no key attends to nothing: output 0, lse -inf
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
-    lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * LN2, float("-inf"))
+    lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * _LN2, float("-inf"))
     tl.store(O + b * stride_ob + h * stride_oh + rows[:, None] * stride_os + offs_d[None, :], out.to(O.dtype.element_ty), mask=q_mask)
     tl.store(LSE + bh * SQ + rows, lse, mask=rows < SQ)
 
@@ -188,7 +190,7 @@ def _dkdv_tiles(
         row_mask = (rows[None, :] < SQ) & (offs_d[:, None] < D)
         q_t = tl.load(q_base + rows[None, :] * stride_qs + offs_d[:, None], mask=row_mask, other=0.0)
         do = tl.load(do_base + rows[:, None] * stride_dos + offs_d[None, :], mask=(rows[:, None] < SQ) & (offs_d[None, :] < D), other=0.0)
-        lse = tl.load(lse_base + rows, mask=rows < SQ, other=0.0) * LOG2E
+        lse = tl.load(lse_base + rows, mask=rows < SQ, other=0.0) * _LOG2E
         delta = tl.load(delta_base + rows, mask=rows < SQ, other=0.0)
         s_t = _dot(k, q_t, PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M], log2 units
         p_t = tl.math.exp2(s_t - lse[None, :])
@@ -285,7 +287,7 @@ def _attention_dq(
     row_mask = (rows[:, None] < SQ) & (offs_d[None, :] < D)
     q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qs + offs_d[None, :], mask=row_mask, other=0.0)
     do = tl.load(DO + b * stride_dob + h * stride_doh + rows[:, None] * stride_dos + offs_d[None, :], mask=row_mask, other=0.0)
-    lse = tl.load(LSE + bh * SQ + rows, mask=rows < SQ, other=0.0) * LOG2E
+    lse = tl.load(LSE + bh * SQ + rows, mask=rows < SQ, other=0.0) * _LOG2E
     delta = tl.load(DELTA + bh * SQ + rows, mask=rows < SQ, other=0.0)
     k_base = K + b * stride_kb + hkv * stride_kh
     v_base = V + b * stride_vb + hkv * stride_vh

@@ -11,7 +11,8 @@ import triton.language as tl
 from autosp.runtime.attention import accumulation_dtype
 
 # A finite "minus infinity" for running maxima: exp(m_old - m_new) stays 0/1, never NaN.
-_NEG_BIG = -1.0e30
+# (Globals a kernel reads must be constexpr.)
+_NEG_BIG = tl.constexpr(-1.0e30)
 
 
 @triton.jit
