@@ -38,6 +38,48 @@ def _compile(fn, element: str, constexprs: dict):
     return triton.compile(ASTSource(kernel, signature, constexprs=constexprs), target=H100)
 
 
+SIGNATURE_TYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": "fp64",
+                   "int64": "i64", "int32": "i32", "bool": "i1"}
+
+
+def compile_generated_kernels() -> int:
+    """The kernels codegen writes for a tiny bf16 Llama (RMSNorm rows, RoPE, SiLU·mul, casts...)."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from autosp.codegen import generate, train_step_of
+    from autosp.frontends import import_program
+    from autosp.frontends.presets import build_preset, export_loss_module
+    from autosp.ir.autosp import FusedOp
+    from autosp.ir.dtypes import torch_dtype
+    from autosp.pipeline import pipeline_spec, run_pipeline
+    from autosp.runtime.train_step import load_program
+    from autosp.triton_codegen import kernel_source
+
+    model, inputs = build_preset("tiny-llama", seq=64, dtype=torch.bfloat16)
+    module = run_pipeline(import_program(export_loss_module(model, inputs)), pipeline_spec())
+    path = Path(tempfile.mkdtemp()) / "program.py"
+    path.write_text(generate(module))
+    program = load_program(path)
+    fused = [op for op in train_step_of(module).body.block.ops if isinstance(op, FusedOp)]
+    for index, op in enumerate(fused):
+        kernel = getattr(program, f"fused_{index}_kernel")
+        types = [SIGNATURE_TYPES[str(torch_dtype(v.type.element_type)).removeprefix("torch.")] for v in (*op.inputs, *op.outputs)]
+        signature = {}
+        for param in kernel.params:
+            if param.is_constexpr:
+                signature[param.name] = "constexpr"
+            elif param.name.startswith(("in", "out")) and "_s" not in param.name:
+                signature[param.name] = "*" + types[len(signature)]
+            else:
+                signature[param.name] = "i64"
+        block = kernel_source(op, "check")[1]["block"]
+        assert "ptx" in triton.compile(ASTSource(kernel, signature, constexprs={"BLOCK": block}), target=H100).asm
+    return len(fused)
+
+
 def main() -> None:
     # bf16 at both head dims (fp32's IEEE dots compile the same code paths, several times slower).
     for block_d in (64, 128):
@@ -46,7 +88,7 @@ def main() -> None:
             assert "ptx" in _compile(kernel, "bf16", common).asm
         assert "ptx" in _compile(triton_attention._row_dot, "bf16", {"BLOCK_S": 64, "BLOCK_D": block_d}).asm
     assert "ptx" in _compile(triton_loss._cross_entropy_rows, "bf16", {"BLOCK": 4096}).asm
-    print("compiled for sm_90")
+    print(f"compiled for sm_90 (and {compile_generated_kernels()} generated kernels)")
 
 
 if __name__ == "__main__":

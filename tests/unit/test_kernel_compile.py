@@ -1,4 +1,5 @@
-"""The Triton kernels compile for a real GPU (sm_90), checked without one: Triton's interpreter,
+"""The Triton kernels (hand-written, and those codegen writes for a bf16 Llama) compile for a real
+GPU (sm_90), checked without one: Triton's interpreter,
 which the numerical tests use, accepts code the compiler rejects (it let non-constexpr globals
 through, which the compiler refuses)."""
 
