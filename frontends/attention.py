@@ -9,16 +9,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-import operator
 
 import torch
-from torch._guards import detect_fake_mode
 from torch.fx import Graph, Node
 
 import autosp.runtime.ops  # noqa: F401  (registers torch.ops.autosp.*)
 from autosp.runtime.errors import AutoSPError
+from autosp.frontends.fx import call_with_value, getitem_with_value
 from autosp.frontends.mask import MaskNotUnderstood, bound_arguments, classify
 
 aten = torch.ops.aten
@@ -80,16 +78,8 @@ def rewrite_attention(graph: Graph) -> int:
             raise AutoSPError(f"{where}: {_shape(q)[1]} query heads is not a multiple of {_shape(k)[1]} kv heads")
         scale = args["scale"] if args["scale"] is not None else 1.0 / math.sqrt(_shape(q)[-1])
         with graph.inserting_before(node):
-            fused = graph.call_function(
-                torch.ops.autosp.attention.default, (q, k, v, causal, window, float(scale))
-            )
-            out = graph.call_function(operator.getitem, (fused, 0))
-        with detect_fake_mode([q.meta["val"]]) or contextlib.nullcontext():
-            fake_out, fake_lse = torch.ops.autosp.attention.default(
-                q.meta["val"], k.meta["val"], v.meta["val"], causal, window, float(scale)
-            )
-        fused.meta["val"] = (fake_out, fake_lse)
-        out.meta["val"] = fake_out
+            fused = call_with_value(graph, torch.ops.autosp.attention.default, (q, k, v, causal, window, float(scale)))
+            out = getitem_with_value(graph, fused, 0)
         node.replace_all_uses_with(out)
         graph.erase_node(node)
         count += 1

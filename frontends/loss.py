@@ -9,13 +9,11 @@ not fused). `mean` becomes the summed loss over the count of non-ignored labels,
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
-from torch._guards import detect_fake_mode
 from torch.fx import Graph, Node
 
 import autosp.runtime.ops  # noqa: F401  (registers torch.ops.autosp.*)
+from autosp.frontends.fx import call_with_value, fake_value, getitem_with_value
 from autosp.frontends.mask import bound_arguments
 from autosp.runtime.attention import accumulation_dtype
 
@@ -37,16 +35,12 @@ def chunk_rows(rows: int, vocab: int) -> int:
     return min(rows, 1 << (fits.bit_length() - 1))
 
 
-def _val(node) -> torch.Tensor | None:
-    return node.meta.get("val") if isinstance(node, Node) else None
-
-
 def _lm_head(logits: Node) -> Node | None:
     """The bias-free `linear` the logits come from through single-use pass-through ops."""
     node = logits
     while node.target in PASS_THROUGH and len(node.users) == 1:
         if node.target in (aten.to.dtype, aten._to_copy.default):
-            src, dst = _val(node.args[0]), _val(node)
+            src, dst = fake_value(node.args[0]), fake_value(node)
             if not dst.dtype.is_floating_point or dst.dtype.itemsize < src.dtype.itemsize:
                 return None  # a downcast of the logits changes the loss: keep it as written
         node = node.args[0]
@@ -55,23 +49,6 @@ def _lm_head(logits: Node) -> Node | None:
     if len(node.args) > 2 and node.args[2] is not None:
         return None
     return node
-
-
-def _call(graph: Graph, target, args: tuple) -> Node:
-    """A new node with its fake value (what torch.export's later stages expect in meta)."""
-    node = graph.call_function(target, args)
-    vals = [_val(a) if isinstance(a, Node) else a for a in args]
-    with detect_fake_mode([v for v in vals if isinstance(v, torch.Tensor)]) or contextlib.nullcontext():
-        node.meta["val"] = target(*vals)
-    return node
-
-
-def _getitem(graph: Graph, node: Node, index: int) -> Node:
-    import operator
-
-    item = graph.call_function(operator.getitem, (node, index))
-    item.meta["val"] = node.meta["val"][index]
-    return item
 
 
 def rewrite_linear_cross_entropy(graph: Graph) -> int:
@@ -85,27 +62,27 @@ def rewrite_linear_cross_entropy(graph: Graph) -> int:
         if (
             args["weight"] is not None or args["label_smoothing"]
             or args["reduction"] not in REDUCTIONS
-            or _val(logits).dim() != 2 or _val(labels).dim() != 1
-            or _val(labels).dtype != torch.int64
+            or fake_value(logits).dim() != 2 or fake_value(labels).dim() != 1
+            or fake_value(labels).dtype != torch.int64
         ):
             continue
         head = _lm_head(logits)
         if head is None:
             continue
         hidden, weight = head.args[0], head.args[1]
-        width = _val(weight).shape[1]
-        rows = _val(hidden).numel() // width
-        chunk = chunk_rows(rows, _val(weight).shape[0])
+        width = fake_value(weight).shape[1]
+        rows = fake_value(hidden).numel() // width
+        chunk = chunk_rows(rows, fake_value(weight).shape[0])
         ignore_index = int(args["ignore_index"])
         with graph.inserting_before(node):
-            flat = _call(graph, aten.reshape.default, (hidden, [rows, width]))
-            fused = _call(graph, torch.ops.autosp.linear_cross_entropy.default, (flat, weight, labels, ignore_index, chunk))
-            loss = _getitem(graph, fused, 0)
+            flat = call_with_value(graph, aten.reshape.default, (hidden, [rows, width]))
+            fused = call_with_value(graph, torch.ops.autosp.linear_cross_entropy.default, (flat, weight, labels, ignore_index, chunk))
+            loss = getitem_with_value(graph, fused, 0)
             if REDUCTIONS[args["reduction"]] == "mean":
-                kept = _call(graph, aten.ne.Scalar, (labels, ignore_index))
-                loss = _call(graph, aten.div.Tensor, (loss, _call(graph, aten.sum.default, (kept,))))
-            if _val(node).dtype != accumulation_dtype(_val(hidden).dtype):
-                loss = _call(graph, aten.to.dtype, (loss, _val(node).dtype))
+                kept = call_with_value(graph, aten.ne.Scalar, (labels, ignore_index))
+                loss = call_with_value(graph, aten.div.Tensor, (loss, call_with_value(graph, aten.sum.default, (kept,))))
+            if fake_value(node).dtype != accumulation_dtype(fake_value(hidden).dtype):
+                loss = call_with_value(graph, aten.to.dtype, (loss, fake_value(node).dtype))
         node.replace_all_uses_with(loss)
         graph.erase_node(node)
         count += 1

@@ -27,7 +27,7 @@ from xdsl.rewriter import InsertPoint, Rewriter
 
 from autosp.ir.autosp import FusedOp, YieldOp
 from autosp.ir.dtypes import tensor_bytes
-from autosp.passes.memory_plan import liveness
+from autosp.passes.memory_plan import liveness, workspace_bytes
 from autosp.passes.remat import RECOMPUTE
 from autosp.triton_codegen import MAX_ROW, ROW_REDUCTIONS, expressible
 
@@ -78,7 +78,7 @@ class MemoryBound:
 
     def __init__(self, module: ModuleOp, fn: func.FuncOp):
         plain = liveness(module, workspace=False, fn=fn)
-        self.peak = max(liveness(module, fn=fn).live, default=0)
+        self.peak = max((live + workspace_bytes(op) for live, op in zip(plain.live, plain.ops)), default=0)
         self.index = {op: i for i, op in enumerate(plain.ops)}
         self.live = plain.live
         self.root = plain.root
