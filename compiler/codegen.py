@@ -141,20 +141,21 @@ def emit_call(op: AtenCallOp, names: Names) -> str:
     return f"{callee}({', '.join(decode(a) for a in op.args.data)})"
 
 
-def _mask_args(op: AttentionOp | AttentionGradOp) -> list[str]:
-    return [literal(op.causal), literal(op.window), literal(op.scale)]
+def _attention_args(op: AttentionOp | AttentionGradOp, names: Names) -> str:
+    tensors = [names[v] for v in op.operands if v is not op.documents]
+    mask = [literal(op.causal), literal(op.window), literal(op.scale)]
+    documents = [] if op.documents is None else [names[op.documents]]
+    return ", ".join(tensors + mask + documents)
 
 
 @emits(AttentionOp)
 def emit_attention(op: AttentionOp, names: Names) -> str:
-    tensors = [names[v] for v in op.operands]
-    return f"kernels.attention_forward({', '.join(tensors + _mask_args(op))})"
+    return f"kernels.attention_forward({_attention_args(op, names)})"
 
 
 @emits(AttentionGradOp)
 def emit_attention_grad(op: AttentionGradOp, names: Names) -> str:
-    tensors = [names[v] for v in op.operands]
-    return f"kernels.attention_backward({', '.join(tensors + _mask_args(op))})"
+    return f"kernels.attention_backward({_attention_args(op, names)})"
 
 
 @emits(LinearCrossEntropyOp)

@@ -1,8 +1,8 @@
 """Rewrite every `aten.scaled_dot_product_attention` of an exported forward graph into
 `autosp::attention`, before the joint forward/backward export.
 
-- The mask becomes a description (`causal`, `window`) from `frontends.mask`; a mask that is not a
-  function of query/key index is refused, naming the node.
+- The mask becomes a description (`causal`, `window`, and for packed sequences the `[B, S]`
+  document numbers it compares) from `frontends.mask`; any other mask is refused, naming the node.
 - K/V expanded to the query head count (`repeat_kv`: unsqueeze -> expand -> reshape, or
   `repeat_interleave`) are traced back to the unexpanded tensors: the op is GQA-native.
 """
@@ -49,6 +49,15 @@ def unexpanded_kv(node: Node) -> Node:
     return node
 
 
+def _per_batch(graph: Graph, documents: Node, batch: int) -> Node:
+    """Document numbers as the kernels take them: [B, S] (from [S] or [1, S])."""
+    if len(_shape(documents)) == 1:
+        documents = call_with_value(graph, aten.unsqueeze.default, (documents, 0))
+    if _shape(documents)[0] != batch:
+        documents = call_with_value(graph, aten.expand.default, (documents, [batch, _shape(documents)[1]]))
+    return documents
+
+
 def rewrite_attention(graph: Graph) -> int:
     """Replace each SDPA in `graph`; returns how many were replaced."""
     count = 0
@@ -60,7 +69,7 @@ def rewrite_attention(graph: Graph) -> int:
         where = f"attention {node.name} (q {list(_shape(q))}, k {list(_shape(k))})"
         if args["dropout_p"]:
             raise AutoSPError(f"{where}: dropout_p={args['dropout_p']} is not supported; set attention dropout to 0")
-        causal, window = bool(args["is_causal"]), 0
+        causal, window, documents = bool(args["is_causal"]), 0, None
         if mask is not None:
             if causal:
                 raise AutoSPError(f"{where}: both attn_mask and is_causal are set")
@@ -69,16 +78,22 @@ def rewrite_attention(graph: Graph) -> int:
             except MaskNotUnderstood as err:
                 raise AutoSPError(
                     f"{where}: the attention mask is not understood ({err}); supported masks are "
-                    "causal and sliding-window functions of the query/key index — pass no "
+                    "causal and sliding-window functions of the query/key index, optionally within "
+                    "documents (doc[b, i] == doc[b, j], or HF's packed position_ids) — pass no "
                     "attention_mask (mark padding with ignore_index labels instead)"
                 ) from None
             causal, window = description.causal, description.window
+            if description.documents is not None:
+                with graph.inserting_before(node):
+                    documents = _per_batch(graph, description.documents, _shape(q)[0])
         k, v = unexpanded_kv(k), unexpanded_kv(v)
         if _shape(q)[1] % _shape(k)[1]:
             raise AutoSPError(f"{where}: {_shape(q)[1]} query heads is not a multiple of {_shape(k)[1]} kv heads")
         scale = args["scale"] if args["scale"] is not None else 1.0 / math.sqrt(_shape(q)[-1])
         with graph.inserting_before(node):
-            fused = call_with_value(graph, torch.ops.autosp.attention.default, (q, k, v, causal, window, float(scale)))
+            fused = call_with_value(
+                graph, torch.ops.autosp.attention.default, (q, k, v, causal, window, float(scale), documents)
+            )
             out = getitem_with_value(graph, fused, 0)
         node.replace_all_uses_with(out)
         graph.erase_node(node)

@@ -136,12 +136,17 @@ class _Importer:
             source, index = node.args
             self.values[node] = self.value(source, index)  # type: ignore[arg-type]
             return
-        if target == torch.ops.autosp.attention.default:
-            q, k, v, causal, window, scale = node.args
-            op = AttentionOp(self.value(q), self.value(k), self.value(v), causal=causal, window=window, scale=scale)
-        elif target == torch.ops.autosp.attention_backward.default:
-            *tensors, causal, window, scale = node.args
-            op = AttentionGradOp(*(self.value(t) for t in tensors), causal=causal, window=window, scale=scale)
+        if target in (torch.ops.autosp.attention.default, torch.ops.autosp.attention_backward.default):
+            args = bound_arguments(node)
+            if target == torch.ops.autosp.attention.default:
+                cls, names = AttentionOp, ("q", "k", "v")
+            else:
+                cls, names = AttentionGradOp, ("grad_out", "q", "k", "v", "out", "lse")
+            documents = None if args["documents"] is None else self.value(args["documents"])
+            op = cls(
+                *(self.value(args[n]) for n in names), documents,
+                causal=args["causal"], window=args["window"], scale=args["scale"],
+            )
         elif target == torch.ops.autosp.linear_cross_entropy.default:
             hidden, weight, labels, ignore_index, chunk = node.args
             op = LinearCrossEntropyOp(

@@ -3,7 +3,8 @@
 - `#autosp.layout<...>`: how a value lies on the sequence-parallel mesh axis.
 - `autosp.attention` / `autosp.attention_grad`: scaled-dot-product attention kept as one op
   through the whole pipeline. GQA-native (K/V keep their own head count), the mask is a
-  description (`causal`, sliding `window`) the kernel evaluates blockwise, and the forward
+  description (`causal`, sliding `window`, optional `documents` operand: per-token document
+  numbers of packed sequences) the kernel evaluates blockwise, and the forward
   returns the log-sum-exp so the backward never recomputes the S x S scores.
 - `autosp.linear_cross_entropy`: the LM head matmul and the summed cross-entropy in one op,
   computed in row chunks so the [N, V] logits never exist; it also returns the gradients of the
@@ -35,6 +36,7 @@ from xdsl.irdl import (
     irdl_attr_definition,
     irdl_op_definition,
     operand_def,
+    opt_operand_def,
     param_def,
     prop_def,
     region_def,
@@ -156,6 +158,15 @@ class _AttentionBase(IRDLOperation):
     traits = traits_def(Pure())
 
     def verify_mask(self) -> None:
+        documents = self.documents  # type: ignore[attr-defined]
+        if documents is not None:
+            b, _, sq, _ = _shape(self.query)  # type: ignore[attr-defined]
+            sk = _shape(self.key)[2]  # type: ignore[attr-defined]
+            if not isinstance(documents.type.element_type, IntegerType) or _shape(documents) != (b, sk) or sq != sk:
+                raise VerifyException(
+                    f"{self.name}: documents must be integers [B, S] = [{b}, {sk}] with Sq = Sk, "
+                    f"got {documents.type} for Sq = {sq}"
+                )
         if self.window.value.data < 0:
             raise VerifyException(f"{self.name}: window must be >= 0")
         if self.window.value.data and not self.causal.value.data:
@@ -171,21 +182,25 @@ class AttentionOp(_AttentionBase):
     query = operand_def(TensorType)
     key = operand_def(TensorType)
     value = operand_def(TensorType)
+    documents = opt_operand_def(TensorType)
     out = result_def(TensorType)
     lse = result_def(TensorType)
 
     assembly_format = (
-        "$query `,` $key `,` $value attr-dict `:` "
+        "$query `,` $key `,` $value (`documents` $documents^)? attr-dict `:` "
         "functional-type(operands, results)"
     )
 
-    def __init__(self, q: SSAValue, k: SSAValue, v: SSAValue, *, causal: bool, window: int, scale: float):
+    def __init__(
+        self, q: SSAValue, k: SSAValue, v: SSAValue, documents: SSAValue | None = None, *,
+        causal: bool, window: int, scale: float,
+    ):
         b, hq, sq, _ = _shape(q)
         dv = _shape(v)[3]
         out_type = TensorType(q.type.element_type, [b, hq, sq, dv])  # type: ignore[attr-defined]
         lse_type = TensorType(lse_element_type(q.type.element_type), [b, hq, sq])  # type: ignore[attr-defined]
         super().__init__(
-            operands=[q, k, v],
+            operands=[q, k, v, documents],
             result_types=[out_type, lse_type],
             properties=mask_properties(causal, window, scale),
         )
@@ -213,18 +228,19 @@ class AttentionGradOp(_AttentionBase):
     value = operand_def(TensorType)
     out = operand_def(TensorType)
     lse = operand_def(TensorType)
+    documents = opt_operand_def(TensorType)
     grad_query = result_def(TensorType)
     grad_key = result_def(TensorType)
     grad_value = result_def(TensorType)
 
     assembly_format = (
-        "$grad_out `,` $query `,` $key `,` $value `,` $out `,` $lse attr-dict `:` "
+        "$grad_out `,` $query `,` $key `,` $value `,` $out `,` $lse (`documents` $documents^)? attr-dict `:` "
         "functional-type(operands, results)"
     )
 
-    def __init__(self, grad_out, q, k, v, out, lse, *, causal: bool, window: int, scale: float):
+    def __init__(self, grad_out, q, k, v, out, lse, documents=None, *, causal: bool, window: int, scale: float):
         super().__init__(
-            operands=[grad_out, q, k, v, out, lse],
+            operands=[grad_out, q, k, v, out, lse, documents],
             result_types=[q.type, k.type, v.type],
             properties=mask_properties(causal, window, scale),
         )

@@ -461,15 +461,20 @@ def _attention(op: AttentionOp, layouts, ctx):
     """Ulysses: q/k/v all-to-all from sequence- to head-sharded, attention on full sequences
     for 1/sp of the heads, the output all-to-all back. lse stays head-sharded. With fewer kv
     heads than sp, K/V are all-gathered along the sequence (kv_heads only, never expanded to
-    the query head count) and each rank keeps the kv head its query heads read."""
+    the query head count) and each rank keeps the kv head its query heads read. Document
+    numbers (packed sequences) are read whole, for every token of the sequence."""
     kv = _heads_check(op, op.query, op.key, ctx)
-    return Strategy([H(1), kv, kv], [S(2), H(1)], computed=[H(1), H(1)])
+    return Strategy([H(1), kv, kv] + _documents(op), [S(2), H(1)], computed=[H(1), H(1)])
 
 
 @sharding_rule("autosp.attention_grad")
 def _attention_grad(op: AttentionGradOp, layouts, ctx):
     kv = _heads_check(op, op.query, op.key, ctx)
-    return Strategy([H(1), H(1), kv, kv, H(1), H(1)], [S(2)] * 3, computed=[H(1), kv, kv])
+    return Strategy([H(1), H(1), kv, kv, H(1), H(1)] + _documents(op), [S(2)] * 3, computed=[H(1), kv, kv])
+
+
+def _documents(op: AttentionOp | AttentionGradOp) -> list[Layout]:
+    return [] if op.documents is None else [R]
 
 
 # --- fused LM head + loss ---------------------------------------------------------------

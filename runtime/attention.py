@@ -4,7 +4,8 @@ contiguous: the joint graph was traced with that layout and its views rely on it
 
 Layout: q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv]; query head h reads kv head
 h // (Hq / Hkv). The mask is a description evaluated per tile: `causal` keeps key j <= query i,
-`window` W > 0 also drops keys j <= i - W. Accumulation is in fp32 (fp64 for fp64 inputs), and so is the log-sum-exp.
+`window` W > 0 also drops keys j <= i - W, `documents` [B, S] (packed sequences; Sq = Sk) keeps
+only keys with the query's document number. Accumulation is in fp32 (fp64 for fp64 inputs), and so is the log-sum-exp.
 """
 
 from __future__ import annotations
@@ -14,22 +15,26 @@ import torch
 QUERY_BLOCK = 1024
 
 
-def _mask_tile(q_start: int, q_len: int, sk: int, causal: bool, window: int, device) -> torch.Tensor | None:
-    if not causal:
-        return None
-    i = torch.arange(q_start, q_start + q_len, device=device)[:, None]
-    j = torch.arange(sk, device=device)[None, :]
-    keep = j <= i
-    if window:
-        keep &= j > i - window
+def _mask_tile(q_start: int, q_len: int, sk: int, causal: bool, window: int, documents, device) -> torch.Tensor | None:
+    """[block, Sk], or [B, 1, 1, block, Sk] with documents; None: every key is kept."""
+    keep = None
+    if causal:
+        i = torch.arange(q_start, q_start + q_len, device=device)[:, None]
+        j = torch.arange(sk, device=device)[None, :]
+        keep = j <= i
+        if window:
+            keep &= j > i - window
+    if documents is not None:
+        same = documents[:, q_start : q_start + q_len, None] == documents[:, None, :]
+        keep = (same if keep is None else same & keep)[:, None, None]
     return keep
 
 
-def _masked_scores(q_tile, kf, scale: float, start: int, causal: bool, window: int) -> torch.Tensor:
+def _masked_scores(q_tile, kf, scale: float, start: int, causal: bool, window: int, documents) -> torch.Tensor:
     """q k^T * scale for one query tile, masked keys at -inf: a new [B, Hkv, G, block, Sk] tile."""
     scores = q_tile @ kf.transpose(-1, -2)
     scores.mul_(scale)
-    keep = _mask_tile(start, q_tile.shape[-2], kf.shape[-2], causal, window, q_tile.device)
+    keep = _mask_tile(start, q_tile.shape[-2], kf.shape[-2], causal, window, documents, q_tile.device)
     if keep is not None:
         scores.masked_fill_(~keep, float("-inf"))
     return scores
@@ -46,7 +51,8 @@ def _grouped(x: torch.Tensor, hkv: int) -> torch.Tensor:
 
 
 def attention_forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: int, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: int, scale: float,
+    documents: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     b, hq, sq, _ = q.shape
     hkv, dv = k.shape[1], v.shape[3]
@@ -59,7 +65,7 @@ def attention_forward(
     for start in range(0, sq, QUERY_BLOCK):
         stop = min(start + QUERY_BLOCK, sq)
         # One score tile, turned into probabilities in place (the kernel's only big buffer).
-        probs = _masked_scores(qg[:, :, :, start:stop].to(acc), kf, scale, start, causal, window)
+        probs = _masked_scores(qg[:, :, :, start:stop].to(acc), kf, scale, start, causal, window, documents)
         row_max = probs.amax(dim=-1, keepdim=True)
         row_max.masked_fill_(row_max == float("-inf"), 0.0)  # a row that sees no key
         row_sum = probs.sub_(row_max).exp_().sum(dim=-1, keepdim=True)
@@ -80,6 +86,7 @@ def attention_backward(
     causal: bool,
     window: int,
     scale: float,
+    documents: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     b, hq, sq, _ = q.shape
     hkv = k.shape[1]
@@ -100,7 +107,7 @@ def attention_backward(
         q_tile = qg[:, :, :, start:stop].to(acc)
         do_tile = dog[:, :, :, start:stop].to(acc)
         # Two tiles at most: the probabilities, and dP turned into dS in place.
-        probs = _masked_scores(q_tile, kf, scale, start, causal, window)
+        probs = _masked_scores(q_tile, kf, scale, start, causal, window, documents)
         probs.sub_(lseg[:, :, :, start:stop].unsqueeze(-1)).exp_().nan_to_num_(0.0)
         dv += (probs.transpose(-1, -2) @ do_tile).sum(2)
         dscores = do_tile @ vf.transpose(-1, -2)

@@ -43,20 +43,20 @@ def use_triton(tensor: torch.Tensor) -> bool:
     return False
 
 
-def attention_forward(q, k, v, causal: bool, window: int, scale: float):
+def attention_forward(q, k, v, causal: bool, window: int, scale: float, documents=None):
     if use_triton(q):
         from autosp.runtime import triton_attention
 
-        return triton_attention.attention_forward(q, k, v, causal, window, scale)
-    return reference_attention.attention_forward(q, k, v, causal, window, scale)
+        return triton_attention.attention_forward(q, k, v, causal, window, scale, documents)
+    return reference_attention.attention_forward(q, k, v, causal, window, scale, documents)
 
 
-def attention_backward(grad_out, q, k, v, out, lse, causal: bool, window: int, scale: float):
+def attention_backward(grad_out, q, k, v, out, lse, causal: bool, window: int, scale: float, documents=None):
     if use_triton(q):
         from autosp.runtime import triton_attention
 
-        return triton_attention.attention_backward(grad_out, q, k, v, out, lse, causal, window, scale)
-    return reference_attention.attention_backward(grad_out, q, k, v, out, lse, causal, window, scale)
+        return triton_attention.attention_backward(grad_out, q, k, v, out, lse, causal, window, scale, documents)
+    return reference_attention.attention_backward(grad_out, q, k, v, out, lse, causal, window, scale, documents)
 
 
 def linear_cross_entropy(hidden, weight, labels, ignore_index: int, chunk: int):

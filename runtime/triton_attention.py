@@ -2,11 +2,15 @@
 kernels in runtime/attention.py: q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, D] (any
 strides), query head h reads kv head h // (Hq / Hkv) (GQA-native: K/V are never repeated), the
 mask is a description evaluated per tile (`causal`: key j <= query i; `window` W > 0: also
-j > i - W), any lengths (tails masked), any head dim (padded to a power of two in registers),
-fp32 accumulation, and the log-sum-exp of every query row as an output.
+j > i - W; `documents` [B, S] (packed sequences): only keys with the query's document number),
+any lengths (tails masked), any head dim (padded to a power of two in registers), fp32
+accumulation, and the log-sum-exp of every query row as an output.
 
 Each loop over tiles runs in three stretches: tiles the mask cuts (computed with the mask),
-tiles every row sees entirely (no mask arithmetic), and the masked tiles again. The backward is
+tiles every row sees entirely (no mask arithmetic), and the masked tiles again. With documents,
+a tile whose key documents and query documents have disjoint ranges is skipped (exact for any
+numbering; packed rows skip everything outside the diagonal blocks), every other tile compares
+document numbers. The backward is
 two kernels: dK/dV per key tile (looping over the query heads of its group and their query
 tiles, so GQA needs no atomics) and dQ per query tile; delta = rowsum(dO·O) comes first.
 fp32 inputs use IEEE fp32 dots (not TF32): the fp32 contract is 1e-5.
@@ -25,6 +29,7 @@ LOG2E = 1.4426950408889634
 _LOG2E = tl.constexpr(LOG2E)
 _LN2 = tl.constexpr(0.6931471805599453)
 _NEG_BIG = tl.constexpr(-1.0e30)  # a finite running-max start: masked tiles give exp2(-inf) = 0, never NaN
+_DOC_MAX = tl.constexpr(2**62)  # beyond any document number the range tests see (int64)
 
 
 def _configs(blocks: list[tuple[int, int, int, int]]) -> list[triton.Config]:
@@ -69,6 +74,21 @@ def _keep(rows, cols, SK, CAUSAL: tl.constexpr, WINDOW):
 
 
 @triton.jit
+def _load_documents(doc_base, idx, n, HAS_DOCS: tl.constexpr):
+    """Document numbers at positions idx (< n) and their range (min, max); zeros without documents."""
+    if HAS_DOCS:
+        valid = idx < n
+        docs = tl.load(doc_base + idx, mask=valid, other=0).to(tl.int64)
+        lo = tl.min(tl.where(valid, docs, _DOC_MAX), 0)
+        hi = tl.max(tl.where(valid, docs, -_DOC_MAX), 0)
+    else:
+        docs = tl.zeros_like(idx).to(tl.int64)
+        lo = tl.full([], 0, tl.int64)
+        hi = tl.full([], 0, tl.int64)
+    return docs, lo, hi
+
+
+@triton.jit
 def _key_range(m0, SK, CAUSAL: tl.constexpr, WINDOW, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """The key tiles query rows [m0, m0 + BLOCK_M) see: all [lo, hi), entirely [full_lo, full_hi)."""
     lo = m0 * 0  # tensors from the start: a runtime `if` below may reassign them
@@ -87,34 +107,38 @@ def _key_range(m0, SK, CAUSAL: tl.constexpr, WINDOW, BLOCK_M: tl.constexpr, BLOC
 @triton.jit
 def _forward_tiles(
     acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
-    start, stop, qk_scale, SK, D, WINDOW,
-    CAUSAL: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+    start, stop, qk_scale, SK, D, WINDOW, doc_base, doc_q, doc_lo, doc_hi,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr, HAS_DOCS: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
     for n0 in range(start, stop, BLOCK_N):
         cols = n0 + offs_n
-        in_bounds = (cols[None, :] < SK) & (offs_d[:, None] < D)
-        k_t = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None], mask=in_bounds, other=0.0)
-        s = _dot(q, k_t, PRECISION) * qk_scale  # log2 units
-        if MASKED:
-            s = tl.where(_keep(rows, cols, SK, CAUSAL, WINDOW), s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + cols[:, None] * stride_vs + offs_d[None, :], mask=(cols[:, None] < SK) & (offs_d[None, :] < D), other=0.0)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PRECISION)
-        m_i = m_new
+        doc_k, k_lo, k_hi = _load_documents(doc_base, cols, SK, HAS_DOCS)
+        if (k_hi >= doc_lo) & (k_lo <= doc_hi):  # always true without documents
+            in_bounds = (cols[None, :] < SK) & (offs_d[:, None] < D)
+            k_t = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None], mask=in_bounds, other=0.0)
+            s = _dot(q, k_t, PRECISION) * qk_scale  # log2 units
+            if MASKED:
+                s = tl.where(_keep(rows, cols, SK, CAUSAL, WINDOW), s, float("-inf"))
+            if HAS_DOCS:
+                s = tl.where(doc_q[:, None] == doc_k[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.math.exp2(s - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            v = tl.load(v_base + cols[:, None] * stride_vs + offs_d[None, :], mask=(cols[:, None] < SK) & (offs_d[None, :] < D), other=0.0)
+            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PRECISION)
+            m_i = m_new
     return acc, m_i, l_i
 
 
-@triton.autotune(configs=FORWARD_CONFIGS, key=["SQ", "SK", "BLOCK_D", "CAUSAL"])
+@triton.autotune(configs=FORWARD_CONFIGS, key=["SQ", "SK", "BLOCK_D", "CAUSAL", "HAS_DOCS"])
 @triton.jit
 def _attention_forward(
-    Q, K, V, O, LSE, qk_scale,
+    Q, K, V, O, LSE, DOCS, qk_scale,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
     stride_ob, stride_oh, stride_os,
     HQ, GROUP, SQ, SK, D, WINDOW,
-    CAUSAL: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     m0 = tl.program_id(0) * BLOCK_M
@@ -131,14 +155,19 @@ def _attention_forward(
     m_i = tl.full([BLOCK_M], _NEG_BIG, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    doc_base = DOCS + b * SK
+    doc_q, doc_lo, doc_hi = _load_documents(doc_base, rows, SQ, HAS_DOCS)
     lo, full_lo, full_hi, hi = _key_range(m0, SK, CAUSAL, WINDOW, BLOCK_M, BLOCK_N)
     mid_lo, mid_hi = _stretches(lo, full_lo, full_hi, hi)
     acc, m_i, l_i = _forward_tiles(acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
-                                   lo, mid_lo, qk_scale, SK, D, WINDOW, CAUSAL, True, BLOCK_N, PRECISION)
+                                   lo, mid_lo, qk_scale, SK, D, WINDOW, doc_base, doc_q, doc_lo, doc_hi,
+                                   CAUSAL, True, HAS_DOCS, BLOCK_N, PRECISION)
     acc, m_i, l_i = _forward_tiles(acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
-                                   mid_lo, mid_hi, qk_scale, SK, D, WINDOW, CAUSAL, False, BLOCK_N, PRECISION)
+                                   mid_lo, mid_hi, qk_scale, SK, D, WINDOW, doc_base, doc_q, doc_lo, doc_hi,
+                                   CAUSAL, False, HAS_DOCS, BLOCK_N, PRECISION)
     acc, m_i, l_i = _forward_tiles(acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
-                                   mid_hi, hi, qk_scale, SK, D, WINDOW, CAUSAL, True, BLOCK_N, PRECISION)
+                                   mid_hi, hi, qk_scale, SK, D, WINDOW, doc_base, doc_q, doc_lo, doc_hi,
+                                   CAUSAL, True, HAS_DOCS, BLOCK_N, PRECISION)
     seen = l_i > 0.0  # a row that sees no key attends to nothing: output 0, lse -inf
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
     lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * _LN2, float("-inf"))
@@ -182,41 +211,57 @@ def _query_range(n0, SQ, CAUSAL: tl.constexpr, WINDOW, BLOCK_M: tl.constexpr, BL
 @triton.jit
 def _dkdv_tiles(
     dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos, cols, offs_m, offs_d,
-    start, stop, qk_scale, SQ, SK, D, WINDOW,
-    CAUSAL: tl.constexpr, MASKED: tl.constexpr, BLOCK_M: tl.constexpr, PRECISION: tl.constexpr,
+    start, stop, qk_scale, SQ, SK, D, WINDOW, doc_base, doc_k, doc_lo, doc_hi,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr, HAS_DOCS: tl.constexpr, BLOCK_M: tl.constexpr, PRECISION: tl.constexpr,
 ):
     for m0 in range(start, stop, BLOCK_M):
         rows = m0 + offs_m
-        row_mask = (rows[None, :] < SQ) & (offs_d[:, None] < D)
-        q_t = tl.load(q_base + rows[None, :] * stride_qs + offs_d[:, None], mask=row_mask, other=0.0)
-        do = tl.load(do_base + rows[:, None] * stride_dos + offs_d[None, :], mask=(rows[:, None] < SQ) & (offs_d[None, :] < D), other=0.0)
-        lse = tl.load(lse_base + rows, mask=rows < SQ, other=0.0) * _LOG2E
-        delta = tl.load(delta_base + rows, mask=rows < SQ, other=0.0)
-        s_t = _dot(k, q_t, PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M], log2 units
-        p_t = tl.math.exp2(s_t - lse[None, :])
-        if MASKED:
-            # _keep is written for [rows, cols]; transposed here.
-            keep = cols[:, None] < SK
-            if CAUSAL:
-                keep = keep & (cols[:, None] <= rows[None, :])
-                if WINDOW > 0:
-                    keep = keep & (cols[:, None] > rows[None, :] - WINDOW)
-            p_t = tl.where(keep, p_t, 0.0)
-        dv += _dot(p_t.to(do.dtype), do, PRECISION)
-        dp_t = _dot(v, tl.trans(do), PRECISION)
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk += _dot(ds_t.to(q_t.dtype), tl.trans(q_t), PRECISION)
+        doc_q, q_lo, q_hi = _load_documents(doc_base, rows, SQ, HAS_DOCS)
+        if (q_hi >= doc_lo) & (q_lo <= doc_hi):  # always true without documents
+            dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos,
+                                cols, rows, offs_d, qk_scale, SQ, SK, D, WINDOW, doc_k, doc_q,
+                                CAUSAL, MASKED, HAS_DOCS, PRECISION)
     return dk, dv
 
 
-@triton.autotune(configs=DKDV_CONFIGS, key=["SQ", "SK", "BLOCK_D", "CAUSAL"])
+@triton.jit
+def _dkdv_tile(
+    dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos, cols, rows, offs_d,
+    qk_scale, SQ, SK, D, WINDOW, doc_k, doc_q,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr, HAS_DOCS: tl.constexpr, PRECISION: tl.constexpr,
+):
+    row_mask = (rows[None, :] < SQ) & (offs_d[:, None] < D)
+    q_t = tl.load(q_base + rows[None, :] * stride_qs + offs_d[:, None], mask=row_mask, other=0.0)
+    do = tl.load(do_base + rows[:, None] * stride_dos + offs_d[None, :], mask=(rows[:, None] < SQ) & (offs_d[None, :] < D), other=0.0)
+    lse = tl.load(lse_base + rows, mask=rows < SQ, other=0.0) * _LOG2E
+    delta = tl.load(delta_base + rows, mask=rows < SQ, other=0.0)
+    s_t = _dot(k, q_t, PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M], log2 units
+    p_t = tl.math.exp2(s_t - lse[None, :])
+    if MASKED:
+        # _keep is written for [rows, cols]; transposed here.
+        keep = cols[:, None] < SK
+        if CAUSAL:
+            keep = keep & (cols[:, None] <= rows[None, :])
+            if WINDOW > 0:
+                keep = keep & (cols[:, None] > rows[None, :] - WINDOW)
+        p_t = tl.where(keep, p_t, 0.0)
+    if HAS_DOCS:
+        p_t = tl.where(doc_k[:, None] == doc_q[None, :], p_t, 0.0)
+    dv += _dot(p_t.to(do.dtype), do, PRECISION)
+    dp_t = _dot(v, tl.trans(do), PRECISION)
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk += _dot(ds_t.to(q_t.dtype), tl.trans(q_t), PRECISION)
+    return dk, dv
+
+
+@triton.autotune(configs=DKDV_CONFIGS, key=["SQ", "SK", "BLOCK_D", "CAUSAL", "HAS_DOCS"])
 @triton.jit
 def _attention_dkdv(
-    Q, K, V, DO, LSE, DELTA, DK, DV, qk_scale, sm_scale,
+    Q, K, V, DO, LSE, DELTA, DK, DV, DOCS, qk_scale, sm_scale,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
     stride_dob, stride_doh, stride_dos, stride_dkb, stride_dkh, stride_dks, stride_dvb, stride_dvh, stride_dvs,
     HQ, HKV, GROUP, SQ, SK, D, WINDOW,
-    CAUSAL: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     n0 = tl.program_id(0) * BLOCK_N
@@ -230,6 +275,8 @@ def _attention_dkdv(
     v = tl.load(V + b * stride_vb + hkv * stride_vh + cols[:, None] * stride_vs + offs_d[None, :], mask=kv_mask, other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    doc_base = DOCS + b * SK
+    doc_k, doc_lo, doc_hi = _load_documents(doc_base, cols, SK, HAS_DOCS)
     lo, full_lo, full_hi, hi = _query_range(n0, SQ, CAUSAL, WINDOW, BLOCK_M, BLOCK_N)
     mid_lo, mid_hi = _stretches(lo, full_lo, full_hi, hi)
     for g in range(0, GROUP):
@@ -238,11 +285,14 @@ def _attention_dkdv(
         do_base = DO + b * stride_dob + h * stride_doh
         row_base = (b * HQ + h) * SQ
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qs, stride_dos,
-                             cols, offs_m, offs_d, lo, mid_lo, qk_scale, SQ, SK, D, WINDOW, CAUSAL, True, BLOCK_M, PRECISION)
+                             cols, offs_m, offs_d, lo, mid_lo, qk_scale, SQ, SK, D, WINDOW, doc_base, doc_k, doc_lo, doc_hi,
+                             CAUSAL, True, HAS_DOCS, BLOCK_M, PRECISION)
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qs, stride_dos,
-                             cols, offs_m, offs_d, mid_lo, mid_hi, qk_scale, SQ, SK, D, WINDOW, CAUSAL, False, BLOCK_M, PRECISION)
+                             cols, offs_m, offs_d, mid_lo, mid_hi, qk_scale, SQ, SK, D, WINDOW, doc_base, doc_k, doc_lo, doc_hi,
+                             CAUSAL, False, HAS_DOCS, BLOCK_M, PRECISION)
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qs, stride_dos,
-                             cols, offs_m, offs_d, mid_hi, hi, qk_scale, SQ, SK, D, WINDOW, CAUSAL, True, BLOCK_M, PRECISION)
+                             cols, offs_m, offs_d, mid_hi, hi, qk_scale, SQ, SK, D, WINDOW, doc_base, doc_k, doc_lo, doc_hi,
+                             CAUSAL, True, HAS_DOCS, BLOCK_M, PRECISION)
     tl.store(DK + b * stride_dkb + hkv * stride_dkh + cols[:, None] * stride_dks + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(DV + b * stride_dvb + hkv * stride_dvh + cols[:, None] * stride_dvs + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
 
@@ -250,31 +300,35 @@ def _attention_dkdv(
 @triton.jit
 def _dq_tiles(
     dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
-    start, stop, qk_scale, SK, D, WINDOW,
-    CAUSAL: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+    start, stop, qk_scale, SK, D, WINDOW, doc_base, doc_q, doc_lo, doc_hi,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr, HAS_DOCS: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
     for n0 in range(start, stop, BLOCK_N):
         cols = n0 + offs_n
-        kv_mask = (cols[None, :] < SK) & (offs_d[:, None] < D)
-        k_t = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None], mask=kv_mask, other=0.0)
-        v_t = tl.load(v_base + cols[None, :] * stride_vs + offs_d[:, None], mask=kv_mask, other=0.0)
-        p = tl.math.exp2(_dot(q, k_t, PRECISION) * qk_scale - lse[:, None])
-        if MASKED:
-            p = tl.where(_keep(rows, cols, SK, CAUSAL, WINDOW), p, 0.0)
-        dp = _dot(do, v_t, PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += _dot(ds.to(k_t.dtype), tl.trans(k_t), PRECISION)
+        doc_k, k_lo, k_hi = _load_documents(doc_base, cols, SK, HAS_DOCS)
+        if (k_hi >= doc_lo) & (k_lo <= doc_hi):  # always true without documents
+            kv_mask = (cols[None, :] < SK) & (offs_d[:, None] < D)
+            k_t = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None], mask=kv_mask, other=0.0)
+            v_t = tl.load(v_base + cols[None, :] * stride_vs + offs_d[:, None], mask=kv_mask, other=0.0)
+            p = tl.math.exp2(_dot(q, k_t, PRECISION) * qk_scale - lse[:, None])
+            if MASKED:
+                p = tl.where(_keep(rows, cols, SK, CAUSAL, WINDOW), p, 0.0)
+            if HAS_DOCS:
+                p = tl.where(doc_q[:, None] == doc_k[None, :], p, 0.0)
+            dp = _dot(do, v_t, PRECISION)
+            ds = p * (dp - delta[:, None])
+            dq += _dot(ds.to(k_t.dtype), tl.trans(k_t), PRECISION)
     return dq
 
 
-@triton.autotune(configs=DQ_CONFIGS, key=["SQ", "SK", "BLOCK_D", "CAUSAL"])
+@triton.autotune(configs=DQ_CONFIGS, key=["SQ", "SK", "BLOCK_D", "CAUSAL", "HAS_DOCS"])
 @triton.jit
 def _attention_dq(
-    Q, K, V, DO, LSE, DELTA, DQ, qk_scale, sm_scale,
+    Q, K, V, DO, LSE, DELTA, DQ, DOCS, qk_scale, sm_scale,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
     stride_dob, stride_doh, stride_dos, stride_dqb, stride_dqh, stride_dqs,
     HQ, GROUP, SQ, SK, D, WINDOW,
-    CAUSAL: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     m0 = tl.program_id(0) * BLOCK_M
@@ -292,14 +346,19 @@ def _attention_dq(
     k_base = K + b * stride_kb + hkv * stride_kh
     v_base = V + b * stride_vb + hkv * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    doc_base = DOCS + b * SK
+    doc_q, doc_lo, doc_hi = _load_documents(doc_base, rows, SQ, HAS_DOCS)
     lo, full_lo, full_hi, hi = _key_range(m0, SK, CAUSAL, WINDOW, BLOCK_M, BLOCK_N)
     mid_lo, mid_hi = _stretches(lo, full_lo, full_hi, hi)
     dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
-                   lo, mid_lo, qk_scale, SK, D, WINDOW, CAUSAL, True, BLOCK_N, PRECISION)
+                   lo, mid_lo, qk_scale, SK, D, WINDOW, doc_base, doc_q, doc_lo, doc_hi,
+                   CAUSAL, True, HAS_DOCS, BLOCK_N, PRECISION)
     dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
-                   mid_lo, mid_hi, qk_scale, SK, D, WINDOW, CAUSAL, False, BLOCK_N, PRECISION)
+                   mid_lo, mid_hi, qk_scale, SK, D, WINDOW, doc_base, doc_q, doc_lo, doc_hi,
+                   CAUSAL, False, HAS_DOCS, BLOCK_N, PRECISION)
     dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
-                   mid_hi, hi, qk_scale, SK, D, WINDOW, CAUSAL, True, BLOCK_N, PRECISION)
+                   mid_hi, hi, qk_scale, SK, D, WINDOW, doc_base, doc_q, doc_lo, doc_hi,
+                   CAUSAL, True, HAS_DOCS, BLOCK_N, PRECISION)
     tl.store(DQ + b * stride_dqb + h * stride_dqh + rows[:, None] * stride_dqs + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_mask)
 
 
@@ -320,23 +379,29 @@ def _common(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     return b, hq, hkv, sq, sk, d, max(16, triton.next_power_of_2(d)), precision
 
 
-def attention_forward(q, k, v, causal: bool, window: int, scale: float):
+def _documents(documents: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """[B, S] int64 contiguous (the range tests are int64); any tensor stands in when absent
+    (HAS_DOCS=False: never read)."""
+    return like if documents is None else documents.to(torch.int64).contiguous()
+
+
+def attention_forward(q, k, v, causal: bool, window: int, scale: float, documents=None):
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     b, hq, hkv, sq, sk, d, block_d, precision = _common(q, k, v)
     out = torch.empty(b, hq, sq, d, dtype=q.dtype, device=q.device)
     lse = torch.empty(b, hq, sq, dtype=torch.float32, device=q.device)
     grid = lambda meta: (triton.cdiv(sq, meta["BLOCK_M"]), b * hq)  # noqa: E731
     _attention_forward[grid](
-        q, k, v, out, lse, scale * LOG2E,
+        q, k, v, out, lse, _documents(documents, lse), scale * LOG2E,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         hq, hq // hkv, sq, sk, d, window,
-        CAUSAL=causal, BLOCK_D=block_d, PRECISION=precision,
+        CAUSAL=causal, HAS_DOCS=documents is not None, BLOCK_D=block_d, PRECISION=precision,
     )
     return out, lse
 
 
-def attention_backward(grad_out, q, k, v, out, lse, causal: bool, window: int, scale: float):
+def attention_backward(grad_out, q, k, v, out, lse, causal: bool, window: int, scale: float, documents=None):
     grad_out, q, k, v, out = (_unit_last(t) for t in (grad_out, q, k, v, out))
     lse = lse.contiguous()
     b, hq, hkv, sq, sk, d, block_d, precision = _common(q, k, v)
@@ -349,20 +414,21 @@ def attention_backward(grad_out, q, k, v, out, lse, causal: bool, window: int, s
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    docs, has_docs = _documents(documents, lse), documents is not None
     strides = (
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
     )
     _attention_dkdv[lambda meta: (triton.cdiv(sk, meta["BLOCK_N"]), b * hkv)](
-        q, k, v, grad_out, lse, delta, dk, dv, scale * LOG2E, scale, *strides,
+        q, k, v, grad_out, lse, delta, dk, dv, docs, scale * LOG2E, scale, *strides,
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
         hq, hkv, hq // hkv, sq, sk, d, window,
-        CAUSAL=causal, BLOCK_D=block_d, PRECISION=precision,
+        CAUSAL=causal, HAS_DOCS=has_docs, BLOCK_D=block_d, PRECISION=precision,
     )
     _attention_dq[lambda meta: (triton.cdiv(sq, meta["BLOCK_M"]), b * hq)](
-        q, k, v, grad_out, lse, delta, dq, scale * LOG2E, scale, *strides,
+        q, k, v, grad_out, lse, delta, dq, docs, scale * LOG2E, scale, *strides,
         dq.stride(0), dq.stride(1), dq.stride(2),
         hq, hq // hkv, sq, sk, d, window,
-        CAUSAL=causal, BLOCK_D=block_d, PRECISION=precision,
+        CAUSAL=causal, HAS_DOCS=has_docs, BLOCK_D=block_d, PRECISION=precision,
     )
     return dq, dk, dv

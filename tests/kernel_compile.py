@@ -20,7 +20,7 @@ def _signature(fn, element: str, constexprs: dict) -> dict:
         name = param.name
         if param.is_constexpr:
             signature[name] = "constexpr"
-        elif name in ("labels_ptr",):
+        elif name in ("labels_ptr", "DOCS"):
             signature[name] = "*i64"
         elif name in POINTERS_FP32:
             signature[name] = "*fp32"
@@ -82,11 +82,13 @@ def compile_generated_kernels() -> int:
 
 def main() -> None:
     # bf16 at both head dims (fp32's IEEE dots compile the same code paths, several times slower).
-    for block_d in (64, 128):
-        common = {"CAUSAL": True, "BLOCK_D": block_d, "PRECISION": "tf32", "BLOCK_M": 64, "BLOCK_N": 64}
+    # Packed-sequence documents (their tile skips are runtime branches) at one head dim.
+    for block_d, has_docs in ((64, False), (128, False), (64, True)):
+        common = {"CAUSAL": True, "HAS_DOCS": has_docs, "BLOCK_D": block_d, "PRECISION": "tf32", "BLOCK_M": 64, "BLOCK_N": 64}
         for kernel in (triton_attention._attention_forward, triton_attention._attention_dkdv, triton_attention._attention_dq):
             assert "ptx" in _compile(kernel, "bf16", common).asm
-        assert "ptx" in _compile(triton_attention._row_dot, "bf16", {"BLOCK_S": 64, "BLOCK_D": block_d}).asm
+        if not has_docs:
+            assert "ptx" in _compile(triton_attention._row_dot, "bf16", {"BLOCK_S": 64, "BLOCK_D": block_d}).asm
     assert "ptx" in _compile(triton_loss._cross_entropy_rows, "bf16", {"BLOCK": 4096}).asm
     print(f"compiled for sm_90 (and {compile_generated_kernels()} generated kernels)")
 

@@ -75,3 +75,105 @@ def disjunction():
 def test_refused(make):
     with pytest.raises(MaskNotUnderstood):
         classify(mask_node(make))
+
+
+# --- packed sequences: documents ---------------------------------------------------------
+
+POSITIONS = torch.cat([torch.arange(5), torch.arange(4), torch.arange(3)])[None].repeat(2, 1)
+
+
+class PackedBuilder(torch.nn.Module):
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def forward(self, q, positions):
+        return torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=self.make(positions)).sum()
+
+
+def packed_mask_node(make):
+    ep = torch.export.export(PackedBuilder(make), (torch.randn(2, 2, S, 4), POSITIONS))
+    sdpa = next(n for n in ep.graph.nodes if n.target == torch.ops.aten.scaled_dot_product_attention.default)
+    return sdpa.args[3]
+
+
+def hf_documents(positions):
+    """transformers' find_packed_sequence_indices."""
+    first = positions[:, :1] - 1
+    return (torch.diff(positions, prepend=first, dim=-1) != 1).cumsum(-1)
+
+
+def hf_packed(positions):
+    """transformers 5's packed causal mask: causal over positions, and one document."""
+    docs = hf_documents(positions)
+    b = torch.arange(2)[:, None, None, None]
+    i = torch.arange(S)[None, None, :, None]
+    j = torch.arange(S)[None, None, None, :]
+    return (positions[b, j] <= positions[b, i]) & (docs[b, i] == docs[b, j])
+
+
+def doc_ids_causal(doc):
+    i = torch.arange(S)
+    return (doc[:, None, :, None] == doc[:, None, None, :]) & (i[None, :] <= i[:, None])
+
+
+def doc_ids_only(doc):
+    return doc[:, None, :, None] == doc[:, None, None, :]
+
+
+def doc_ids_window(doc):
+    return doc_ids_causal(doc) & sliding(3)
+
+
+@pytest.mark.parametrize(
+    "make, causal, window, source",
+    [(hf_packed, True, 0, "cumsum"), (doc_ids_causal, True, 0, "positions"), (doc_ids_only, False, 0, "positions"),
+     (doc_ids_window, True, 3, "positions")],
+)
+def test_documents_recognized(make, causal, window, source):
+    description = classify(packed_mask_node(make))
+    assert (description.causal, description.window) == (causal, window)
+    assert description.documents is not None and description.documents.name == source
+
+
+def positions_without_documents(positions):
+    """Causal over positions alone is not causal over indices (positions may repeat)."""
+    b = torch.arange(2)[:, None, None, None]
+    i = torch.arange(S)[None, None, :, None]
+    j = torch.arange(S)[None, None, None, :]
+    return positions[b, j] <= positions[b, i]
+
+
+def positions_with_foreign_documents(positions):
+    """A same-document test whose numbering is not derived from the compared positions."""
+    b = torch.arange(2)[:, None, None, None]
+    i = torch.arange(S)[None, None, :, None]
+    j = torch.arange(S)[None, None, None, :]
+    docs = positions // 4
+    return (positions[b, j] <= positions[b, i]) & (docs[b, i] == docs[b, j])
+
+
+def diff_without_prepend(positions):
+    docs = torch.nn.functional.pad((torch.diff(positions, dim=-1) != 1).cumsum(-1), (1, 0))
+    b = torch.arange(2)[:, None, None, None]
+    i = torch.arange(S)[None, None, :, None]
+    j = torch.arange(S)[None, None, None, :]
+    return (positions[b, j] <= positions[b, i]) & (docs[b, i] == docs[b, j])
+
+
+@pytest.mark.parametrize("make", [positions_without_documents, positions_with_foreign_documents, diff_without_prepend])
+def test_documents_refused(make):
+    with pytest.raises(MaskNotUnderstood):
+        classify(packed_mask_node(make))
+
+
+def test_shifted_documents_refused():
+    class Shifted(torch.nn.Module):
+        def forward(self, q, doc):
+            mask = doc[:, None, :-1, None] == doc[:, None, None, 1:]
+            return torch.nn.functional.scaled_dot_product_attention(q[:, :, 1:], q[:, :, 1:], q[:, :, 1:], attn_mask=mask).sum()
+
+    ep = torch.export.export(Shifted(), (torch.randn(2, 2, S + 1, 4), torch.zeros(2, S + 1, dtype=torch.long)))
+    sdpa = next(n for n in ep.graph.nodes if n.target == torch.ops.aten.scaled_dot_product_attention.default)
+    with pytest.raises(MaskNotUnderstood):
+        classify(sdpa.args[3])
