@@ -49,8 +49,10 @@ def unexpanded_kv(node: Node) -> Node:
     return node
 
 
-def _per_batch(graph: Graph, documents: Node, batch: int) -> Node:
-    """Document numbers as the kernels take them: [B, S] (from [S] or [1, S])."""
+def _per_batch(graph: Graph, documents: Node, row: int | None, batch: int) -> Node:
+    """Document numbers as the kernels take them, one row per batch entry: [B, S]."""
+    if row is not None:  # one row serves every batch entry
+        documents = call_with_value(graph, aten.select.int, (documents, 0, row))
     if len(_shape(documents)) == 1:
         documents = call_with_value(graph, aten.unsqueeze.default, (documents, 0))
     if _shape(documents)[0] != batch:
@@ -85,7 +87,7 @@ def rewrite_attention(graph: Graph) -> int:
             causal, window = description.causal, description.window
             if description.documents is not None:
                 with graph.inserting_before(node):
-                    documents = _per_batch(graph, description.documents, _shape(q)[0])
+                    documents = _per_batch(graph, description.documents, description.documents_row, _shape(q)[0])
         k, v = unexpanded_kv(k), unexpanded_kv(v)
         if _shape(q)[1] % _shape(k)[1]:
             raise AutoSPError(f"{where}: {_shape(q)[1]} query heads is not a multiple of {_shape(k)[1]} kv heads")

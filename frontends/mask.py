@@ -117,9 +117,11 @@ class Predicate:
 class MaskDescription:
     causal: bool
     window: int  # 0: unbounded
-    # keep only keys in the query's document: documents[b, i] == documents[b, j]; a [Bd, S] or [S]
-    # integer tensor of the graph (Bd = 1 or the batch)
+    # keep only keys in the query's document: documents[b, i] == documents[b, j], an integer tensor
+    # of the graph, [B, S] with one row per batch entry, or [S]; or, when `documents_row` is set,
+    # [Bd, S] whose row `documents_row` serves every batch entry
     documents: Node | None = None
+    documents_row: int | None = None
 
 
 AbstractValue = Affine | Gathered | Steps | Boundaries | Predicate | int | float | bool
@@ -272,6 +274,18 @@ def _slice(node: Node, args: list) -> AbstractValue:
     if isinstance(value, (Predicate, Gathered)):
         return _map_affines(value, substitute, rank, node)
     return substitute(_as_affine(value, node))
+
+
+@mask_rule(aten.select.int)
+def _select(node: Node, args: list) -> AbstractValue:
+    in_rank = len(_shape(node.args[0]))
+    dim, index = args[1] % in_rank, args[2] % _shape(node.args[0])[args[1] % in_rank]
+
+    def fix(a: Affine) -> Affine:  # i_dim is `index`, and the dim is gone
+        a = a.aligned(in_rank)
+        return Affine(a.coef[:dim] + a.coef[dim + 1 :], a.const + a.coef[dim] * index)
+
+    return _map_affines(args[0], fix, in_rank - 1, node)
 
 
 @mask_rule(
@@ -571,7 +585,7 @@ def classify(mask: Node) -> MaskDescription:
         raise MaskNotUnderstood(f"{mask.name}: not a boolean or additive mask")
     value = value.aligned(4)
     batch, query, key = (Affine(tuple(int(e == d) for e in range(4)), 0) for d in (0, 2, 3))
-    documents = _documents(mask, value, batch, query, key)
+    documents, row = _documents(mask, value, batch, query, key)
     inequalities = set(value.inequalities)
     for a, b in value.ordered:
         inequalities.add(_within_document(mask, a, b, value.same))
@@ -587,30 +601,31 @@ def classify(mask: Node) -> MaskDescription:
         else:
             lower = bound if lower is None else min(lower, bound)
     if upper is None and lower is None:
-        return MaskDescription(causal=False, window=0, documents=documents)
+        return MaskDescription(causal=False, window=0, documents=documents, documents_row=row)
     if upper != 0:
         raise MaskNotUnderstood(
             f"{mask.name}: keys up to query + {upper} are visible (only the causal diagonal is supported)"
         )
     if lower is not None and lower < 0:
         raise MaskNotUnderstood(f"{mask.name}: a query sees no key")
-    return MaskDescription(causal=True, window=0 if lower is None else lower + 1, documents=documents)
+    return MaskDescription(causal=True, window=0 if lower is None else lower + 1, documents=documents, documents_row=row)
 
 
-def _documents(mask: Node, value: Predicate, batch: Affine, query: Affine, key: Affine) -> Node | None:
-    """The tensor of `doc[b, i] == doc[b, j]` (query i, key j), if the mask has that conjunct."""
+def _documents(mask: Node, value: Predicate, batch: Affine, query: Affine, key: Affine) -> tuple[Node | None, int | None]:
+    """The tensor of `doc[b, i] == doc[b, j]` (query i, key j) if the mask has that conjunct, and
+    the one row of it every batch entry reads (None: row b for batch entry b)."""
     sources = {a.source for a, _ in value.same}
     if len(sources) > 1:
         raise MaskNotUnderstood(f"{mask.name}: equalities over several run-time tensors ({', '.join(sorted(s.name for s in sources))})")
+    rows = set()
     for a, b in value.same:
         *lead_a, last_a = a.index
         *lead_b, last_b = b.index
-        zero = Affine((0,) * 4, 0)
         if (
             {last_a, last_b} != {query, key}
             or len(lead_a) > 1
             or lead_a != lead_b
-            or any(i not in (batch, zero) for i in lead_a)
+            or (lead_a and lead_a[0] != batch and any(lead_a[0].coef))
             or _shape(a.source)[-1] != _shape(mask)[-1]
             or _shape(mask)[-1] != _shape(mask)[-2]
         ):
@@ -618,7 +633,10 @@ def _documents(mask: Node, value: Predicate, batch: Affine, query: Affine, key: 
                 f"{mask.name}: an equality of {a.source.name} values that is not doc[b, query] == doc[b, key] "
                 "over one sequence"
             )
-    return sources.pop() if sources else None
+        rows.add(lead_a[0].const if lead_a and lead_a[0] != batch else None)
+    if len(rows) > 1:
+        raise MaskNotUnderstood(f"{mask.name}: equalities over different rows of {a.source.name}")
+    return (sources.pop(), rows.pop()) if sources else (None, None)
 
 
 def _within_document(mask: Node, a: Gathered, b: Gathered, same) -> Affine:

@@ -19,14 +19,21 @@ from autosp.runtime.errors import AutoSPError
 
 
 class CausalLMLoss(torch.nn.Module):
-    """forward(input_ids, labels) -> the model's mean next-token loss (labels -100 ignored)."""
+    """forward(input_ids, labels[, position_ids]) -> the model's mean next-token loss (labels -100
+    ignored). Position ids that restart (0, 1, 2, 0, 1, ...) pack several documents into one row:
+    HF then keeps attention inside each document."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, labels=labels, use_cache=False).loss
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(input_ids=input_ids, labels=labels, position_ids=position_ids, use_cache=False).loss
+
+
+def packed_position_ids(lengths: list[int], batch: int = 1) -> torch.Tensor:
+    """[batch, sum(lengths)] position ids of documents of these lengths packed into each row."""
+    return torch.cat([torch.arange(n) for n in lengths]).repeat(batch, 1)
 
 
 def _llama3_rope(factor: float) -> dict:

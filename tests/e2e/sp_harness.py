@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import autosp
+from autosp.frontends.presets import packed_position_ids
 from tests.conftest import relative_error, tiny_causal_lm
 
 
@@ -32,7 +33,8 @@ def _worker(rank, world, init_file, case, results):
 
 
 def run_case(rank, world, *, arch, sp, seq, batch=1, config=None, labels_fn=None, steps=1, lr=0.1,
-             point_to_point=False):
+             point_to_point=False, documents=None):
+    """documents: lengths of the documents packed into each row (position ids restart per document)."""
     if point_to_point:  # as on backends without all_to_all (gloo before torch 2.13)
         from autosp.runtime import collectives
 
@@ -48,16 +50,17 @@ def run_case(rank, world, *, arch, sp, seq, batch=1, config=None, labels_fn=None
             labels_fn(labels_all[r])
     replica = rank // sp  # every rank of an SP group gets its replica's full batch
     ids, labels = ids_all[replica], labels_all[replica]
-    step = autosp.compile(torch.export.export(module, (ids, labels)), sp=sp)
+    extra = () if documents is None else (packed_position_ids(documents, batch),)
+    step = autosp.compile(torch.export.export(module, (ids, labels, *extra)), sp=sp)
     opt = torch.optim.SGD(module.parameters(), lr=lr)
     ref_opt = torch.optim.SGD(reference.parameters(), lr=lr)
     errors = {"loss": 0.0, "grad": 0.0, "param": 0.0}
     for _ in range(steps):
-        loss = step(ids, labels)
+        loss = step(ids, labels, *extra)
         # Eager reference: DDP semantics = the mean over replicas of each replica's gradient.
         ref_losses = []
         for r in range(dp):
-            ref_loss = reference(ids_all[r], labels_all[r])
+            ref_loss = reference(ids_all[r], labels_all[r], *extra)
             (ref_loss / dp).backward()
             ref_losses.append(ref_loss.detach())
         errors["loss"] = max(errors["loss"], relative_error(loss, ref_losses[replica]))

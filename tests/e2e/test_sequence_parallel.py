@@ -48,6 +48,14 @@ def test_sp2_with_triton_kernels(monkeypatch):
     check(run_distributed(2, arch="Llama", config={"tie_word_embeddings": True}, sp=2, seq=33, labels_fn=ignore_unevenly))
 
 
+def test_sp2_packed_documents_with_triton_kernels(monkeypatch):
+    """Three documents packed per row (HF position ids that restart): the document numbers are
+    computed on every rank from the replicated position ids, attention on head shards keeps each
+    query inside its document, a document boundary falls inside rank 0's shard."""
+    monkeypatch.setenv("AUTOSP_KERNELS", "triton")
+    check(run_distributed(2, arch="Llama", sp=2, seq=33, batch=2, documents=[9, 14, 10], labels_fn=ignore_unevenly))
+
+
 def test_sp4_kv_heads_fewer_than_sp_uneven_seq_five_sgd_steps():
     # 4 query heads, 2 kv heads on 4 ranks: K/V all-gathered (2 heads), one kv head per rank;
     # 30 tokens split 8, 8, 7, 7.

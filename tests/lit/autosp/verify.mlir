@@ -28,3 +28,11 @@ func.func @bad_layout() attributes {l = #autosp.layout<sharded 1>} {
   func.return
 }
 // CHECK: layout kind must be one of replicated, shard, heads, partial
+
+// -----
+
+func.func @documents_shape(%q: tensor<2x4x16x64xf32>, %docs: tensor<1x16xi64>) {
+  %o, %lse = autosp.attention %q, %q, %q documents %docs {causal = true, window = 0 : i64, scale = 0.125 : f64} : (tensor<2x4x16x64xf32>, tensor<2x4x16x64xf32>, tensor<2x4x16x64xf32>, tensor<1x16xi64>) -> (tensor<2x4x16x64xf32>, tensor<2x4x16xf32>)
+  func.return
+}
+// CHECK: documents must be integers [B, S] = [2, 16] with Sq = Sk, got tensor<1x16xi64> for Sq = 16
