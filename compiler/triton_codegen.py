@@ -7,6 +7,12 @@ dtype, as eager rounds each op's output, so a bf16 chain gives eager's bf16 valu
 runs one program per row of the group's shape (its last dim) and column tile; a group with a row
 reduction takes the whole row in one tile. Inputs are read through their own strides
 (broadcast dims have stride 0), so views need no copy; outputs are new contiguous tensors.
+
+Values of a group may be narrower than its last dim: each is meaningful on its own columns
+(loads and stores are masked to them). Ops that move values along the last dim (`@column_expr`:
+slice, cat, slice_scatter, as in RoPE's rotate_half and its gradient) read their operands at
+shifted columns: the operand's expression is emitted again at `cols + k` (a load at other
+columns, then the ops on it), so no value crosses lanes.
 """
 
 from __future__ import annotations
@@ -40,6 +46,22 @@ def triton_expr(*names: str):
     def register(fn: Expr) -> Expr:
         for name in names:
             TRITON_EXPRS[name] = fn
+        return fn
+
+    return register
+
+
+# op -> expression of its value at column offset k, from `at(operand, k')` (an operand's
+# expression at column offset k'), or None when this instance is not supported.
+At = Callable[[SSAValue, int], str]
+ColumnExpr = Callable[[Operation, At, int], "str | None"]
+COLUMN_EXPRS: dict[str, ColumnExpr] = {}
+
+
+def column_expr(*names: str):
+    def register(fn: ColumnExpr) -> ColumnExpr:
+        for name in names:
+            COLUMN_EXPRS[name] = fn
         return fn
 
     return register
@@ -170,6 +192,13 @@ def _gelu(op, a):
     return f"0.5 * {x} * (1.0 + tl.math.erf({x} * {1 / math.sqrt(2)!r}))"
 
 
+@triton_expr("aten.full.default")
+def _full(op, a):
+    fill = _prop(op, "fill_value")
+    dtype = TRITON_DTYPES.get(_dtype(op.results[0]))
+    return None if fill is None or dtype is None else f"tl.full([BLOCK], {_num(fill)}, {dtype})"
+
+
 @triton_expr(*ROW_REDUCTIONS)
 def _row_reduction(op, a):
     shape = _shape(op.operands[0])
@@ -178,6 +207,64 @@ def _row_reduction(op, a):
         return None
     total = f"tl.sum(tl.where(cmask, {a[0]}, 0.0), 0)"
     return total if op.name == "aten.sum.dim_IntList" else f"{total} / {shape[-1]}.0"
+
+
+# --- ops that move values along the last dim ---------------------------------------------------
+
+
+def columns(k: int) -> str:
+    """The column expression at offset k."""
+    return "cols" if k == 0 else f"(cols {'+' if k > 0 else '-'} {abs(k)})"
+
+
+def _last_dim_span(op: Operation, width: int) -> tuple[int, int] | None:
+    """[start, end) of a step-1 slice along the last dim of a `width`-wide operand."""
+    rank = len(_shape(op.results[0]))
+    if _prop(op, "dim", 0) % rank != rank - 1 or _prop(op, "step", 1) != 1:
+        return None
+    start, end = _prop(op, "start", 0), _prop(op, "end", width)
+    start = max(start + width if start < 0 else start, 0)
+    end = min(end + width if end < 0 else end, width)
+    return start, end
+
+
+def _narrow(*values: SSAValue) -> bool:
+    """A width-1 value counts as the same at every column, which a moved column is not."""
+    return any(_shape(v)[-1:] in ([1], [0]) for v in values)
+
+
+@column_expr("aten.slice.Tensor")
+def _slice(op, at, k):
+    span = _last_dim_span(op, _shape(op.operands[0])[-1])
+    if span is None or _narrow(op.operands[0], op.results[0]):
+        return None
+    return at(op.operands[0], k + span[0])
+
+
+@column_expr("aten.slice_scatter.default")
+def _slice_scatter(op, at, k):
+    base, src = op.operands
+    span = _last_dim_span(op, _shape(base)[-1])
+    if span is None or _narrow(base, src) or _dtype(base) != _dtype(src):
+        return None
+    start, end = span
+    c = columns(k)
+    return f"tl.where(({c} >= {start}) & ({c} < {end}), {at(src, k - start)}, {at(base, k)})"
+
+
+@column_expr("aten.cat.default")
+def _cat(op, at, k):
+    pieces = list(op.operands)
+    rank = len(_shape(op.results[0]))
+    if _prop(op, "dim", 0) % rank != rank - 1 or _narrow(*pieces) or any(_dtype(p) != _dtype(op.results[0]) for p in pieces):
+        return None
+    starts = [0]
+    for piece in pieces:
+        starts.append(starts[-1] + _shape(piece)[-1])
+    expr = at(pieces[-1], k - starts[-2])
+    for piece, start, end in reversed(list(zip(pieces[:-1], starts, starts[1:]))):
+        expr = f"tl.where({columns(k)} < {end}, {at(piece, k - start)}, {expr})"
+    return expr
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -202,13 +289,14 @@ def _is_float(value: SSAValue) -> bool:
 
 def expressible(op: Operation) -> bool:
     """Whether `op` can be one expression of a generated kernel."""
-    rule = TRITON_EXPRS.get(op.name)
-    if rule is None or len(op.results) != 1:
+    if len(op.results) != 1 or not (op.name in TRITON_EXPRS or op.name in COLUMN_EXPRS):
         return False
     values = [*op.operands, *op.results]
     if not all(isinstance(v.type, TensorType) and _dtype(v) in TRITON_DTYPES for v in values):
         return False
-    return rule(op, ["x"] * len(op.operands)) is not None
+    if op.name in COLUMN_EXPRS:
+        return COLUMN_EXPRS[op.name](op, lambda value, k: "x", 0) is not None
+    return TRITON_EXPRS[op.name](op, ["x"] * len(op.operands)) is not None
 
 
 def _compute(value: SSAValue, expr: str) -> str:
@@ -250,24 +338,47 @@ def kernel_source(op: FusedOp, name: str) -> tuple[str, dict]:
             lines.append(f"    r{d} = {rest} // {lead[d]}")
             rest = f"r{d}"
         index.insert(0, f"i{d}")
-    names: dict[SSAValue, str] = {}
-    for i, arg in enumerate(op.block.args):
-        offset = " + ".join([f"{index[d]} * {inputs[i]}_s{d}" for d in range(len(lead))] + [f"cols * {inputs[i]}_s{len(lead)}"])
-        lines.append(f"    v{i} = tl.load({inputs[i]} + {offset}, mask=cmask, other=0)")
-        names[arg] = f"v{i}"
-    for n, inner in enumerate(o for o in op.block.ops if o.results):
-        result = inner.results[0]
-        operands = [_compute(v, names[v]) for v in inner.operands]
-        expr = TRITON_EXPRS[inner.name](inner, operands)
-        lines.append(f"    t{n} = ({expr}).to({TRITON_DTYPES[_dtype(result)]})")
-        names[result] = f"t{n}"
-    yielded = op.block.last_op.operands
-    for i, value in enumerate(yielded):
-        dtype = TRITON_DTYPES[_dtype(value)]
-        if _shape(value)[-1:] == [1] and width > 1:  # one value per row
-            lines.append(f"    tl.store({outputs[i]} + row + cols * 0, tl.broadcast_to({names[value]}, [BLOCK]), mask=cols == 0)")
+    arg_index = {arg: i for i, arg in enumerate(op.block.args)}
+    emitted: dict[tuple[SSAValue, int], str] = {}
+
+    def valid(k: int, value_width: int) -> str:
+        """Columns where a value of this width exists, at offset k."""
+        if k == 0:  # (a width-1 value is the same at every column)
+            return "cmask" if value_width in (1, width) else f"cols < {value_width}"
+        c = columns(k)
+        return f"({c} >= 0) & ({c} < {value_width})"
+
+    def at(value: SSAValue, k: int) -> str:
+        """The name of `value` at column offset k, emitting what it takes."""
+        value_width = _shape(value)[-1] if _shape(value) else 1
+        if value_width == 1:
+            k = 0  # a row value, or a broadcast column: the same at every column
+        if (value, k) in emitted:
+            return emitted[(value, k)]
+        if value in arg_index:
+            i = arg_index[value]
+            offset = " + ".join([f"{index[d]} * {inputs[i]}_s{d}" for d in range(len(lead))] + [f"{columns(k)} * {inputs[i]}_s{len(lead)}"])
+            name = f"v{i}" if k == 0 else f"v{i}_{len(emitted)}"
+            lines.append(f"    {name} = tl.load({inputs[i]} + {offset}, mask={valid(k, value_width)}, other=0)")
         else:
-            lines.append(f"    tl.store({outputs[i]} + row * {width} + cols, tl.broadcast_to({names[value]}, [BLOCK]), mask=cmask)")
+            inner = value.owner
+            if inner.name in COLUMN_EXPRS:
+                expr = COLUMN_EXPRS[inner.name](inner, at, k)
+            else:
+                assert k == 0 or inner.name not in ROW_REDUCTIONS, "a row reduction is one value per row"
+                expr = TRITON_EXPRS[inner.name](inner, [_compute(v, at(v, k)) for v in inner.operands])
+            name = f"t{len(emitted)}"
+            lines.append(f"    {name} = ({expr}).to({TRITON_DTYPES[_dtype(value)]})")
+        emitted[(value, k)] = name
+        return name
+
+    for i, value in enumerate(op.block.last_op.operands):
+        value_width = _shape(value)[-1] if _shape(value) else 1
+        result = at(value, 0)
+        if value_width == 1 and width > 1:  # one value per row
+            lines.append(f"    tl.store({outputs[i]} + row + cols * 0, tl.broadcast_to({result}, [BLOCK]), mask=cols == 0)")
+        else:
+            lines.append(f"    tl.store({outputs[i]} + row * {value_width} + cols, tl.broadcast_to({result}, [BLOCK]), mask={valid(0, value_width)})")
     rows = math.prod(lead)
     grid = (rows, 1 if row_mode else triton.cdiv(width, block))
     return "\n".join(lines), {"block": block, "grid": grid, "warps": 8 if block >= 2048 else 4}

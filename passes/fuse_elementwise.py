@@ -3,8 +3,10 @@ keepdim, as in RMSNorm) over one shape become one `autosp.fused` op, which the b
 into one generated Triton kernel. Only the values used after the run are materialized.
 
 A run is a maximal stretch of consecutive ops of the program that the backend can express
-(compiler/triton_codegen.TRITON_EXPRS) over the same shape, or over that shape's rows ([..., 1]
-values: the reduction results and what is computed from them). Runs of consecutive ops cannot
+(compiler/triton_codegen: TRITON_EXPRS, and COLUMN_EXPRS for slices and concatenations along the
+last dim) over shapes that differ at most in the last dim: the kernel iterates over the widest,
+each value lives on its own columns, and [..., 1] values (reduction results and what is computed
+from them) are one per row. A row reduction must read the widest value. Runs of consecutive ops cannot
 create a cycle, whatever their dataflow, so independent neighbours (RoPE's two products, a
 residual add next to a cast) fuse too. Runs of one op stay as they are.
 
@@ -49,22 +51,31 @@ def iteration_shape(op: Operation) -> tuple[int, ...] | None:
 
 @dataclass
 class Run:
-    shape: tuple[int, ...]
+    lead: tuple[int, ...]  # the dims every value of the run shares (all but the last)
+    width: int = 0  # the widest last dim: the kernel's columns
+    reduced: int | None = None  # the row width its reductions read: nothing may be wider
+    rows: bool = False  # whole rows in one tile (a reduction, or values one per row)
     ops: list[Operation] = field(default_factory=list)
 
     def admits(self, shape: tuple[int, ...], is_reduction: bool) -> bool:
-        """Same shape; or rows of it ([..., 1]) with rows short enough for one tile."""
-        if shape[:-1] != self.shape[:-1]:
+        if shape[:-1] != self.lead:
             return False
-        if shape == self.shape:
-            return not is_reduction or self.shape[-1] <= MAX_ROW
-        widest = max(shape[-1], self.shape[-1])
-        return 1 in (shape[-1], self.shape[-1]) and widest <= MAX_ROW
+        width, reduced = max(self.width, shape[-1]), self.reduced
+        if is_reduction:
+            if shape[-1] != width or reduced not in (None, shape[-1]):
+                return False
+            reduced = shape[-1]
+        if reduced is not None and width > reduced:
+            return False
+        rows = self.rows or is_reduction or (width > 1 and 1 in (shape[-1], self.width))
+        return not rows or width <= MAX_ROW
 
-    def add(self, op: Operation, shape: tuple[int, ...]) -> None:
+    def add(self, op: Operation, shape: tuple[int, ...], is_reduction: bool) -> None:
+        self.rows = self.rows or is_reduction or (max(self.width, shape[-1]) > 1 and 1 in (shape[-1], self.width))
+        self.width = max(self.width, shape[-1])
+        if is_reduction:
+            self.reduced = shape[-1]
         self.ops.append(op)
-        if shape[-1] > self.shape[-1]:
-            self.shape = shape
 
 
 def _outputs(ops: list[Operation]) -> list[SSAValue]:
@@ -99,6 +110,12 @@ class MemoryBound:
             pieces.append(ops[start:stop])
             start = stop
         return pieces
+
+
+def _reads_a_tensor(ops: list[Operation]) -> bool:
+    """A kernel launches on its first input's device: a run of constants only stays as it is."""
+    inside = {r for op in ops for r in op.results}
+    return any(v not in inside for op in ops for v in op.operands)
 
 
 def fuse(ops: list[Operation]) -> None:
@@ -147,15 +164,16 @@ class FuseElementwise(ModulePass):
         current: Run | None = None
         for inner in list(block.ops):
             shape = iteration_shape(inner)
-            if shape is not None and current is not None and current.admits(shape, inner.name in ROW_REDUCTIONS):
-                current.add(inner, shape)
+            reduction = inner.name in ROW_REDUCTIONS
+            if shape is not None and current is not None and current.admits(shape, reduction):
+                current.add(inner, shape, reduction)
                 continue
-            current = Run(shape) if shape is not None else None
+            current = Run(shape[:-1]) if shape is not None and Run(shape[:-1]).admits(shape, reduction) else None
             if current is not None:
-                current.add(inner, shape)
+                current.add(inner, shape, reduction)
                 runs.append(current)
         bound = MemoryBound(module, fn)
         for run in runs:
             for piece in bound.split(run.ops):
-                if len(piece) > 1:
+                if len(piece) > 1 and _reads_a_tensor(piece):
                     fuse(piece)
