@@ -32,18 +32,13 @@ from autosp.ir.autosp import AttentionGradOp, AttentionOp, FusedOp, LinearCrossE
 from autosp.ir.dist import AllGatherOp, AllReduceOp, AllToAllOp, ReduceScatterOp
 from autosp.ir.dtypes import torch_dtype
 from autosp.runtime.errors import AutoSPError
+from autosp.rules import registrar
 
 Emitter = Callable[[Operation, "Names"], str]
 EMITTERS: dict[type[Operation], Emitter] = {}
 
 
-def emits(*op_classes: type[Operation]):
-    def register(fn: Emitter) -> Emitter:
-        for cls in op_classes:
-            EMITTERS[cls] = fn
-        return fn
-
-    return register
+emits = registrar(EMITTERS)  # keyed by op class
 
 
 class Names:

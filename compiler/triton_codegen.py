@@ -26,6 +26,7 @@ from xdsl.ir import Operation, SSAValue
 
 from autosp.ir.autosp import FusedOp
 from autosp.ir.dtypes import torch_dtype
+from autosp.rules import registrar
 
 # A row reduction keeps the whole row in registers: rows up to this long.
 MAX_ROW = 16384
@@ -42,13 +43,7 @@ TRITON_EXPRS: dict[str, Expr] = {}
 ROW_REDUCTIONS = {"aten.sum.dim_IntList", "aten.mean.dim"}
 
 
-def triton_expr(*names: str):
-    def register(fn: Expr) -> Expr:
-        for name in names:
-            TRITON_EXPRS[name] = fn
-        return fn
-
-    return register
+triton_expr = registrar(TRITON_EXPRS)
 
 
 # op -> expression of its value at column offset k, from `at(operand, k')` (an operand's
@@ -58,13 +53,7 @@ ColumnExpr = Callable[[Operation, At, int], "str | None"]
 COLUMN_EXPRS: dict[str, ColumnExpr] = {}
 
 
-def column_expr(*names: str):
-    def register(fn: ColumnExpr) -> ColumnExpr:
-        for name in names:
-            COLUMN_EXPRS[name] = fn
-        return fn
-
-    return register
+column_expr = registrar(COLUMN_EXPRS)
 
 
 def _prop(op: Operation, name: str, default=None):

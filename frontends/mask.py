@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.fx import Node
 
+from autosp.rules import registrar
+
 aten = torch.ops.aten
 
 
@@ -129,13 +131,7 @@ Rule = Callable[[Node, list], AbstractValue]
 MASK_RULES: dict[object, Rule] = {}
 
 
-def mask_rule(*targets):
-    def register(fn: Rule) -> Rule:
-        for target in targets:
-            MASK_RULES[target] = fn
-        return fn
-
-    return register
+mask_rule = registrar(MASK_RULES)  # keyed by ATen target
 
 
 def _shape(node: Node) -> tuple[int, ...]:

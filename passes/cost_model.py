@@ -20,6 +20,7 @@ from xdsl.ir import Operation, SSAValue
 from autosp.ir.autosp import AttentionGradOp, AttentionOp
 from autosp.ir.dtypes import BYTES, tensor_bytes, torch_dtype
 from autosp.runtime.errors import AutoSPError
+from autosp.rules import registrar
 
 GiB = 2**30
 
@@ -67,14 +68,9 @@ MATMUL_OPS: set[str] = set()  # ops that run on the matmul units
 
 
 def flop_rule(*names: str, matmul: bool = False):
-    def register(fn: FlopRule) -> FlopRule:
-        for name in names:
-            FLOP_RULES[name] = fn
-            if matmul:
-                MATMUL_OPS.add(name)
-        return fn
-
-    return register
+    if matmul:
+        MATMUL_OPS.update(names)
+    return registrar(FLOP_RULES)(*names)
 
 
 def _shape(value: SSAValue) -> list[int]:

@@ -28,6 +28,7 @@ from autosp.ir.aten import AtenOp
 from autosp.ir.autosp import AttentionGradOp, LinearCrossEntropyOp
 from autosp.ir.dtypes import BYTES, tensor_bytes, torch_dtype
 from autosp.runtime.errors import AutoSPError
+from autosp.rules import registrar
 
 # Views whose schema carries no alias annotation.
 EXTRA_VIEWS = {"aten._unsafe_view.default"}
@@ -52,13 +53,7 @@ WorkspaceRule = Callable[[Operation], int]
 WORKSPACE_RULES: dict[str, WorkspaceRule] = {}
 
 
-def workspace_rule(*op_names: str):
-    def register(fn: WorkspaceRule) -> WorkspaceRule:
-        for name in op_names:
-            WORKSPACE_RULES[name] = fn
-        return fn
-
-    return register
+workspace_rule = registrar(WORKSPACE_RULES)
 
 
 def workspace_bytes(op: Operation) -> int:

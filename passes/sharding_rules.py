@@ -20,6 +20,7 @@ from xdsl.ir import Operation, SSAValue
 from autosp.ir.aten import AtenCallOp, AtenOp
 from autosp.ir.autosp import AttentionGradOp, AttentionOp, LayoutAttr
 from autosp.runtime.errors import AutoSPError
+from autosp.rules import registrar
 
 
 @dataclass(frozen=True)
@@ -93,13 +94,7 @@ Rule = Callable[[Operation, list[Layout], RuleContext], Strategy | None]
 RULES: dict[str, Rule] = {}
 
 
-def sharding_rule(*op_names: str):
-    def register(fn: Rule) -> Rule:
-        for name in op_names:
-            RULES[name] = fn
-        return fn
-
-    return register
+sharding_rule = registrar(RULES)
 
 
 def shape(value: SSAValue) -> tuple[int, ...]:
