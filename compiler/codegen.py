@@ -182,7 +182,7 @@ def emit_fused(op: FusedOp, names: Names) -> str:
     outputs = [f"out{i}" for i in range(len(op.outputs))]
     wrapper = [
         f"def {name}({', '.join(inputs)}):",
-        f"    if not kernels.use_triton(in0):",
+        "    if not kernels.use_triton(in0):",
         f"        return {name}_reference({', '.join(inputs)})",
     ]
     for out, result in zip(outputs, op.outputs):

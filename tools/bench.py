@@ -42,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     kernels = commands.add_parser("kernels", help="attention TFLOP/s vs SDPA flash/cuDNN (GPU)")
     kernels.add_argument("--seq", type=int, nargs="+", default=[2048, 4096, 8192, 16384, 32768])
     kernels.add_argument("--dim", type=int, nargs="+", default=[64, 128])
+    kernels.add_argument("--doc-len", type=int, default=4096, help="also time AutoSP on rows packed with documents this long (0: don't)")
     kernels.add_argument("-o", "--output", default="kernels.json")
     train = commands.add_parser("train", help="max context and tokens/s vs HF baselines (GPU)")
     train.add_argument("--preset", choices=sorted(PRESETS), default="llama-3.2-1b")
@@ -168,17 +169,31 @@ def run_kernels(args: argparse.Namespace) -> None:
     else:
         points = [bench_gpu.kernel_point(seq, dim, backend)
                   for dim in args.dim for seq in args.seq for backend in ("autosp", "sdpa-flash", "sdpa-cudnn")]
+        if args.doc_len:  # packed rows: the tiles across documents are skipped
+            points += [bench_gpu.kernel_point(seq, dim, "autosp", doc_len=args.doc_len)
+                       for dim in args.dim for seq in args.seq if seq > args.doc_len]
         result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "points": points}
         table = Table("D", "S", "batch", "backend", "fwd TFLOP/s", "bwd TFLOP/s", "fwd vs cuDNN", "bwd vs cuDNN",
                       title=f"causal bf16 attention on {result['gpu']}")
         cudnn = {(p["dim"], p["seq"]): p for p in points if p["backend"] == "sdpa-cudnn" and "fwd_tflops" in p}
         for p in points:
+            if "doc_len" in p:
+                continue
             ref = cudnn.get((p["dim"], p["seq"]))
             ratio = lambda key: f"{p[key] / ref[key]:.2f}" if ref and key in p else "-"  # noqa: E731
             table.add_row(str(p["dim"]), str(p["seq"]), str(p["batch"]), p["backend"],
                           f"{p['fwd_tflops']:.0f}" if "fwd_tflops" in p else p.get("error", "-"),
                           f"{p['bwd_tflops']:.0f}" if "bwd_tflops" in p else "-", ratio("fwd_tflops"), ratio("bwd_tflops"))
         console.print(table)
+        whole = {(p["dim"], p["seq"]): p for p in points if p["backend"] == "autosp" and "doc_len" not in p and "fwd_ms" in p}
+        packed = Table("D", "S", "doc len", "fwd ms", "bwd ms", "fwd speedup", "bwd speedup",
+                       title="AutoSP on packed rows vs one causal document per row (same S)")
+        for p in points:
+            ref = whole.get((p["dim"], p["seq"]))
+            if "doc_len" in p and "fwd_ms" in p and ref:
+                packed.add_row(str(p["dim"]), str(p["seq"]), str(p["doc_len"]), f"{p['fwd_ms']:.2f}", f"{p['bwd_ms']:.2f}",
+                               f"{ref['fwd_ms'] / p['fwd_ms']:.1f}x", f"{ref['bwd_ms'] / p['bwd_ms']:.1f}x")
+        console.print(packed)
     with open(args.output, "w") as f:
         json.dump(result, f, indent=1)
     console.print(f"wrote {args.output}")

@@ -25,8 +25,10 @@ def _time_ms(fn: Callable[[], object]) -> float:
     return float(triton.testing.do_bench(fn, warmup=25, rep=100))
 
 
-def kernel_point(seq: int, dim: int, backend: str, tokens: int = 16384) -> dict:
-    """Forward and backward TFLOP/s of one attention implementation, causal bf16."""
+def kernel_point(seq: int, dim: int, backend: str, tokens: int = 16384, doc_len: int = 0) -> dict:
+    """Forward and backward TFLOP/s of one attention implementation, causal bf16. With doc_len
+    (AutoSP only), each row packs documents of doc_len tokens: the FLOPs counted are those of
+    causal attention inside each document, what the kernels must do."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from autosp.runtime import triton_attention
@@ -38,9 +40,13 @@ def kernel_point(seq: int, dim: int, backend: str, tokens: int = 16384) -> dict:
     scale = 1 / math.sqrt(dim)
     point = {"seq": seq, "dim": dim, "batch": batch, "heads": heads, "backend": backend}
     if backend == "autosp":
-        out, lse = triton_attention.attention_forward(q, k, v, True, 0, scale)
-        forward = lambda: triton_attention.attention_forward(q, k, v, True, 0, scale)  # noqa: E731
-        backward = lambda: triton_attention.attention_backward(grad, q, k, v, out, lse, True, 0, scale)  # noqa: E731
+        docs = None
+        if doc_len:
+            docs = (torch.arange(seq, device="cuda") // doc_len).expand(batch, seq).contiguous()
+            point["doc_len"] = doc_len
+        out, lse = triton_attention.attention_forward(q, k, v, True, 0, scale, docs)
+        forward = lambda: triton_attention.attention_forward(q, k, v, True, 0, scale, docs)  # noqa: E731
+        backward = lambda: triton_attention.attention_backward(grad, q, k, v, out, lse, True, 0, scale, docs)  # noqa: E731
     else:
         choice = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION}[backend]
         qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
@@ -57,7 +63,8 @@ def kernel_point(seq: int, dim: int, backend: str, tokens: int = 16384) -> dict:
     except RuntimeError as error:  # a backend this build or GPU does not have
         point["error"] = str(error).splitlines()[0]
         return point
-    flops = attention_flops(batch, heads, seq, dim, True)
+    documents = seq // doc_len if doc_len else 1
+    flops = attention_flops(batch * documents, heads, seq // documents, dim, True)
     point.update(fwd_ms=fwd_ms, bwd_ms=bwd_ms, fwd_tflops=flops / fwd_ms / 1e9, bwd_tflops=2.5 * flops / bwd_ms / 1e9)
     return point
 
