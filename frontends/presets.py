@@ -98,9 +98,12 @@ def preset_config(name: str, layers: int | None = None):
 
 
 def build_preset(
-    name: str, *, seq: int, batch: int = 1, layers: int | None = None, seed: int = 0, dtype: torch.dtype = torch.float32
-) -> tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]:
-    """(loss module, (input_ids, labels)) for a preset, random weights (in `dtype`) and random tokens."""
+    name: str, *, seq: int, batch: int = 1, layers: int | None = None, seed: int = 0, dtype: torch.dtype = torch.float32,
+    documents: int | None = None,
+) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """(loss module, (input_ids, labels)) for a preset, random weights (in `dtype`) and random
+    tokens; with `documents`, each row packs documents of that many tokens (the last one shorter)
+    and the inputs end with their position ids."""
     import transformers
 
     if seq < 2 or batch < 1:
@@ -109,18 +112,24 @@ def build_preset(
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
     input_ids = torch.randint(0, config.vocab_size, (batch, seq))
-    return CausalLMLoss(model), (input_ids, input_ids.clone())
+    if documents is None:
+        return CausalLMLoss(model), (input_ids, input_ids.clone())
+    if documents < 1:
+        raise AutoSPError(f"--documents={documents}: a document needs at least one token")
+    lengths = [documents] * (seq // documents) + ([seq % documents] if seq % documents else [])
+    return CausalLMLoss(model), (input_ids, input_ids.clone(), packed_position_ids(lengths, batch))
 
 
 def export_preset(
-    name: str, *, seq: int, batch: int = 1, layers: int | None = None, fake: bool = False, dtype: torch.dtype = torch.float32
+    name: str, *, seq: int, batch: int = 1, layers: int | None = None, fake: bool = False, dtype: torch.dtype = torch.float32,
+    documents: int | None = None,
 ):
     """torch.export of a preset's loss module; fake=True allocates nothing (IR only)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
     with mode:
-        module, inputs = build_preset(name, seq=seq, batch=batch, layers=layers, dtype=dtype)
+        module, inputs = build_preset(name, seq=seq, batch=batch, layers=layers, dtype=dtype, documents=documents)
         return export_loss_module(module, inputs)
 
 

@@ -26,6 +26,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     parser.add_argument("--layers", type=int, default=None, help="override the preset's layer count")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="parameter dtype of a --preset (default fp32)")
+    parser.add_argument("--documents", type=int, default=None, metavar="N",
+                        help="a --preset with rows packed from documents of N tokens (position ids restart; attention stays in each)")
     parser.add_argument("-o", "--output", default="-", help="output .mlir file (default stdout)")
     return parser.parse_args(argv)
 
@@ -40,10 +42,11 @@ def run(argv=None) -> None:
     args.dtype = getattr(torch, DTYPES[args.dtype])
     start = time.perf_counter()
     if args.preset:
-        ep = export_preset(args.preset, seq=args.seq, batch=args.batch, layers=args.layers, fake=True, dtype=args.dtype)
+        ep = export_preset(args.preset, seq=args.seq, batch=args.batch, layers=args.layers, fake=True, dtype=args.dtype,
+                           documents=args.documents)
     else:
-        if args.layers is not None or args.dtype != torch.float32:
-            raise ValueError("--layers and --dtype apply to --preset only")
+        if args.layers is not None or args.dtype != torch.float32 or args.documents is not None:
+            raise ValueError("--layers, --dtype and --documents apply to --preset only")
         module, inputs = load_factory(args.module)(seq=args.seq, batch=args.batch)
         ep = export_loss_module(module, tuple(inputs))
     text = str(import_program(ep)) + "\n"

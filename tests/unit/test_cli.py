@@ -72,6 +72,21 @@ def test_autosp_export_errors():
     assert result.stderr.strip().splitlines() == [
         "autosp-export: error: --module no_such_pkg.mod:make: cannot import no_such_pkg.mod (No module named 'no_such_pkg')"
     ]
+    result = run("autosp-export", "--preset", "tiny-llama", "--seq", "32", "--documents", "0")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == ["autosp-export: error: --documents=0: a document needs at least one token"]
+
+
+def test_autosp_export_packed_documents_under_sp(tmp_path):
+    """Rows packed from 10-token documents: both attention ops of the layer take the [1, 32]
+    document numbers, whole on each of the 2 ranks (Ulysses runs attention on the full sequence)."""
+    out = tmp_path / "packed.mlir"
+    result = run("autosp-export", "--preset", "tiny-llama", "--seq", "32", "--layers", "1", "--documents", "10", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    partitioned = run("autosp-opt", str(out), "--sp=2", "--rank=1")
+    assert partitioned.returncode == 0, partitioned.stderr
+    attention = [line for line in partitioned.stdout.splitlines() if "= autosp.attention" in line]
+    assert len(attention) == 2 and all(" documents %" in line and "tensor<1x32xi64>" in line for line in attention)
 
 
 def test_autosp_bench_kernels_without_a_gpu(tmp_path):
