@@ -28,7 +28,7 @@ from xdsl.dialects.builtin import (
 from xdsl.ir import Attribute, Operation, SSAValue
 
 from autosp.ir.aten import OPT_TENSOR, TENSOR, TENSOR_LIST, AtenCallOp, AtenOp
-from autosp.ir.autosp import AttentionGradOp, AttentionOp, FusedOp, LinearCrossEntropyOp, LocalShardOp, YieldOp, PlaceShardOp, ToPartialOp
+from autosp.ir.autosp import AttentionGradOp, AttentionOp, FusedOp, GatedMlpGradOp, GatedMlpOp, LinearCrossEntropyOp, LocalShardOp, YieldOp, PlaceShardOp, ToPartialOp
 from autosp.ir.dist import AllGatherOp, AllReduceOp, AllToAllOp, ReduceScatterOp
 from autosp.ir.dtypes import torch_dtype
 from autosp.runtime.errors import AutoSPError
@@ -157,6 +157,18 @@ def emit_attention_grad(op: AttentionGradOp, names: Names) -> str:
 def emit_linear_cross_entropy(op: LinearCrossEntropyOp, names: Names) -> str:
     tensors = [names[v] for v in op.operands]
     return f"kernels.linear_cross_entropy({', '.join(tensors)}, {literal(op.ignore_index)}, {literal(op.chunk)})"
+
+
+@emits(GatedMlpOp)
+def emit_gated_mlp(op: GatedMlpOp, names: Names) -> str:
+    tensors = ", ".join(names[v] for v in op.operands)
+    return f"kernels.gated_mlp_forward({tensors}, {literal(op.activation)}, {literal(op.chunk)})"
+
+
+@emits(GatedMlpGradOp)
+def emit_gated_mlp_grad(op: GatedMlpGradOp, names: Names) -> str:
+    tensors = ", ".join(names[v] for v in op.operands)
+    return f"kernels.gated_mlp_backward({tensors}, {literal(op.activation)}, {literal(op.chunk)})"
 
 
 @emits(FusedOp)

@@ -76,7 +76,20 @@ def remat_options(ep, memory_budget, cost_model) -> tuple[str, str]:
     return str(budget), profile.name
 
 
-def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=None, fuse=True, cache_dir=None) -> TrainStep:
+def compile_module(ep, spec: str, tile_mlp="auto") -> ModuleOp:
+    """Import and run the pipeline; with tile_mlp="auto", import again with gated MLPs in row
+    chunks when remat finds no plan that fits without."""
+    from autosp.passes.remat import RematInfeasible
+
+    try:
+        return run_pipeline(import_program(ep, tile_mlp=tile_mlp is True), spec)
+    except RematInfeasible:
+        if tile_mlp != "auto":
+            raise
+    return run_pipeline(import_program(ep, tile_mlp=True), spec)
+
+
+def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=None, fuse=True, tile_mlp="auto", cache_dir=None) -> TrainStep:
     if not isinstance(ep, torch.export.ExportedProgram):
         raise AutoSPError(
             f"autosp.compile takes a torch.export.ExportedProgram, got {type(ep).__name__}; "
@@ -84,6 +97,8 @@ def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=Non
         )
     if (memory_budget is not None or cost_model is not None) and not remat:
         raise AutoSPError("memory_budget and cost_model only apply with remat=True")
+    if tile_mlp not in (True, False, "auto"):
+        raise AutoSPError(f"tile_mlp={tile_mlp!r}: use True, False or 'auto'")
     options = dict(sp=sp, remat=remat, fuse=fuse)
     if remat:
         budget, model = remat_options(ep, memory_budget, cost_model)
@@ -95,7 +110,7 @@ def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=Non
 
         check_world(sp)
         rank = dist.get_rank() % sp  # SP groups are contiguous ranks
-    module = run_pipeline(import_program(ep), pipeline_spec(**options, rank=rank))
+    module = compile_module(ep, pipeline_spec(**options, rank=rank), tile_mlp)
     source = generate(module)
     path = write_program(source, Path(cache_dir) if cache_dir else default_cache_dir())
     inputs, grad_of = signature(module)

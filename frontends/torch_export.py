@@ -34,6 +34,7 @@ from xdsl.rewriter import InsertPoint
 
 from autosp.frontends.attention import rewrite_attention
 from autosp.frontends.loss import rewrite_linear_cross_entropy
+from autosp.frontends.mlp import rewrite_gated_mlp
 from autosp.frontends.mask import bound_arguments
 from autosp.ir.aten import (
     NONE_ARG,
@@ -45,7 +46,7 @@ from autosp.ir.aten import (
     op_name_of,
     operand_ref,
 )
-from autosp.ir.autosp import AttentionGradOp, AttentionOp, LinearCrossEntropyOp
+from autosp.ir.autosp import AttentionGradOp, AttentionOp, GatedMlpGradOp, GatedMlpOp, LinearCrossEntropyOp
 from autosp.ir.dtypes import UnsupportedDtype, element_type, tensor_type
 from autosp.runtime.errors import AutoSPError
 
@@ -146,6 +147,13 @@ class _Importer:
             op = cls(
                 *(self.value(args[n]) for n in names), documents,
                 causal=args["causal"], window=args["window"], scale=args["scale"],
+            )
+        elif target in (torch.ops.autosp.gated_mlp.default, torch.ops.autosp.gated_mlp_backward.default):
+            args = bound_arguments(node)
+            forward = target == torch.ops.autosp.gated_mlp.default
+            names = ("x", "w_gate", "w_up", "w_down") if forward else ("grad_out", "x", "w_gate", "w_up", "w_down")
+            op = (GatedMlpOp if forward else GatedMlpGradOp)(
+                *(self.value(args[n]) for n in names), activation=args["activation"], chunk=args["chunk"]
             )
         elif target == torch.ops.autosp.linear_cross_entropy.default:
             hidden, weight, labels, ignore_index, chunk = node.args
@@ -290,9 +298,10 @@ def _check_loss_output(ep: ExportedProgram) -> None:
         raise AutoSPError(f"the exported forward mutates state ({names}); training steps with state updates are not supported")
 
 
-def joint_graph(ep: ExportedProgram) -> ExportedProgram:
+def joint_graph(ep: ExportedProgram, tile_mlp: bool = False) -> ExportedProgram:
     """The joint forward+backward ExportedProgram, attention kept as one op each way and the
-    LM head + cross-entropy as one fused op."""
+    LM head + cross-entropy as one fused op (and with tile_mlp, each gated MLP as one op each
+    way, in chunks of rows)."""
     from torch.export.experimental import _export_forward_backward
 
     _check_loss_output(ep)
@@ -304,6 +313,8 @@ def joint_graph(ep: ExportedProgram) -> ExportedProgram:
             graph.erase_node(node)
     rewrite_attention(graph)
     rewrite_linear_cross_entropy(graph)
+    if tile_mlp:
+        rewrite_gated_mlp(graph)
     _drop_unused_parameters(ep)
     ep.graph_module.recompile()
     return _export_forward_backward(ep, joint_loss_index=0)
@@ -332,13 +343,14 @@ def _copy(ep: ExportedProgram) -> ExportedProgram:
     return ep._update(gm, copy.deepcopy(ep.graph_signature), state_dict=dict(ep.state_dict))
 
 
-def import_program(ep: ExportedProgram) -> ModuleOp:
-    """The joint training step of `ep` as an AutoSP IR module."""
+def import_program(ep: ExportedProgram, tile_mlp: bool = False) -> ModuleOp:
+    """The joint training step of `ep` as an AutoSP IR module (tile_mlp: gated MLPs as
+    `autosp.gated_mlp`, computed in chunks of rows)."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # torch's own pytree deprecation
-        joint = joint_graph(ep)
+        joint = joint_graph(ep, tile_mlp)
     signature = joint.graph_signature
     graph = joint.graph
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]

@@ -9,6 +9,8 @@
 - `autosp.linear_cross_entropy`: the LM head matmul and the summed cross-entropy in one op,
   computed in row chunks so the [N, V] logits never exist; it also returns the gradients of the
   summed loss w.r.t. the hidden states and the head weight (the backward only scales them).
+- `autosp.gated_mlp` / `autosp.gated_mlp_grad`: a Llama-style gated MLP in chunks of rows, its
+  gradient recomputing the gate and up projections chunk by chunk (used when memory needs it).
 - `autosp.fused` / `autosp.yield`: a chain of elementwise ops (and last-dim row reductions) that
   the backend turns into one generated Triton kernel; the region holds the original ops.
 """
@@ -372,6 +374,91 @@ class LinearCrossEntropyOp(IRDLOperation):
             raise VerifyException(f"{self.name}: results must be {', '.join(map(str, expected))}")
 
 
+MLP_ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
+
+
+class _GatedMlpBase(IRDLOperation):
+    activation = prop_def(StringAttr)
+    chunk = prop_def(IntegerAttr)
+
+    irdl_options = (ParsePropInAttrDict(),)
+    traits = traits_def(Pure())
+
+    def verify_weights(self, x: SSAValue, w_gate: SSAValue, w_up: SSAValue, w_down: SSAValue) -> None:
+        """x [..., H], w_gate and w_up [I, H], w_down [O, I], one element type."""
+        xs, gs, us, ds = _shape(x), _shape(w_gate), _shape(w_up), _shape(w_down)
+        if not xs or len(gs) != 2 or gs != us or gs[1] != xs[-1] or len(ds) != 2 or ds[1] != gs[0]:
+            raise VerifyException(f"{self.name}: needs x [..., H], w_gate/w_up [I, H], w_down [O, I]; got {xs}, {gs}, {us}, {ds}")
+        if len({v.type.element_type for v in (x, w_gate, w_up, w_down)}) != 1:  # type: ignore[attr-defined]
+            raise VerifyException(f"{self.name}: x and the weights must have one element type")
+        if self.activation.data not in MLP_ACTIVATIONS:
+            raise VerifyException(f"{self.name}: activation must be one of {', '.join(MLP_ACTIVATIONS)}")
+        if self.chunk.value.data < 1:
+            raise VerifyException(f"{self.name}: chunk must be >= 1")
+
+
+def _mlp_properties(activation: str, chunk: int) -> dict[str, Attribute]:
+    return {"activation": StringAttr(activation), "chunk": IntegerAttr(chunk, IntegerType(64))}
+
+
+@irdl_op_definition
+class GatedMlpOp(_GatedMlpBase):
+    """out = act(x w_gateᵀ) · (x w_upᵀ) w_downᵀ, computed `chunk` rows of x at a time: no
+    [rows, I] value is ever whole. Its gradient recomputes the gate and up projections."""
+
+    name = "autosp.gated_mlp"
+    x = operand_def(TensorType)
+    w_gate = operand_def(TensorType)
+    w_up = operand_def(TensorType)
+    w_down = operand_def(TensorType)
+    out = result_def(TensorType)
+
+    assembly_format = "$x `,` $w_gate `,` $w_up `,` $w_down attr-dict `:` functional-type(operands, results)"
+
+    def __init__(self, x: SSAValue, w_gate: SSAValue, w_up: SSAValue, w_down: SSAValue, *, activation: str, chunk: int):
+        out_type = TensorType(x.type.element_type, [*_shape(x)[:-1], _shape(w_down)[0]])  # type: ignore[attr-defined]
+        super().__init__(operands=[x, w_gate, w_up, w_down], result_types=[out_type], properties=_mlp_properties(activation, chunk))
+
+    def verify_(self) -> None:
+        self.verify_weights(self.x, self.w_gate, self.w_up, self.w_down)
+        expected = (*_shape(self.x)[:-1], _shape(self.w_down)[0])
+        if _shape(self.out) != expected or self.out.type.element_type != self.x.type.element_type:  # type: ignore[attr-defined]
+            raise VerifyException(f"{self.name}: out must be {list(expected)} of x's element type")
+
+
+@irdl_op_definition
+class GatedMlpGradOp(_GatedMlpBase):
+    """The gradient of `autosp.gated_mlp`: (dx, dw_gate, dw_up, dw_down) from the output
+    gradient and the op's inputs, `chunk` rows at a time."""
+
+    name = "autosp.gated_mlp_grad"
+    grad_out = operand_def(TensorType)
+    x = operand_def(TensorType)
+    w_gate = operand_def(TensorType)
+    w_up = operand_def(TensorType)
+    w_down = operand_def(TensorType)
+    grad_x = result_def(TensorType)
+    grad_gate = result_def(TensorType)
+    grad_up = result_def(TensorType)
+    grad_down = result_def(TensorType)
+
+    assembly_format = "$grad_out `,` $x `,` $w_gate `,` $w_up `,` $w_down attr-dict `:` functional-type(operands, results)"
+
+    def __init__(self, grad_out, x, w_gate, w_up, w_down, *, activation: str, chunk: int):
+        super().__init__(
+            operands=[grad_out, x, w_gate, w_up, w_down],
+            result_types=[x.type, w_gate.type, w_up.type, w_down.type],
+            properties=_mlp_properties(activation, chunk),
+        )
+
+    def verify_(self) -> None:
+        self.verify_weights(self.x, self.w_gate, self.w_up, self.w_down)
+        if _shape(self.grad_out) != (*_shape(self.x)[:-1], _shape(self.w_down)[0]):
+            raise VerifyException(f"{self.name}: grad_out {list(_shape(self.grad_out))} does not match the output of x and w_down")
+        if [r.type for r in self.results] != [v.type for v in (self.x, self.w_gate, self.w_up, self.w_down)]:
+            raise VerifyException(f"{self.name}: gradients must have the types of x and the weights")
+
+
 @irdl_op_definition
 class FusedOp(IRDLOperation):
     """One generated kernel: the region's ops computed elementwise over `shape` (rows of its last
@@ -437,4 +524,4 @@ def mask_properties(causal: bool, window: int, scale: float) -> dict[str, Attrib
     }
 
 
-AutoSP = Dialect("autosp", [AttentionOp, AttentionGradOp, LinearCrossEntropyOp, FusedOp, YieldOp, LocalShardOp, PlaceShardOp, ToPartialOp], [LayoutAttr])
+AutoSP = Dialect("autosp", [AttentionOp, AttentionGradOp, LinearCrossEntropyOp, GatedMlpOp, GatedMlpGradOp, FusedOp, YieldOp, LocalShardOp, PlaceShardOp, ToPartialOp], [LayoutAttr])

@@ -114,6 +114,27 @@ def _linear_cross_entropy_flops(op: Operation) -> float:
     return 3 * 2.0 * rows * width * _shape(op.operands[1])[0]
 
 
+def _gated_mlp_sizes(op: Operation) -> tuple[float, int, int, int]:
+    x, w_gate, _, w_down = op.operands[-4:]
+    rows = numel(x) / _shape(x)[-1]
+    intermediate, width = _shape(w_gate)
+    return rows, width, intermediate, _shape(w_down)[0]
+
+
+@flop_rule("autosp.gated_mlp", matmul=True)
+def _gated_mlp_flops(op: Operation) -> float:
+    """gate, up (N x H x I each) and down (N x I x O)."""
+    rows, width, intermediate, out = _gated_mlp_sizes(op)
+    return 2.0 * rows * intermediate * (2 * width + out)
+
+
+@flop_rule("autosp.gated_mlp_grad", matmul=True)
+def _gated_mlp_grad_flops(op: Operation) -> float:
+    """gate and up recomputed, then the gradients: two matmuls per weight (input and weight)."""
+    rows, width, intermediate, out = _gated_mlp_sizes(op)
+    return 2.0 * rows * intermediate * (6 * width + 2 * out)
+
+
 def op_flops(op: Operation) -> float:
     rule = FLOP_RULES.get(op.name)
     if rule is not None:

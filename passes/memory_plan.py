@@ -14,6 +14,8 @@ the whole plan for reports.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,7 +27,7 @@ from xdsl.passes import ModulePass
 
 from autosp.codegen import train_step_of
 from autosp.ir.aten import AtenOp
-from autosp.ir.autosp import AttentionGradOp, LinearCrossEntropyOp
+from autosp.ir.autosp import AttentionGradOp, GatedMlpGradOp, GatedMlpOp, LinearCrossEntropyOp
 from autosp.ir.dtypes import BYTES, tensor_bytes, torch_dtype
 from autosp.runtime.errors import AutoSPError
 from autosp.rules import registrar
@@ -82,6 +84,24 @@ def _linear_cross_entropy_workspace(op: LinearCrossEntropyOp) -> int:
     acc = BYTES[torch_dtype(op.grad_weight.type.element_type)]
     chunk = min(rows, op.chunk.value.data)
     return chunk * vocab * element + chunk * acc + (vocab * width * element if element != acc else 0)
+
+
+@workspace_rule("autosp.gated_mlp", "autosp.gated_mlp_grad")
+def _gated_mlp_workspace(op: GatedMlpOp | GatedMlpGradOp) -> int:
+    """One chunk's [chunk, I] values (forward: gate, up, activation, product; gradient: also the
+    hidden, up and gate gradients), plus, for the gradient, its [chunk, H] input gradient before
+    it is stored and the weight gradients' accumulators when they are wider than the weights."""
+    x_shape = op.x.type.get_shape()
+    rows = math.prod(x_shape[:-1])
+    intermediate, width = op.w_gate.type.get_shape()
+    out_width = op.w_down.type.get_shape()[0]
+    element = BYTES[torch_dtype(op.x.type.element_type)]
+    chunk = min(rows, op.chunk.value.data)
+    if isinstance(op, GatedMlpOp):
+        return 4 * chunk * intermediate * element
+    acc = max(element, 4)
+    accumulators = (2 * intermediate * width + out_width * intermediate) * acc if acc != element else 0
+    return 7 * chunk * intermediate * element + chunk * width * element + accumulators
 
 
 @dataclass

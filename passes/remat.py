@@ -483,6 +483,21 @@ def sequence_length(module: ModuleOp) -> int | None:
     return max((t.type.get_shape()[1] for t in tokens), default=None)  # type: ignore[attr-defined]
 
 
+class RematInfeasible(AutoSPError):
+    """No plan fits the budget."""
+
+
+def least_memory(module: ModuleOp, profile) -> int:
+    """The least peak remat reaches on `module`: per-layer checkpointing or the ILP's
+    least-memory plan, whichever holds less."""
+    problem = RematProblem(module, profile)
+    plans = [problem.checkpointing()]
+    least, _, _ = problem.solve(None)
+    if least is not None:
+        plans.append(Plan("least memory", least, problem.seconds(least)))
+    return min(problem.evaluate(plan).peak_bytes for plan in plans)
+
+
 def infeasible(module: ModuleOp, plan: MemoryPlan, needs: int, budget: int) -> AutoSPError:
     """The error for a budget nothing fits; `plan` is the step's plan without remat."""
     sp_attr = module.attributes.get("autosp.sp")
@@ -497,7 +512,7 @@ def infeasible(module: ModuleOp, plan: MemoryPlan, needs: int, budget: int) -> A
     else:
         factor = 2 ** math.ceil(math.log2(max(1.0, (needs - fixed) / (budget - fixed))))
         hint = f"try sp={sp * max(2, factor)} or a larger budget"
-    return AutoSPError(
+    return RematInfeasible(
         f"remat: the step needs {human_bytes(needs, 2)} per rank{where} (sp={sp}) even with everything "
         f"recomputable recomputed; budget {human_bytes(budget, 2)}; {hint}"
     )
@@ -524,11 +539,13 @@ def rematerialize(module: ModuleOp, budget: int, profile: DeviceProfile) -> Rema
         target -= (plan.peak_bytes - budget) * 2**attempt  # the model was optimistic here: tighten
     candidates.append(problem.evaluate(problem.checkpointing()))
     fitting = [p for p in candidates if p.peak_bytes <= budget]
-    if not fitting:
+    if not fitting:  # the least memory the ILP can reach, if that fits
         least, _, elapsed = problem.solve(None)
         ilp_seconds += elapsed
         if least is not None:
             candidates.append(problem.evaluate(Plan("least memory", least, problem.seconds(least))))
+        fitting = [p for p in candidates if p.peak_bytes <= budget]
+    if not fitting:
         raise infeasible(module, baseline, min(p.peak_bytes for p in candidates), budget)
     best = min(fitting, key=lambda p: (p.seconds, p.peak_bytes))
     return RematResult(budget, baseline.peak_bytes, best, candidates, problem.num_slots, ilp_seconds, status)

@@ -472,6 +472,31 @@ def _documents(op: AttentionOp | AttentionGradOp) -> list[Layout]:
     return [] if op.documents is None else [R]
 
 
+# --- gated MLP in row chunks -------------------------------------------------------------
+
+
+@sharding_rule("autosp.gated_mlp")
+def _gated_mlp(op, layouts, ctx):
+    """Rows are independent: sharded rows in, sharded rows out, the weights replicated."""
+    x, *weights = layouts
+    rows = len(shape(op.x)) - 1
+    if not (x.kind == "shard" and x.dim < rows) or any(w != R for w in weights):
+        return None
+    return Strategy([x, R, R, R], [x])
+
+
+@sharding_rule("autosp.gated_mlp_grad")
+def _gated_mlp_grad(op, layouts, ctx):
+    """Each rank's rows give its share of the weight gradients (partial sums) and the gradient
+    of its own rows."""
+    grad, x, *weights = layouts
+    rows = len(shape(op.x)) - 1
+    sharded = grad if grad.kind == "shard" else x
+    if not (sharded.kind == "shard" and sharded.dim < rows) or any(w != R for w in weights):
+        return None
+    return Strategy([sharded, sharded, R, R, R], [sharded, P, P, P])
+
+
 # --- fused LM head + loss ---------------------------------------------------------------
 
 

@@ -72,3 +72,16 @@ def broadcast_strides(x: torch.Tensor, shape: list[int]) -> list[int]:
     """x's strides over `shape` (x broadcast to it): 0 along dims x lacks or has size 1."""
     pad = len(shape) - x.dim()
     return [0 if d < pad or x.shape[d - pad] == 1 else x.stride(d - pad) for d in range(len(shape))]
+
+
+def gated_mlp_forward(x, w_gate, w_up, w_down, activation: str, chunk: int):
+    """Matmuls and one activation per chunk: PyTorch on every device (cuBLAS/hipBLAS do the work)."""
+    from autosp.runtime import mlp
+
+    return mlp.gated_mlp_forward(x, w_gate, w_up, w_down, activation, chunk)
+
+
+def gated_mlp_backward(grad_out, x, w_gate, w_up, w_down, activation: str, chunk: int):
+    from autosp.runtime import mlp
+
+    return mlp.gated_mlp_backward(grad_out, x, w_gate, w_up, w_down, activation, chunk)

@@ -96,3 +96,47 @@ def _lce_backward(ctx, grad_loss, _grad_hidden, _grad_weight):
 
 
 linear_cross_entropy.register_autograd(_lce_backward, setup_context=_lce_setup_context)
+
+
+@torch.library.custom_op("autosp::gated_mlp", mutates_args=())
+def gated_mlp(
+    x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, activation: str, chunk: int
+) -> torch.Tensor:
+    return kernels.gated_mlp_forward(x, w_gate, w_up, w_down, activation, chunk)
+
+
+@gated_mlp.register_fake
+def _gated_mlp_fake(x, w_gate, w_up, w_down, activation, chunk):
+    return x.new_empty(*x.shape[:-1], w_down.shape[0])
+
+
+@torch.library.custom_op("autosp::gated_mlp_backward", mutates_args=())
+def gated_mlp_backward(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    w_gate: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+    activation: str,
+    chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return kernels.gated_mlp_backward(grad_out, x, w_gate, w_up, w_down, activation, chunk)
+
+
+@gated_mlp_backward.register_fake
+def _gated_mlp_backward_fake(grad_out, x, w_gate, w_up, w_down, activation, chunk):
+    return x.new_empty(x.shape), w_gate.new_empty(w_gate.shape), w_up.new_empty(w_up.shape), w_down.new_empty(w_down.shape)
+
+
+def _mlp_setup_context(ctx, inputs, output):
+    x, w_gate, w_up, w_down, activation, chunk = inputs
+    ctx.save_for_backward(x, w_gate, w_up, w_down)  # nothing of the intermediate size is kept
+    ctx.options = (activation, chunk)
+
+
+def _mlp_backward(ctx, grad_out):
+    grads = gated_mlp_backward(grad_out.contiguous(), *ctx.saved_tensors, *ctx.options)
+    return (*grads, None, None)
+
+
+gated_mlp.register_autograd(_mlp_backward, setup_context=_mlp_setup_context)

@@ -62,10 +62,8 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str,
     from autosp.frontends import import_program
     from autosp.frontends.presets import export_preset
     from autosp.passes.cost_model import device_profile
-    from autosp.passes.memory_plan import peak_breakdown, plan_memory
-    from autosp.passes.remat import RematProblem, apply_recompute, parse_budget, rematerialize
+    from autosp.passes.remat import RematInfeasible, RematProblem, parse_budget, rematerialize
     from autosp.pipeline import pipeline_spec, run_pipeline
-    from autosp.runtime.errors import AutoSPError
 
     # A device of `memory` bytes: the budget is what "auto" leaves of it.
     profile = device_profile(cost_model)
@@ -74,29 +72,24 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str,
     started = time.perf_counter()
     ep = export_preset(preset, seq=seq, layers=layers, fake=True, dtype=getattr(torch, DTYPES[dtype]))
     point["export_s"] = time.perf_counter() - started
-    started = time.perf_counter()
-    module = run_pipeline(import_program(ep), pipeline_spec(sp=sp, fuse=False))  # as compile: remat plans the unfused program
-    point["import_and_sp_s"] = time.perf_counter() - started
-    started = time.perf_counter()
-    def breakdown(recompute) -> dict:
-        """What compile would run (this recompute, then fusion): its peak, per token, by kind."""
-        apply_recompute(module, recompute)
-        run_pipeline(module, "fuse-elementwise")
-        return {
-            "peak_fused_gib": plan_memory(module).peak_bytes / 2**30,
-            # per token of this rank's part of the sequence
-            "kb_per_token": {kind: size * sp / seq / 1024 for kind, size in peak_breakdown(module, seq // sp)[:12]},
-        }
-
-    try:
-        result = rematerialize(module, parse_budget("auto", profile), profile)
-    except AutoSPError as error:
-        point.update(fits=False, error=str(error), remat_s=time.perf_counter() - started)
+    for tiled in (False, True):  # as compile's tile_mlp="auto": gated MLPs in row chunks only if needed
+        started = time.perf_counter()
+        module = run_pipeline(import_program(ep, tile_mlp=tiled), pipeline_spec(sp=sp, fuse=False))  # remat plans the unfused program
+        point["import_and_sp_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        try:
+            result = rematerialize(module, parse_budget("auto", profile), profile)
+            break
+        except RematInfeasible as error:
+            point.update(fits=False, error=str(error), remat_s=time.perf_counter() - started, tiled_mlp=tiled)
+    else:
         # Where the memory goes under per-layer checkpointing (about the least remat can reach).
-        point["checkpointing"] = breakdown(RematProblem(module, profile).checkpointing().recompute)
+        point["checkpointing"] = breakdown(module, RematProblem(module, profile).checkpointing().recompute, seq, sp)
         return point
     point.update(
         fits=True,
+        error=None,
+        tiled_mlp=tiled,
         remat_s=time.perf_counter() - started,
         ilp_s=result.ilp_seconds,
         plan=result.plan.name,
@@ -105,9 +98,24 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str,
         recompute_ms=result.plan.seconds * 1e3,
         recomputed_ops=len(result.plan.recompute),
         slots=result.slots,
-        **breakdown(result.plan.recompute),
+        **breakdown(module, result.plan.recompute, seq, sp),
     )
     return point
+
+
+def breakdown(module, recompute, seq: int, sp: int) -> dict:
+    """What compile would run (this recompute, then fusion): its peak, per token, by kind."""
+    from autosp.passes.memory_plan import peak_breakdown, plan_memory
+    from autosp.passes.remat import apply_recompute
+    from autosp.pipeline import run_pipeline
+
+    apply_recompute(module, recompute)
+    run_pipeline(module, "fuse-elementwise")
+    return {
+        "peak_fused_gib": plan_memory(module).peak_bytes / 2**30,
+        # per token of this rank's part of the sequence
+        "kb_per_token": {kind: size * sp / seq / 1024 for kind, size in peak_breakdown(module, seq // sp)[:12]},
+    }
 
 
 def run_remat(args: argparse.Namespace) -> None:
@@ -122,20 +130,22 @@ def run_remat(args: argparse.Namespace) -> None:
             point = remat_point(args.preset, args.layers, seq, sp, args.memory, args.cost_model, args.dtype)
             points.append(point)
             status = f"peak {point['peak_gib']:.1f} GiB, {point['plan']}" if point["fits"] else point["error"]
+            if point["tiled_mlp"]:
+                status += " (gated MLPs in row chunks)"
             console.print(f"sp={sp} S={seq}: {status} (remat {point['remat_s']:.1f}s)")
             if point["fits"]:
                 best[sp] = seq
             elif not args.keep_going:
                 break
             seq *= 2
-    table = Table("sp", "S", "fits", "peak (GiB)", "fused (GiB)", "without remat (GiB)", "recompute (ms)", "plan", "remat (s)", "ILP (s)",
+    table = Table("sp", "S", "fits", "peak (GiB)", "fused (GiB)", "without remat (GiB)", "recompute (ms)", "plan", "MLP tiled", "remat (s)", "ILP (s)",
                   title=f"{args.preset} ({args.dtype}) on {args.memory} per rank ({args.cost_model} cost model)")
     for p in points:
         table.add_row(
             str(p["sp"]), str(p["seq"]), "yes" if p["fits"] else "no",
             f"{p['peak_gib']:.1f}" if p["fits"] else "-", f"{p['peak_fused_gib']:.1f}" if p["fits"] else "-",
             f"{p.get('peak_without_remat_gib', 0):.1f}" if p["fits"] else "-",
-            f"{p['recompute_ms']:.1f}" if p["fits"] else "-", p.get("plan", "-"),
+            f"{p['recompute_ms']:.1f}" if p["fits"] else "-", p.get("plan", "-"), "yes" if p["tiled_mlp"] else "no",
             f"{p['remat_s']:.1f}", f"{p['ilp_s']:.2f}" if p["fits"] else "-",
         )
     console.print(table)

@@ -28,6 +28,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="parameter dtype of a --preset (default fp32)")
     parser.add_argument("--documents", type=int, default=None, metavar="N",
                         help="a --preset with rows packed from documents of N tokens (position ids restart; attention stays in each)")
+    parser.add_argument("--tile-mlp", action="store_true",
+                        help="gated MLPs as autosp.gated_mlp in row chunks (what compile does when memory needs it)")
     parser.add_argument("-o", "--output", default="-", help="output .mlir file (default stdout)")
     return parser.parse_args(argv)
 
@@ -49,7 +51,7 @@ def run(argv=None) -> None:
             raise ValueError("--layers, --dtype and --documents apply to --preset only")
         module, inputs = load_factory(args.module)(seq=args.seq, batch=args.batch)
         ep = export_loss_module(module, tuple(inputs))
-    text = str(import_program(ep)) + "\n"
+    text = str(import_program(ep, tile_mlp=args.tile_mlp)) + "\n"
     if args.output == "-":
         sys.stdout.write(text)
     else:

@@ -33,8 +33,9 @@ def _worker(rank, world, init_file, case, results):
 
 
 def run_case(rank, world, *, arch, sp, seq, batch=1, config=None, labels_fn=None, steps=1, lr=0.1,
-             point_to_point=False, documents=None):
-    """documents: lengths of the documents packed into each row (position ids restart per document)."""
+             point_to_point=False, documents=None, mlp_chunk_rows=None):
+    """documents: lengths of the documents packed into each row (position ids restart per document).
+    mlp_chunk_rows: gated MLPs in chunks of that many rows (tile_mlp=True)."""
     if point_to_point:  # as on backends without all_to_all (gloo before torch 2.13)
         from autosp.runtime import collectives
 
@@ -51,7 +52,13 @@ def run_case(rank, world, *, arch, sp, seq, batch=1, config=None, labels_fn=None
     replica = rank // sp  # every rank of an SP group gets its replica's full batch
     ids, labels = ids_all[replica], labels_all[replica]
     extra = () if documents is None else (packed_position_ids(documents, batch),)
-    step = autosp.compile(torch.export.export(module, (ids, labels, *extra)), sp=sp)
+    tile_mlp = False
+    if mlp_chunk_rows is not None:
+        from autosp.frontends import mlp
+
+        mlp.CHUNK_BYTES = mlp_chunk_rows * module.model.config.intermediate_size * 4
+        tile_mlp = True
+    step = autosp.compile(torch.export.export(module, (ids, labels, *extra)), sp=sp, tile_mlp=tile_mlp)
     opt = torch.optim.SGD(module.parameters(), lr=lr)
     ref_opt = torch.optim.SGD(reference.parameters(), lr=lr)
     errors = {"loss": 0.0, "grad": 0.0, "param": 0.0}

@@ -46,6 +46,8 @@ def test_bad_options_are_refused_not_ignored(tmp_cache):
         autosp.compile(ep, remat=True, memory_budget="12 parsecs")
     with pytest.raises(AutoSPError, match=r"remat: the step needs .* per rank at S=16 \(sp=1\)"):
         autosp.compile(ep, remat=True, memory_budget=4096)
+    with pytest.raises(AutoSPError, match="tile_mlp='yes': use True, False or 'auto'"):
+        autosp.compile(ep, tile_mlp="yes")
     with pytest.raises(AutoSPError, match="ExportedProgram"):
         autosp.compile(module)
 

@@ -141,6 +141,28 @@ def test_packed_documents_match_eager(arch, kernels, tmp_cache, monkeypatch):
     assert len(calls) == 4 and len(set(calls)) == 1, calls
 
 
+@pytest.mark.parametrize("arch", ["Llama", "Gemma"])
+def test_gated_mlps_in_row_chunks_match_eager(arch, tmp_cache, monkeypatch):
+    """tile_mlp=True: each gated MLP (SiLU for Llama, tanh-GELU for Gemma) in chunks of 5 of the
+    48 rows, its backward recomputing gate and up chunk by chunk."""
+    from autosp.frontends import mlp
+
+    monkeypatch.setattr(mlp, "CHUNK_BYTES", 5 * 80 * 4)  # intermediate 80, fp32: 5 rows
+    module = tiny_causal_lm(arch, **ARCHS[arch])
+    reference = copy.deepcopy(module)
+    ids, labels = batch()
+    step = autosp.compile(torch.export.export(module, (ids, labels)), tile_mlp=True)
+    assert re.findall(r"kernels\.gated_mlp_backward\(.*'(\w+)', (\d+)\)", step.source) == [
+        ("gelu_tanh" if arch == "Gemma" else "silu", "5")
+    ] * 2
+    loss = step(ids, labels)
+    eager = reference(ids, labels)
+    eager.backward()
+    assert relative_error(loss, eager.detach()) <= TOLERANCE
+    for (name, p), r in zip(module.named_parameters(), reference.parameters()):
+        assert relative_error(p.grad, r.grad) <= TOLERANCE, name
+
+
 def test_generated_kernels_bf16_within_bf16_tolerance(tmp_cache, monkeypatch):
     """bf16 Llama with every elementwise chain in a generated Triton kernel (RMSNorm with its row
     reduction, RoPE products, SiLU·mul, residual adds, casts) vs eager bf16, and vs the same

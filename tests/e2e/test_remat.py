@@ -10,7 +10,7 @@ import torch
 import autosp
 from autosp.frontends import import_program
 from autosp.passes.cost_model import device_profile
-from autosp.passes.remat import RECOMPUTE, RematProblem, rematerialize
+from autosp.passes.remat import RECOMPUTE, RematProblem, least_memory, rematerialize
 from autosp.pipeline import pipeline_spec, run_pipeline
 from tests.conftest import tiny_causal_lm
 
@@ -135,3 +135,37 @@ def test_other_architectures_at_half_the_peak(arch, extra, tmp_cache, determinis
     assert measured <= budget and measured == step.predicted_tracked_bytes
     assert torch.equal(remat_loss, loss)
     assert all(torch.equal(remat_grads[name], grads[name]) for name in grads)
+
+
+def test_gated_mlps_in_row_chunks_when_nothing_else_fits(deep_model, tmp_cache, monkeypatch):
+    """A budget below the least remat reaches with whole MLPs, above what it reaches with MLPs in
+    row chunks (64 rows of 512): tile_mlp=False refuses it; "auto" compiles the
+    chunked MLPs, fits, is predicted as measured, and matches eager within 1e-5."""
+    import copy
+
+    from autosp import AutoSPError
+    from autosp.frontends import mlp
+    from tests.conftest import relative_error
+
+    monkeypatch.setattr(mlp, "CHUNK_BYTES", 256 * 4 * 64)
+    model, ep, inputs = deep_model
+    profile = device_profile("cpu")
+    floors = {
+        tiled: least_memory(run_pipeline(import_program(ep, tile_mlp=tiled), pipeline_spec(fuse=False)), profile)
+        for tiled in (False, True)
+    }
+    assert floors[True] < floors[False]
+    budget = (floors[True] + floors[False]) // 2
+    with pytest.raises(AutoSPError, match="even with everything recomputable recomputed"):
+        autosp.compile(ep, remat=True, memory_budget=budget, cost_model="cpu", tile_mlp=False)
+    reference = copy.deepcopy(model)
+    step = autosp.compile(ep, remat=True, memory_budget=budget, cost_model="cpu")
+    assert step.source.count("kernels.gated_mlp_backward(") == 12
+    measured, loss, grads = run_step(model, step, inputs)
+    assert step.predicted_peak_bytes <= budget and measured <= budget
+    assert abs(step.predicted_tracked_bytes - measured) <= 0.05 * measured
+    eager = reference(*inputs)
+    eager.backward()
+    assert relative_error(loss, eager.detach()) <= 1e-5
+    for name, ref in reference.named_parameters():
+        assert relative_error(grads[name], ref.grad) <= 1e-5, name

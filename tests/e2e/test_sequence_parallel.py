@@ -56,6 +56,12 @@ def test_sp2_packed_documents_with_triton_kernels(monkeypatch):
     check(run_distributed(2, arch="Llama", sp=2, seq=33, batch=2, documents=[9, 14, 10], labels_fn=ignore_unevenly))
 
 
+def test_sp2_gated_mlps_in_row_chunks():
+    """Gated MLPs in chunks of 5 rows on each rank's 17 / 16 tokens: the weight gradients are
+    partial sums over ranks (all-reduced), the input gradient stays with its rows."""
+    check(run_distributed(2, arch="Llama", sp=2, seq=33, mlp_chunk_rows=5, labels_fn=ignore_unevenly, steps=2))
+
+
 def test_sp4_kv_heads_fewer_than_sp_uneven_seq_five_sgd_steps():
     # 4 query heads, 2 kv heads on 4 ranks: K/V all-gathered (2 heads), one kv head per rank;
     # 30 tokens split 8, 8, 7, 7.

@@ -36,3 +36,19 @@ func.func @documents_shape(%q: tensor<2x4x16x64xf32>, %docs: tensor<1x16xi64>) {
   func.return
 }
 // CHECK: documents must be integers [B, S] = [2, 16] with Sq = Sk, got tensor<1x16xi64> for Sq = 16
+
+// -----
+
+func.func @mlp_weights(%x: tensor<16x64xf32>, %wg: tensor<256x64xf32>, %wu: tensor<128x64xf32>, %wd: tensor<64x256xf32>) {
+  %out = autosp.gated_mlp %x, %wg, %wu, %wd {activation = "silu", chunk = 8 : i64} : (tensor<16x64xf32>, tensor<256x64xf32>, tensor<128x64xf32>, tensor<64x256xf32>) -> tensor<16x64xf32>
+  func.return
+}
+// CHECK: needs x [..., H], w_gate/w_up [I, H], w_down [O, I]; got (16, 64), (256, 64), (128, 64), (64, 256)
+
+// -----
+
+func.func @mlp_activation(%x: tensor<16x64xf32>, %wg: tensor<256x64xf32>, %wd: tensor<64x256xf32>) {
+  %out = autosp.gated_mlp %x, %wg, %wg, %wd {activation = "relu", chunk = 8 : i64} : (tensor<16x64xf32>, tensor<256x64xf32>, tensor<256x64xf32>, tensor<64x256xf32>) -> tensor<16x64xf32>
+  func.return
+}
+// CHECK: activation must be one of silu, gelu, gelu_tanh
