@@ -14,6 +14,10 @@ ARCHS = {
     "Qwen2": {},  # q/k/v projections with bias
     "Mistral": {"num_key_value_heads": 1, "sliding_window": None},  # MQA
     "Gemma": {"head_dim": 16},  # embedding scaling, GeGLU, (1 + w) RMSNorm
+    "Qwen3": {"head_dim": 12},  # RMSNorm on each head's q and k
+    "Phi3": {"pad_token_id": 0},  # fused qkv and gate_up projections, split by slicing
+    "GPTNeoX": {},  # parallel attention + MLP, LayerNorm, partial rotary, GELU MLP
+    "Olmo2": {},  # norms after attention and MLP, q/k norms over all heads
 }
 TOLERANCE = 1e-5
 
