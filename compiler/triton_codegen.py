@@ -219,7 +219,7 @@ def _last_dim_span(op: Operation, width: int) -> tuple[int, int] | None:
 
 def _narrow(*values: SSAValue) -> bool:
     """A width-1 value counts as the same at every column, which a moved column is not."""
-    return any(_shape(v)[-1:] in ([1], [0]) for v in values)
+    return any(_width(v) in (0, 1) for v in values)
 
 
 @column_expr("aten.slice.Tensor")
@@ -262,6 +262,11 @@ def _cat(op, at, k):
 def _shape(value: SSAValue) -> list[int]:
     assert isinstance(value.type, TensorType)
     return list(value.type.get_shape())
+
+
+def _width(value: SSAValue) -> int:
+    """The last dim (1 for a scalar)."""
+    return (_shape(value) or [1])[-1]
 
 
 def _dtype(value: SSAValue) -> str:
@@ -339,7 +344,7 @@ def kernel_source(op: FusedOp, name: str) -> tuple[str, dict]:
 
     def at(value: SSAValue, k: int) -> str:
         """The name of `value` at column offset k, emitting what it takes."""
-        value_width = _shape(value)[-1] if _shape(value) else 1
+        value_width = _width(value)
         if value_width == 1:
             k = 0  # a row value, or a broadcast column: the same at every column
         if (value, k) in emitted:
@@ -362,7 +367,7 @@ def kernel_source(op: FusedOp, name: str) -> tuple[str, dict]:
         return name
 
     for i, value in enumerate(op.block.last_op.operands):
-        value_width = _shape(value)[-1] if _shape(value) else 1
+        value_width = _width(value)
         result = at(value, 0)
         if value_width == 1 and width > 1:  # one value per row
             lines.append(f"    tl.store({outputs[i]} + row + cols * 0, tl.broadcast_to({result}, [BLOCK]), mask=cols == 0)")

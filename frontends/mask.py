@@ -364,7 +364,7 @@ def _eq(node, args):
     a, b = args[0], args[1]
     if isinstance(a, Gathered) and isinstance(b, Gathered) and a.source is b.source and a.offset == b.offset:
         rank = len(_shape(node))
-        x, y = (g.map(lambda f: Affine(f.coef, f.const).aligned(rank)) for g in (a, b))
+        x, y = (g.map(lambda f: f.aligned(rank)) for g in (a, b))
         return Predicate(rank, frozenset(), same=frozenset({(x, y)}))
     return _compare(node, args, lambda a, b: [(a, b), (b, a)])
 

@@ -57,24 +57,22 @@ class Run:
     rows: bool = False  # whole rows in one tile (a reduction, or values one per row)
     ops: list[Operation] = field(default_factory=list)
 
-    def admits(self, shape: tuple[int, ...], is_reduction: bool) -> bool:
+    def grown(self, shape: tuple[int, ...], is_reduction: bool) -> tuple[int, int | None, bool] | None:
+        """(width, reduced, rows) of the run with an op over `shape` added; None: it cannot join."""
         if shape[:-1] != self.lead:
-            return False
+            return None
         width, reduced = max(self.width, shape[-1]), self.reduced
         if is_reduction:
             if shape[-1] != width or reduced not in (None, shape[-1]):
-                return False
+                return None
             reduced = shape[-1]
         if reduced is not None and width > reduced:
-            return False
+            return None
         rows = self.rows or is_reduction or (width > 1 and 1 in (shape[-1], self.width))
-        return not rows or width <= MAX_ROW
+        return None if rows and width > MAX_ROW else (width, reduced, rows)
 
-    def add(self, op: Operation, shape: tuple[int, ...], is_reduction: bool) -> None:
-        self.rows = self.rows or is_reduction or (max(self.width, shape[-1]) > 1 and 1 in (shape[-1], self.width))
-        self.width = max(self.width, shape[-1])
-        if is_reduction:
-            self.reduced = shape[-1]
+    def add(self, op: Operation, grown: tuple[int, int | None, bool]) -> None:
+        self.width, self.reduced, self.rows = grown
         self.ops.append(op)
 
 
@@ -164,14 +162,19 @@ class FuseElementwise(ModulePass):
         current: Run | None = None
         for inner in list(block.ops):
             shape = iteration_shape(inner)
-            reduction = inner.name in ROW_REDUCTIONS
-            if shape is not None and current is not None and current.admits(shape, reduction):
-                current.add(inner, shape, reduction)
+            if shape is None:
+                current = None
                 continue
-            current = Run(shape[:-1]) if shape is not None and Run(shape[:-1]).admits(shape, reduction) else None
-            if current is not None:
-                current.add(inner, shape, reduction)
+            reduction = inner.name in ROW_REDUCTIONS
+            grown = current.grown(shape, reduction) if current is not None else None
+            if grown is None:  # start a new run here, if this op can be in one at all
+                current = Run(shape[:-1])
+                grown = current.grown(shape, reduction)
+                if grown is None:
+                    current = None
+                    continue
                 runs.append(current)
+            current.add(inner, grown)
         bound = MemoryBound(module, fn)
         for run in runs:
             for piece in bound.split(run.ops):
