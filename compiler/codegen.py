@@ -266,8 +266,9 @@ def train_step_of(module: ModuleOp) -> func.FuncOp:
     raise AutoSPError("the module has no func.func @train_step")
 
 
-def generate(module: ModuleOp) -> str:
-    """The Python source of the per-rank program for `module`."""
+def generate(module: ModuleOp, index_inputs: str = "def index_inputs(*inputs):\n    return []\n") -> str:
+    """The Python source of the per-rank program for `module`, with `index_inputs` (the index
+    checks of compiler/input_checks.py, made before partitioning) beside `train_step`."""
     fn = train_step_of(module)
     block = fn.body.block
     ops = list(block.ops)
@@ -305,4 +306,4 @@ def generate(module: ModuleOp) -> str:
         if freed:
             lines.append(f"    del {', '.join(freed)}")
     definitions = "".join(f"\n\n{d}\n" for d in names.definitions)
-    return HEADER + definitions + "\n\n" + "\n".join(lines) + "\n"
+    return HEADER + definitions + "\n\n" + index_inputs + "\n\n" + "\n".join(lines) + "\n"

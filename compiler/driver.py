@@ -11,11 +11,13 @@ from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType
 
 from autosp.codegen import generate, train_step_of
 from autosp.frontends import import_program
+from autosp.input_checks import index_checks
 from autosp.ir.dtypes import torch_dtype
 from autosp.passes.memory_plan import plan_memory
 from autosp.pipeline import pipeline_spec, run_pipeline
 from autosp.runtime.errors import AutoSPError
 from autosp.report import comm_report
+from autosp.runtime.agreement import StepAgreement, rendezvous, timeout_seconds
 from autosp.runtime.mesh import check_world, make_mesh
 from autosp.runtime.train_step import InputSpec, TrainStep
 
@@ -28,14 +30,22 @@ def default_cache_dir() -> Path:
 
 
 def write_program(source: str, cache_dir: Path, rank: int = 0) -> Path:
-    """Keep the generated source in the cache, one folder per distinct program."""
+    """Keep the generated source in the cache, one folder per distinct program. A cached file
+    that differs (corrupt, truncated) is written again; it is replaced atomically, so a reader
+    never sees half a file."""
     folder = cache_dir / hashlib.sha256(source.encode()).hexdigest()[:16]
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"rank{rank}.py"
-    if not path.exists() or path.read_text() != source:
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(source)
-        tmp.replace(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_bytes() != source.encode():
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(source)
+            tmp.replace(path)
+    except OSError as err:
+        raise AutoSPError(
+            f"cannot write the generated program to {folder}: {err.strerror or err}; set AUTOSP_CACHE_DIR "
+            "(or autosp.compile(cache_dir=...)) to a writable folder"
+        ) from None
     return path
 
 
@@ -76,55 +86,89 @@ def remat_options(ep, memory_budget, cost_model) -> tuple[str, str]:
     return str(budget), profile.name
 
 
-def compile_module(ep, spec: str, tile_mlp="auto") -> ModuleOp:
+def compile_module(ep, spec: str, tile_mlp="auto") -> tuple[ModuleOp, str]:
     """Import and run the pipeline; with tile_mlp="auto", import again with gated MLPs in row
-    chunks when remat finds no plan that fits without."""
+    chunks when remat finds no plan that fits without. Returns the module and the source of its
+    index checks (made from the imported module, before partitioning)."""
     from autosp.passes.remat import RematInfeasible
 
+    def attempt(tiled: bool) -> tuple[ModuleOp, str]:
+        module = import_program(ep, tile_mlp=tiled)
+        checks = index_checks(module)
+        return run_pipeline(module, spec), checks
+
     try:
-        return run_pipeline(import_program(ep, tile_mlp=tile_mlp is True), spec)
+        return attempt(tile_mlp is True)
     except RematInfeasible:
         if tile_mlp != "auto":
             raise
-    return run_pipeline(import_program(ep, tile_mlp=True), spec)
+    return attempt(True)
 
 
-def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=None, fuse=True, tile_mlp="auto", cache_dir=None) -> TrainStep:
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=None, fuse=True, tile_mlp="auto",
+                    cache_dir=None, timeout=None, check_every=0) -> TrainStep:
     if not isinstance(ep, torch.export.ExportedProgram):
         raise AutoSPError(
             f"autosp.compile takes a torch.export.ExportedProgram, got {type(ep).__name__}; "
             "export first: torch.export.export(LossWrapper(model), (input_ids, labels))"
         )
+    if isinstance(sp, bool) or not isinstance(sp, int) or sp < 1:
+        raise AutoSPError(f"sp={sp!r}: the sequence-parallel degree must be an integer >= 1")
     if (memory_budget is not None or cost_model is not None) and not remat:
         raise AutoSPError("memory_budget and cost_model only apply with remat=True")
     if tile_mlp not in (True, False, "auto"):
         raise AutoSPError(f"tile_mlp={tile_mlp!r}: use True, False or 'auto'")
+    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 0:
+        raise AutoSPError(f"check_every={check_every!r}: give a number of steps >= 0 (0: the first step only)")
+    seconds = timeout_seconds(timeout)
+    if sp > 1:
+        check_world(sp)
+    if _world_size() == 1:
+        return _compile(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, rank=0)
+    # Several processes: sp x dp. Every rank compiles its own program, then all agree (through
+    # the store, so a rank that failed or never came cannot block the others) before the
+    # collective group creation.
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    step, error = None, None
+    try:
+        step = _compile(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, rank=rank % sp)
+    except Exception as err:  # noqa: BLE001 (posted to the other ranks, then raised here too)
+        error, cause = (str(err) if isinstance(err, AutoSPError) else f"{type(err).__name__}: {err}"), err
+    try:
+        rendezvous("autosp.compile", error, seconds)
+    except AutoSPError as agreed:
+        raise agreed from (cause if error is not None else None)
+    mesh = make_mesh(sp)
+    step.distribute(
+        groups={"sp": mesh.sp_group}, dp_group=mesh.dp_group, dp_size=mesh.dp,
+        agreement=StepAgreement(sp, [s.name for s in step.user_inputs], step.state_names, seconds, check_every),
+    )
+    return step
+
+
+def _compile(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, rank) -> TrainStep:
     options = dict(sp=sp, remat=remat, fuse=fuse)
     if remat:
         budget, model = remat_options(ep, memory_budget, cost_model)
         options.update(memory_budget=budget, cost_model=model)
     pipeline_spec(**options)  # bad options fail before the (slow) import
-    rank = 0
-    if sp > 1:
-        import torch.distributed as dist
-
-        check_world(sp)
-        rank = dist.get_rank() % sp  # SP groups are contiguous ranks
-    module = compile_module(ep, pipeline_spec(**options, rank=rank), tile_mlp)
-    source = generate(module)
+    module, checks = compile_module(ep, pipeline_spec(**options, rank=rank), tile_mlp)
+    source = generate(module, checks)
     path = write_program(source, Path(cache_dir) if cache_dir else default_cache_dir())
     inputs, grad_of = signature(module)
     state = {**ep.constants, **ep.state_dict}
     report = comm_report(module)
-    extra = dict(
+    return TrainStep(
+        path, inputs, grad_of, state,
         report=report.table(),
         predicted_peak_bytes=report.memory.peak_bytes,
         predicted_tracked_bytes=plan_memory(module, workspace=False).peak_bytes,
-    )
-    if sp == 1:
-        return TrainStep(path, inputs, grad_of, state, **extra)
-    mesh = make_mesh(sp)
-    return TrainStep(
-        path, inputs, grad_of, state,
-        groups={"sp": mesh.sp_group}, dp_group=mesh.dp_group, dp_size=mesh.dp, **extra,
     )

@@ -4,7 +4,8 @@ graph into `autosp::linear_cross_entropy`, before the joint forward/backward exp
 
 Only the exact pattern is fused: no bias, no class weights, no label smoothing, reduction `sum`
 or `mean`, and logits that nothing else reads. Anything else keeps the plain ops (correct, just
-not fused). `mean` becomes the summed loss over the count of non-ignored labels, as eager's.
+not fused). `mean` becomes the summed loss over the count of non-ignored labels, as eager's
+(NaN loss and zero gradients when every label is ignored).
 """
 
 from __future__ import annotations
@@ -51,6 +52,17 @@ def _lm_head(logits: Node) -> Node | None:
     return node
 
 
+def _mean_over_kept(graph: Graph, summed: Node, labels: Node, ignore_index: int) -> Node:
+    """summed / count of kept labels, with eager's semantics when every label is ignored: the
+    loss is NaN (0/0) but every gradient is zero. A plain division would send 1/0 = inf into
+    the backward, where inf * 0 turns every gradient into NaN; the kept branch divides by
+    max(count, 1) instead and `where` stops the gradient when the count is 0."""
+    count = call_with_value(graph, aten.sum.default, (call_with_value(graph, aten.ne.Scalar, (labels, ignore_index)),))
+    mean = call_with_value(graph, aten.div.Tensor, (summed, call_with_value(graph, aten.clamp_min.default, (count, 1))))
+    nan = call_with_value(graph, aten.full_like.default, (mean, float("nan")))
+    return call_with_value(graph, aten.where.self, (call_with_value(graph, aten.gt.Scalar, (count, 0)), mean, nan))
+
+
 def rewrite_linear_cross_entropy(graph: Graph) -> int:
     """Replace each fusable LM head + cross-entropy in `graph`; returns how many."""
     count = 0
@@ -79,8 +91,7 @@ def rewrite_linear_cross_entropy(graph: Graph) -> int:
             fused = call_with_value(graph, torch.ops.autosp.linear_cross_entropy.default, (flat, weight, labels, ignore_index, chunk))
             loss = getitem_with_value(graph, fused, 0)
             if REDUCTIONS[args["reduction"]] == "mean":
-                kept = call_with_value(graph, aten.ne.Scalar, (labels, ignore_index))
-                loss = call_with_value(graph, aten.div.Tensor, (loss, call_with_value(graph, aten.sum.default, (kept,))))
+                loss = _mean_over_kept(graph, loss, labels, ignore_index)
             if fake_value(node).dtype != accumulation_dtype(fake_value(hidden).dtype):
                 loss = call_with_value(graph, aten.to.dtype, (loss, fake_value(node).dtype))
         node.replace_all_uses_with(loss)

@@ -31,6 +31,8 @@ def check_world(sp: int) -> None:
 
 
 def make_mesh(sp: int) -> Mesh:
+    """Collective: every rank calls it (after a rendezvous that bounds the wait for them); the
+    groups' collectives then wait as long as the default group's timeout allows."""
     check_world(sp)
     world, rank = dist.get_world_size(), dist.get_rank()
     dp = world // sp

@@ -4,12 +4,20 @@
 
 The parameters are the very tensors of the exported program's state_dict (the user's model
 parameters), so `torch.optim` optimizers built on the model work unchanged.
+
+Before the program runs, the step checks what it is given (inputs, the parameters' shapes,
+dtypes and identity, the autograd/autocast mode, index inputs against their tables) and, on
+several processes, agrees on the verdict with every rank (runtime/agreement.py): a step either
+runs on every rank or raises the same AutoSPError on every rank, before any collective. The
+gradients are then stored all or nothing.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import gc
 import sys
+import types
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,13 +37,47 @@ class InputSpec:
     dtype: torch.dtype
 
 
-def load_program(path: Path):
-    """Import a generated module from its file, so tracebacks show the generated lines."""
-    spec = importlib.util.spec_from_file_location(f"autosp_generated_{path.parent.name}_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+def load_program(path: Path) -> types.ModuleType:
+    """Execute a generated module from its source (never from cached bytecode, which a crash or
+    a copy can leave stale or corrupt); tracebacks still show the generated lines."""
+    name = f"autosp_generated_{path.parent.name}_{path.stem}"
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
+    code = compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
+    sys.modules[name] = module
+    exec(code, module.__dict__)  # noqa: S102 (our own generated code)
     return module
+
+
+def _described(dtype: torch.dtype, shape) -> str:
+    return f"{str(dtype).removeprefix('torch.')}{list(shape)}"
+
+
+def _module_slots(tensors: list[torch.Tensor]) -> list[list[tuple[weakref.ref, str, str]]]:
+    """For each tensor, the (module, '_parameters' | '_buffers', name) slots holding it now, so
+    a step can tell when one was replaced by a new tensor (`model.lm_head.weight = ...`)."""
+    index = {id(t): i for i, t in enumerate(tensors)}
+    slots: list[list[tuple[weakref.ref, str, str]]] = [[] for _ in tensors]
+    for obj in gc.get_objects():
+        if not issubclass(type(obj), torch.nn.Module):  # type(): some objects warn on __class__
+            continue
+        for kind in ("_parameters", "_buffers"):
+            for name, value in obj.__dict__.get(kind, {}).items():
+                i = index.get(id(value))
+                if i is not None and value is tensors[i]:
+                    slots[i].append((weakref.ref(obj), kind, name))
+    return slots
+
+
+def _non_overlapping(t: torch.Tensor) -> bool:
+    """No two elements share memory, so an in-place add into `t` is well defined."""
+    dims = sorted((stride, size) for stride, size in zip(t.stride(), t.shape) if size > 1)
+    reach = 0  # the furthest offset the smaller-stride dims can reach
+    for stride, size in dims:
+        if stride <= reach:
+            return False
+        reach += stride * (size - 1)
+    return True
 
 
 class TrainStep:
@@ -45,10 +87,7 @@ class TrainStep:
         inputs: list[InputSpec],
         grad_of: list[str],
         state: dict[str, torch.Tensor],
-        groups: dict[str, object] | None = None,
         report: str = "",
-        dp_group=None,
-        dp_size: int = 1,
         predicted_peak_bytes: int = 0,
         predicted_tracked_bytes: int = 0,
     ):
@@ -60,51 +99,121 @@ class TrainStep:
         self.inputs = inputs
         self.grad_of = grad_of
         self.report = report
-        self.dp_group, self.dp_size = dp_group, dp_size
+        self.dp_group, self.dp_size, self.agreement = None, 1, None
         missing = [s.name for s in inputs if s.kind != "input" and s.name not in state]
         if missing:
             raise AutoSPError(f"the program needs state the exported program lacks: {', '.join(missing)}")
         self._state = [state[s.name] if s.kind != "input" else None for s in inputs]
         self.user_inputs = [s for s in inputs if s.kind == "input"]
-        by_name = {s.name: t for s, t in zip(inputs, self._state) if s.kind == "parameter"}
+        self._state_specs = [(s, t) for s, t in zip(inputs, self._state) if t is not None]
+        self.state_names = [s.name for s, _ in self._state_specs]
+        by_name = {s.name: t for s, t in self._state_specs if s.kind == "parameter"}
         self.parameters = [by_name[name] for name in grad_of]
-        devices = {t.device for t in self._state if t is not None}
+        devices = {t.device for _, t in self._state_specs}
         if len(devices) > 1:
             raise AutoSPError(f"parameters and buffers are on several devices ({sorted(map(str, devices))}); move the model to one")
         self.device = devices.pop() if devices else torch.device("cpu")
+        self._slots = _module_slots([t for _, t in self._state_specs])
         self.program = load_program(self.program_path)
         self.program.DEVICE = self.device
-        self.program.GROUPS.update(groups or {})
+
+    def distribute(self, groups: dict[str, object], dp_group, dp_size: int, agreement) -> None:
+        """Run as one rank of sp x dp: the program's process groups, the data-parallel group
+        whose replicas' gradients are averaged, and the per-step agreement of all ranks."""
+        self.program.GROUPS.update(groups)
+        self.dp_group, self.dp_size, self.agreement = dp_group, dp_size, agreement
 
     @property
     def source(self) -> str:
         """The generated per-rank Python program."""
         return self.program_path.read_text()
 
-    def _check(self, args: tuple) -> None:
+    # --- before the step: local checks, then agreement ----------------------------------
+
+    def _check_mode(self) -> None:
+        if torch.is_inference_mode_enabled():
+            raise AutoSPError("the step writes gradients; call it outside torch.inference_mode()")
+        for device_type in {"cpu", self.device.type}:
+            if torch.is_autocast_enabled(device_type):
+                raise AutoSPError(
+                    f"the step was called under torch.autocast({device_type!r}): it runs the dtypes of the exported "
+                    "graph and would ignore autocast; export with the autocast region inside the model's forward "
+                    "(or cast the model) and call the step outside it"
+                )
+
+    def _check_state(self) -> None:
+        for (spec, tensor), slots in zip(self._state_specs, self._slots):
+            for owner, kind, name in slots:
+                module = owner()
+                if module is not None and getattr(module, kind).get(name) is not tensor:
+                    raise AutoSPError(
+                        f"{spec.kind} '{spec.name}' was replaced after compile ({type(module).__name__}.{name} is a new "
+                        "object): the step would keep using the old one; export and compile again after replacing it"
+                    )
+            if tensor.device.type == "meta":
+                raise AutoSPError(f"{spec.kind} '{spec.name}' is on the meta device (no data); load real weights before the step")
+            if tuple(tensor.shape) != spec.shape or tensor.dtype != spec.dtype or tensor.device != self.device:
+                raise AutoSPError(
+                    f"{spec.kind} '{spec.name}' is {_described(tensor.dtype, tensor.shape)} on {tensor.device} but the step "
+                    f"was compiled for {_described(spec.dtype, spec.shape)} on {self.device}; after model.to()/.double()/"
+                    ".half(), export and compile again"
+                )
+
+    def _check_inputs(self, args: tuple) -> list[torch.Tensor]:
         if len(args) != len(self.user_inputs):
             raise AutoSPError(
                 f"the step takes {len(self.user_inputs)} inputs "
                 f"({', '.join(s.name for s in self.user_inputs)}), got {len(args)}"
             )
+        moved = []
         for arg, spec in zip(args, self.user_inputs):
             if not isinstance(arg, torch.Tensor):
                 raise AutoSPError(f"input '{spec.name}' must be a tensor, got {type(arg).__name__}")
             if tuple(arg.shape) != spec.shape or arg.dtype != spec.dtype:
                 raise AutoSPError(
-                    f"input '{spec.name}' is {str(arg.dtype).removeprefix('torch.')}{list(arg.shape)} but the step "
-                    f"was compiled for {str(spec.dtype).removeprefix('torch.')}{list(spec.shape)}; "
-                    "export and compile again for this shape"
+                    f"input '{spec.name}' is {_described(arg.dtype, arg.shape)} but the step was compiled for "
+                    f"{_described(spec.dtype, spec.shape)}; export and compile again for this shape"
                 )
+            if arg.device.type == "meta":
+                raise AutoSPError(f"input '{spec.name}' is on the meta device (no data)")
+            moved.append(arg.detach().to(self.device))
+        return moved
 
-    def _arguments(self, args: tuple) -> list[torch.Tensor]:
-        """The program's arguments: the state in order, the user's inputs in their places."""
-        self._check(args)
-        user = iter(a.to(self.device) for a in args)
-        return [next(user) if t is None else t.detach() for t in self._state]
+    def _check_indices(self, user: list[torch.Tensor]) -> None:
+        """Token ids and labels within their tables, on the whole batch (one host sync)."""
+        uses = self.program.index_inputs(*user)
+        if not uses:
+            return
+        bad = [(v != ignore) & ((v < 0) | (v >= size)) if ignore is not None else (v < 0) | (v >= size)
+               for v, _, size, ignore, _ in uses]
+        flags = torch.stack([b.any() for b in bad]).tolist()
+        for flag, mask, (values, name, size, ignore, reader) in zip(flags, bad, uses):
+            if flag:
+                allowed = f"[0, {size})" + (f" or ignore_index={ignore}" if ignore is not None else "")
+                raise AutoSPError(f"input {name} gives index {int(values[mask][0])}, outside {reader} {allowed}")
+
+    def _prepare(self, args: tuple) -> list[torch.Tensor]:
+        """The program's arguments (the state in order, the user's inputs in their places),
+        after every check; on several processes, only once every rank's checks passed."""
+        error, user = None, []
+        try:
+            self._check_mode()
+            self._check_state()
+            user = self._check_inputs(args)
+            self._check_indices(user)
+        except Exception as err:  # noqa: BLE001 (on several processes, every rank must hear of it)
+            if self.agreement is None:
+                raise
+            error = str(err) if isinstance(err, AutoSPError) else f"{type(err).__name__}: {err}"
+        if self.agreement is not None:
+            self.agreement(error, user, [t for _, t in self._state_specs])
+        supplied = iter(user)
+        return [next(supplied) if t is None else t.detach() for t in self._state]
+
+    # --- the step ---------------------------------------------------------------------------
 
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
-        loss, *grads = self.program.train_step(*self._arguments(args))
+        loss, *grads = self.program.train_step(*self._prepare(args))
         self._reduce_and_store(grads)
         return loss.detach()
 
@@ -113,7 +222,7 @@ class TrainStep:
         (arguments included). Gradients are stored as by a normal call."""
         from autosp.runtime.memory import MemoryTracker
 
-        call_args = self._arguments(args)
+        call_args = self._prepare(args)
         tracker = MemoryTracker(call_args)
         self.program.TRACK = tracker.track
         try:
@@ -125,6 +234,8 @@ class TrainStep:
         return tracker.peak_bytes
 
     def _reduce_and_store(self, grads: list[torch.Tensor]) -> None:
+        """Average over the dp replicas, then write every .grad or none: everything that can
+        fail (validation, allocation) happens before the first parameter is touched."""
         if self.dp_size > 1:  # DDP semantics: the mean over replicas of each replica's gradient
             import torch.distributed as dist
 
@@ -132,12 +243,21 @@ class TrainStep:
                 dist.all_reduce(grad, group=self.dp_group)
                 grad.div_(self.dp_size)
         with torch.no_grad():
+            new: list[torch.Tensor | None] = []  # a tensor to assign, or None: add in place
             for param, grad in zip(self.parameters, grads):
-                if param.grad is None:
+                old = param.grad
+                if old is None:
                     grad = grad.detach()
                     # A view would keep its whole base alive; strides should match the param.
                     if grad._base is not None or grad.stride() != param.stride():
                         grad = torch.empty_like(param).copy_(grad)
-                    param.grad = grad
+                    new.append(grad)
+                elif old.layout == torch.strided and _non_overlapping(old) and not old.requires_grad:
+                    new.append(None)
+                else:  # as autograd does when it cannot accumulate in place
+                    new.append(old + grad)
+            for param, grad, replacement in zip(self.parameters, grads, new):
+                if replacement is None:
+                    param.grad.add_(grad)
                 else:
-                    param.grad += grad
+                    param.grad = replacement

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 
 import autosp
 from autosp.frontends.presets import packed_position_ids
-from tests.conftest import relative_error, tiny_causal_lm
+from tests.conftest import SmoothedLoss, relative_error, tiny_causal_lm
 
 
 def _worker(rank, world, init_file, case, results):
@@ -33,22 +33,25 @@ def _worker(rank, world, init_file, case, results):
 
 
 def run_case(rank, world, *, arch, sp, seq, batch=1, config=None, labels_fn=None, steps=1, lr=0.1,
-             point_to_point=False, documents=None, mlp_chunk_rows=None):
+             point_to_point=False, documents=None, mlp_chunk_rows=None, optimizer="sgd", smoothed_loss=False):
     """documents: lengths of the documents packed into each row (position ids restart per document).
-    mlp_chunk_rows: gated MLPs in chunks of that many rows (tile_mlp=True)."""
+    mlp_chunk_rows: gated MLPs in chunks of that many rows (tile_mlp=True). labels_fn(labels, replica)
+    edits one replica's labels in place. smoothed_loss: a label-smoothed loss (not fused)."""
     if point_to_point:  # as on backends without all_to_all (gloo before torch 2.13)
         from autosp.runtime import collectives
 
         collectives._NO_ALLTOALL.add("gloo")
     dp = world // sp
     module = tiny_causal_lm(arch, **(config or {}))
+    if smoothed_loss:
+        module = SmoothedLoss(module.model)
     reference = copy.deepcopy(module)
     g = torch.Generator().manual_seed(1234)
     ids_all = torch.randint(0, 96, (dp, batch, seq), generator=g)
     labels_all = ids_all.clone()
     if labels_fn is not None:
         for r in range(dp):
-            labels_fn(labels_all[r])
+            labels_fn(labels_all[r], r)
     replica = rank // sp  # every rank of an SP group gets its replica's full batch
     ids, labels = ids_all[replica], labels_all[replica]
     extra = () if documents is None else (packed_position_ids(documents, batch),)
@@ -59,9 +62,11 @@ def run_case(rank, world, *, arch, sp, seq, batch=1, config=None, labels_fn=None
         mlp.CHUNK_BYTES = mlp_chunk_rows * module.model.config.intermediate_size * 4
         tile_mlp = True
     step = autosp.compile(torch.export.export(module, (ids, labels, *extra)), sp=sp, tile_mlp=tile_mlp)
-    opt = torch.optim.SGD(module.parameters(), lr=lr)
-    ref_opt = torch.optim.SGD(reference.parameters(), lr=lr)
-    errors = {"loss": 0.0, "grad": 0.0, "param": 0.0}
+    optimizer_class = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[optimizer]
+    opt = optimizer_class(module.parameters(), lr=lr)
+    ref_opt = optimizer_class(reference.parameters(), lr=lr)
+    # "zeros": gradients eager leaves exactly zero that the step does not (all labels ignored).
+    errors = {"loss": 0.0, "grad": 0.0, "param": 0.0, "zeros": 0}
     for _ in range(steps):
         loss = step(ids, labels, *extra)
         # Eager reference: DDP semantics = the mean over replicas of each replica's gradient.
@@ -74,6 +79,7 @@ def run_case(rank, world, *, arch, sp, seq, batch=1, config=None, labels_fn=None
         for (name, p), ref in zip(module.named_parameters(), reference.parameters()):
             assert p.grad is not None, f"no gradient for {name}"
             errors["grad"] = max(errors["grad"], relative_error(p.grad, ref.grad))
+            errors["zeros"] += int(not torch.equal(p.grad == 0, ref.grad == 0) and bool((ref.grad == 0).all()))
         opt.step()
         opt.zero_grad()
         ref_opt.step()

@@ -1,0 +1,168 @@
+"""Ranks agree before they communicate, so a multi-rank failure is the same AutoSPError on every
+rank, raised within a bounded time: never a hang, a raw backend error, or a silent divergence.
+
+- `rendezvous(what, error, timeout)`: through the process group's store (no collective, so a
+  missing or failed rank cannot block it), each rank posts whether it got here cleanly; every
+  rank then raises the failure of the lowest failing rank, or names the ranks that did not arrive
+  within the timeout. Used around `autosp.compile`'s group creation and before a step's first
+  collective.
+- `StepAgreement`: before each step's first collective, one small all-gather over the world
+  carries each rank's verdict on its own inputs and fingerprints of its inputs (every step) and
+  parameters (the first step, then every `check_every` steps). A bad input on one rank, ranks of
+  an SP group given different batches, or replicas whose weights differ become one error on
+  every rank, before any collective of the step can desynchronise.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+
+import torch
+import torch.distributed as dist
+
+from autosp.runtime.errors import AutoSPError
+
+DEFAULT_TIMEOUT_S = 300.0
+_rendezvous_count = itertools.count()
+
+
+def timeout_seconds(timeout=None) -> float:
+    """`timeout` (seconds or a timedelta), else $AUTOSP_TIMEOUT, else 300 s."""
+    if timeout is None:
+        timeout = os.environ.get("AUTOSP_TIMEOUT", DEFAULT_TIMEOUT_S)
+        source = "AUTOSP_TIMEOUT"
+    else:
+        source = "timeout"
+    if hasattr(timeout, "total_seconds"):
+        timeout = timeout.total_seconds()
+    try:
+        seconds = float(timeout)
+    except (TypeError, ValueError):
+        raise AutoSPError(f"{source}={timeout!r} is not a number of seconds") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise AutoSPError(f"{source}={timeout!r}: give a positive, finite number of seconds")
+    return seconds
+
+
+def _ranks(ranks: list[int]) -> str:
+    return f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}"
+
+
+def rendezvous(what: str, error: str | None, timeout: float) -> None:
+    """Every rank calls this at the same point with its own outcome (None: fine). Returns when
+    all arrived fine; otherwise raises the same AutoSPError on every rank that arrived."""
+    store = dist.distributed_c10d._get_default_store()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    prefix = f"autosp/rendezvous/{next(_rendezvous_count)}"
+    if error is not None:
+        store.set(f"{prefix}/error/{rank}", error)
+    store.set(f"{prefix}/arrived/{rank}", "1")
+    arrived = store.add(f"{prefix}/count", 1)
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while arrived < world and time.monotonic() < deadline:
+        time.sleep(delay)
+        delay = min(delay * 2, 0.25)
+        arrived = store.add(f"{prefix}/count", 0)
+    failed = [r for r in range(world) if store.check([f"{prefix}/error/{r}"])]
+    missing = [] if arrived >= world else [r for r in range(world) if not store.check([f"{prefix}/arrived/{r}"])]
+    if failed:
+        first = store.get(f"{prefix}/error/{failed[0]}").decode()
+        also = f" ({_ranks(failed[1:])} failed too)" if len(failed) > 1 else ""
+        late = f"; {_ranks(missing)} did not arrive" if missing else ""
+        raise AutoSPError(f"rank {failed[0]}: {first}{also}{late}")
+    if missing:
+        raise AutoSPError(
+            f"{what}: {_ranks(missing)} of {world} did not arrive within {timeout:g} s (failed or stuck "
+            "before it; every rank must make the same autosp calls); set the limit with timeout= or AUTOSP_TIMEOUT"
+        )
+
+
+# --- fingerprints -------------------------------------------------------------------------
+
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_CHUNK = 1 << 22
+_MIX = 0x9E3779B97F4A7C15 - (1 << 64)  # an odd int64: position weights i * _MIX + 1
+
+
+def fingerprint(tensor: torch.Tensor) -> torch.Tensor:
+    """Two int64 numbers from the exact bits of `tensor` and their positions (a plain and a
+    position-weighted sum, wrapping): equal tensors give equal numbers on any device, in any
+    reduction order (integer sums are exact); a differing element or a permutation changes them."""
+    flat = tensor.detach().reshape(-1)
+    if flat.dtype == torch.bool:
+        flat = flat.to(torch.uint8)
+    if flat.is_complex():
+        flat = torch.view_as_real(flat).reshape(-1)
+    bits = flat.view(_BITS[flat.element_size()])
+    total = torch.zeros(2, dtype=torch.int64, device=flat.device)
+    for start in range(0, bits.numel(), _CHUNK):
+        chunk = bits[start : start + _CHUNK].to(torch.int64)  # may be `tensor` itself: read only
+        weights = torch.arange(start, start + chunk.numel(), dtype=torch.int64, device=flat.device).mul_(_MIX).add_(1)
+        total[0] += chunk.sum()
+        total[1] += weights.mul_(chunk).sum()
+    return total
+
+
+class StepAgreement:
+    """The per-step check of a multi-process step (see the module docstring). `check_every`:
+    compare parameter fingerprints every that many steps (0: the first step only)."""
+
+    def __init__(self, sp: int, input_names: list[str], parameter_names: list[str], timeout: float, check_every: int = 0):
+        self.sp, self.timeout, self.check_every = sp, timeout, check_every
+        self.input_names, self.parameter_names = input_names, parameter_names
+        self.world, self.rank = dist.get_world_size(), dist.get_rank()
+        self.steps = 0  # steps agreed on; failed steps do not count, identically on every rank
+        backend = str(dist.get_backend())
+        self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+
+    def __call__(self, error: str | None, inputs: list[torch.Tensor], parameters: list[torch.Tensor]) -> None:
+        first = self.steps == 0
+        if first:  # nothing has been communicated yet: a missing rank must not block a collective
+            rendezvous("the first step", None, self.timeout)
+        with_parameters = first or (self.check_every > 0 and self.steps % self.check_every == 0)
+        width = 1 + 2 * len(inputs) + (2 * len(parameters) if with_parameters else 0)
+        row = torch.zeros(width, dtype=torch.int64, device=self.device)
+        if error is None:
+            prints = [fingerprint(t) for t in inputs] + ([fingerprint(p) for p in parameters] if with_parameters else [])
+            if prints:
+                row[1:] = torch.cat([p.to(self.device) for p in prints])
+        else:
+            row[0] = 1
+        rows = [torch.empty_like(row) for _ in range(self.world)]
+        dist.all_gather(rows, row)
+        table = torch.stack(rows).cpu()
+        failed = [r for r in range(self.world) if table[r, 0]]
+        if failed:
+            messages: list[str | None] = [None] * self.world
+            dist.all_gather_object(messages, error)
+            also = f" ({_ranks(failed[1:])} failed too)" if len(failed) > 1 else ""
+            raise AutoSPError(f"rank {failed[0]}: {messages[failed[0]]}{also}")
+        self._compare_inputs(table[:, 1 : 1 + 2 * len(inputs)])
+        if with_parameters:
+            self._compare_parameters(table[:, 1 + 2 * len(inputs) :])
+        self.steps += 1
+
+    def _compare_inputs(self, prints: torch.Tensor) -> None:
+        for group_start in range(0, self.world, self.sp):
+            for rank in range(group_start + 1, group_start + self.sp):
+                differs = (prints[rank] != prints[group_start]).view(-1, 2).any(1).nonzero().flatten().tolist()
+                if differs:
+                    names = ", ".join(f"'{self.input_names[i]}'" for i in differs)
+                    raise AutoSPError(
+                        f"ranks {group_start} and {rank} of one SP group were given different {names}: every rank "
+                        f"of an SP group (ranks {group_start}..{group_start + self.sp - 1}) must get the same full "
+                        "batch and takes its own part of the sequence"
+                    )
+
+    def _compare_parameters(self, prints: torch.Tensor) -> None:
+        for rank in range(1, self.world):
+            differs = (prints[rank] != prints[0]).view(-1, 2).any(1).nonzero().flatten().tolist()
+            if differs:
+                more = f" (and {len(differs) - 1} more)" if len(differs) > 1 else ""
+                raise AutoSPError(
+                    f"parameter '{self.parameter_names[differs[0]]}'{more} differs between rank 0 and rank {rank}: "
+                    "every rank must hold the same weights (same seed or checkpoint on every rank before the step)"
+                )
