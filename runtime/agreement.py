@@ -123,7 +123,9 @@ class StepAgreement:
         if first:  # nothing has been communicated yet: a missing rank must not block a collective
             rendezvous("the first step", None, self.timeout)
         with_parameters = first or (self.check_every > 0 and self.steps % self.check_every == 0)
-        width = 1 + 2 * len(inputs) + (2 * len(parameters) if with_parameters else 0)
+        # The same width on every rank whatever it was given (gloo aborts the process otherwise).
+        n_inputs, n_state = len(self.input_names), len(self.parameter_names)
+        width = 1 + 2 * n_inputs + (2 * n_state if with_parameters else 0)
         row = torch.zeros(width, dtype=torch.int64, device=self.device)
         if error is None:
             prints = [fingerprint(t) for t in inputs] + ([fingerprint(p) for p in parameters] if with_parameters else [])
@@ -140,9 +142,9 @@ class StepAgreement:
             dist.all_gather_object(messages, error)
             also = f" ({_ranks(failed[1:])} failed too)" if len(failed) > 1 else ""
             raise AutoSPError(f"rank {failed[0]}: {messages[failed[0]]}{also}")
-        self._compare_inputs(table[:, 1 : 1 + 2 * len(inputs)])
+        self._compare_inputs(table[:, 1 : 1 + 2 * n_inputs])
         if with_parameters:
-            self._compare_parameters(table[:, 1 + 2 * len(inputs) :])
+            self._compare_parameters(table[:, 1 + 2 * n_inputs :])
         self.steps += 1
 
     def _compare_inputs(self, prints: torch.Tensor) -> None:

@@ -7,6 +7,7 @@ import copy
 import os
 import queue
 import tempfile
+import time
 import traceback
 
 import torch
@@ -18,13 +19,12 @@ from autosp.frontends.presets import packed_position_ids
 from tests.conftest import SmoothedLoss, relative_error, tiny_causal_lm
 
 
-def _worker(rank, world, init_file, case, results):
+def _worker(rank, world, init_file, fn, case, results):
     os.environ.setdefault("AUTOSP_CACHE_DIR", os.path.join(tempfile.gettempdir(), "autosp-test-cache"))
     try:
         torch.set_num_threads(1)
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-        errors = (run_remat_case if case.pop("remat", False) else run_case)(rank, world, **case)
-        results.put((rank, errors, None))
+        results.put((rank, fn(rank, world, **case), None))
     except Exception as err:  # report, then let the parent fail the test with the message
         results.put((rank, None, f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
     finally:
@@ -120,27 +120,40 @@ def run_remat_case(rank, world, *, config, seq, fractions):
     return stats
 
 
-def run_distributed(world: int, **case) -> list[dict]:
+def run_ranks(world: int, fn, deadline: float = 240.0, **case) -> list:
+    """fn(rank, world, **case) on `world` gloo processes; their results in rank order. A rank
+    that raises fails the test with its traceback; ranks still running after `deadline`
+    seconds are killed and fail it too (a hang must not eat CI)."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "init")
-        procs = [ctx.Process(target=_worker, args=(r, world, init_file, case, results)) for r in range(world)]
+        procs = [ctx.Process(target=_worker, args=(r, world, init_file, fn, case, results)) for r in range(world)]
         for p in procs:
             p.start()
         collected = []
-        while len(collected) < world:
-            try:
-                collected.append(results.get(timeout=5))
-            except queue.Empty:
-                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-                if dead:
-                    for p in procs:
-                        p.kill()
-                    raise AssertionError(f"a rank died with exit code {dead[0]} before reporting") from None
-        for p in procs:
-            p.join(timeout=60)
+        stop = time.monotonic() + deadline
+        try:
+            while len(collected) < world:
+                try:
+                    collected.append(results.get(timeout=1))
+                except queue.Empty:
+                    dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                    if dead:
+                        raise AssertionError(f"a rank died with exit code {dead[0]} before reporting") from None
+                    if time.monotonic() > stop:
+                        waiting = sorted(set(range(world)) - {c[0] for c in collected})
+                        raise AssertionError(f"ranks {waiting} still running after {deadline:g} s (hung?)") from None
+        finally:
+            for p in procs:
+                p.join(timeout=10)
+                if p.is_alive():
+                    p.kill()
     failures = [msg for _, _, msg in collected if msg]
     if failures:
         raise AssertionError(failures[0])
-    return [errors for _, errors, _ in sorted(collected, key=lambda c: c[0])]
+    return [result for _, result, _ in sorted(collected, key=lambda c: c[0])]
+
+
+def run_distributed(world: int, **case) -> list[dict]:
+    return run_ranks(world, run_remat_case if case.pop("remat", False) else run_case, **case)
