@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -141,11 +143,41 @@ def load_factory(spec: str) -> Callable[..., tuple[torch.nn.Module, tuple]]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise AutoSPError(f"--module {spec}: cannot import {module_name} ({err})") from None
+        hint = ""
+        local = Path(*module_name.split(".")).with_suffix(".py")
+        if local.exists() and getattr(err, "name", None) in (module_name, module_name.split(".")[0]):
+            hint = f"; {local} is in the current directory, which is not on the module path: run with PYTHONPATH=."
+        raise AutoSPError(f"--module {spec}: cannot import {module_name} ({err}){hint}") from None
+    except Exception as err:  # noqa: BLE001 (the user's module failed while importing)
+        raise AutoSPError(f"--module {spec}: importing {module_name} raised {type(err).__name__}: {err}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise AutoSPError(f"--module {spec}: {module_name} has no callable '{attr}'")
     return factory
+
+
+def call_factory(spec: str, factory: Callable, seq: int, batch: int) -> tuple[torch.nn.Module, tuple]:
+    """factory(seq=, batch=) -> (loss module, example inputs), every way it can go wrong named."""
+    try:
+        inspect.signature(factory).bind(seq=seq, batch=batch)
+    except TypeError:
+        raise AutoSPError(
+            f"--module {spec}: the factory must accept seq= and batch= keywords; its signature is "
+            f"{inspect.signature(factory)}"
+        ) from None
+    except ValueError:  # no signature (a builtin): let the call tell
+        pass
+    try:
+        made = factory(seq=seq, batch=batch)
+    except Exception as err:  # noqa: BLE001 (the user's code)
+        raise AutoSPError(f"--module {spec}: the factory raised {type(err).__name__}: {err}") from err
+    if (
+        not isinstance(made, (tuple, list)) or len(made) != 2 or not isinstance(made[0], torch.nn.Module)
+        or not isinstance(made[1], (tuple, list)) or not all(isinstance(x, torch.Tensor) for x in made[1])
+    ):
+        got = type(made).__name__ if not isinstance(made, (tuple, list)) else f"({', '.join(type(m).__name__ for m in made)})"
+        raise AutoSPError(f"--module {spec}: the factory returned {got}; return (loss_module, (input tensors, ...))")
+    return made[0], tuple(made[1])
 
 
 def export_loss_module(module: torch.nn.Module, inputs: tuple) -> torch.export.ExportedProgram:

@@ -317,7 +317,20 @@ def joint_graph(ep: ExportedProgram, tile_mlp: bool = False) -> ExportedProgram:
         rewrite_gated_mlp(graph)
     _drop_unused_parameters(ep)
     ep.graph_module.recompile()
-    return _export_forward_backward(ep, joint_loss_index=0)
+    if not any(p.requires_grad for p in ep.state_dict.values()):
+        raise AutoSPError(
+            "no parameter of the exported model requires a gradient (all frozen with requires_grad=False?): "
+            "AutoSP compiles training steps; unfreeze what should train"
+        )
+    try:
+        return _export_forward_backward(ep, joint_loss_index=0)
+    except RuntimeError as err:
+        if "does not require gradients" not in str(err):
+            raise
+        raise AutoSPError(
+            "the loss does not depend on any trainable parameter (a detached loss, or every parameter it reads "
+            "is frozen): AutoSP compiles training steps; return the loss with its graph"
+        ) from None
 
 
 def _drop_unused_parameters(ep: ExportedProgram) -> None:

@@ -16,6 +16,8 @@ from xdsl.dialects.builtin import (
 )
 from xdsl.ir import Attribute, SSAValue
 
+from autosp.runtime.errors import AutoSPError
+
 _TORCH_TO_IR: dict[torch.dtype, Attribute] = {
     torch.float32: Float32Type(),
     torch.float16: Float16Type(),
@@ -35,7 +37,11 @@ BYTES = {dtype: torch.empty((), dtype=dtype).element_size() for dtype in _TORCH_
 
 def tensor_bytes(value: SSAValue) -> int:
     """The bytes of a tensor-typed value: shape x element size."""
-    assert isinstance(value.type, TensorType)
+    if not isinstance(value.type, TensorType):
+        raise AutoSPError(
+            f"value %{value.name_hint or '?'} has type {value.type}: AutoSP plans programs of tensors only "
+            "(the IR autosp-export writes)"
+        )
     return math.prod(value.type.get_shape()) * BYTES[torch_dtype(value.type.element_type)]
 
 

@@ -35,6 +35,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from functools import cached_property
 
 import networkx as nx
@@ -71,23 +72,41 @@ _UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
           "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 
 
-def parse_budget(budget: str | int, profile: DeviceProfile) -> int:
-    """Bytes from 123456, "512MiB", "70GiB", "1.5GB" or "auto" (device memory less a margin for
-    the allocator's fragmentation and the runtime: 8%, at least 2 GiB)."""
+MAX_BUDGET = (1 << 63) - 1  # budgets are i64 attributes in the IR
+
+
+def parse_budget(budget: str | int | float, profile: DeviceProfile) -> int:
+    """Bytes from 123456, 1.5e9, "512MiB", "70GiB", "1.5GB" or "auto" (device memory less a
+    margin for the allocator's fragmentation and the runtime: 8%, at least 2 GiB)."""
+    not_a_size = AutoSPError(
+        f"memory budget {budget!r} is not a size; give bytes or a number with a unit (e.g. 70GiB, 512MiB, 80GB) or 'auto'"
+    )
+    if isinstance(budget, bool):
+        raise not_a_size
     if isinstance(budget, int):
         value = budget
+    elif isinstance(budget, float):
+        if not math.isfinite(budget):
+            raise not_a_size
+        value = int(budget)
+    elif not isinstance(budget, str):
+        raise not_a_size
     elif budget.strip().lower() == "auto":
         value = profile.memory_bytes - max(2 * GiB, int(0.08 * profile.memory_bytes))
+        if value <= 0:
+            raise AutoSPError(
+                f"memory budget 'auto' leaves nothing of {human_bytes(profile.memory_bytes, 2)} of device memory "
+                "(it keeps max(2 GiB, 8%) for the allocator and runtime); give the budget in bytes"
+            )
     else:
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", budget)
         if not match or match.group(2).lower() not in _UNITS:
-            raise AutoSPError(
-                f"memory budget {budget!r} is not a size; give bytes or a number with a unit "
-                "(e.g. 70GiB, 512MiB, 80GB) or 'auto'"
-            )
-        value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+            raise not_a_size
+        value = int(Fraction(match.group(1)) * _UNITS[match.group(2).lower()])  # exact, any length
     if value <= 0:
         raise AutoSPError(f"memory budget {budget!r} must be positive")
+    if value > MAX_BUDGET:
+        raise AutoSPError(f"memory budget {str(budget)[:40]!r} is more than 2^63 bytes; give the memory of one device")
     return value
 
 

@@ -57,6 +57,12 @@ class SPPropagate(ModulePass):
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         if self.sp < 1:
             raise AutoSPError(f"sp-propagate: sp={self.sp} must be >= 1")
+        if "autosp.sp" in op.attributes:
+            done = op.attributes["autosp.sp"].value.data  # type: ignore[attr-defined]
+            raise AutoSPError(
+                f"sp-propagate: the module is already partitioned for sp={done}; run sp={self.sp} on the "
+                "unpartitioned IR (autosp-export's output)"
+            )
         fn = train_step_of(op)
         rules = RuleContext(sp=self.sp, token_values=token_inputs(fn, self.seq_dim), seq_dim=self.seq_dim)
         if not rules.token_values:

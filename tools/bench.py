@@ -20,6 +20,7 @@ import json
 import time
 
 from autosp.tools.errors import run_cli
+from autosp.tools.files import write_atomically
 from autosp.tools.export import DTYPES
 
 
@@ -118,10 +119,34 @@ def breakdown(module, recompute, seq: int, sp: int) -> dict:
     }
 
 
+def check_remat_args(args: argparse.Namespace) -> None:
+    """Bad flags fail before any export, naming the flag."""
+    from autosp.passes.cost_model import device_profile
+    from autosp.passes.remat import parse_budget
+    from autosp.runtime.errors import AutoSPError
+
+    if args.min_seq < 1 or args.max_seq < args.min_seq:
+        raise AutoSPError(f"--min-seq {args.min_seq} --max-seq {args.max_seq}: give 1 <= --min-seq <= --max-seq")
+    if any(sp < 1 for sp in args.sp):
+        raise AutoSPError(f"--sp {' '.join(map(str, args.sp))}: sp degrees must be >= 1")
+    if args.layers is not None and args.layers < 1:
+        raise AutoSPError(f"--layers {args.layers}: give at least one layer")
+    try:
+        memory = parse_budget(args.memory, device_profile(args.cost_model))
+    except AutoSPError as err:
+        raise AutoSPError(f"--memory {args.memory}: {err}") from None
+    if memory <= 2 << 30:
+        raise AutoSPError(
+            f"--memory {args.memory}: leaves no budget (the plan keeps max(2 GiB, 8%) of a device for the allocator "
+            "and runtime); give more than 2GiB"
+        )
+
+
 def run_remat(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    check_remat_args(args)
     console = Console(width=150)
     points, best = [], {}
     for sp in args.sp:
@@ -158,9 +183,8 @@ def run_remat(args: argparse.Namespace) -> None:
             console.print(f"  at S={last['seq']} ({state}): peak {where['peak_fused_gib']:.1f} GiB; KB per token held at the peak:")
             for kind, kb in where["kb_per_token"].items():
                 console.print(f"    {kb:8.1f}  {kind}")
-    with open(args.output, "w") as f:
-        json.dump({"preset": args.preset, "dtype": args.dtype, "memory": args.memory, "cost_model": args.cost_model,
-                   "max_context": {str(sp): best.get(sp) for sp in args.sp}, "points": points}, f, indent=1)
+    write_atomically(args.output, json.dumps({"preset": args.preset, "dtype": args.dtype, "memory": args.memory, "cost_model": args.cost_model,
+                   "max_context": {str(sp): best.get(sp) for sp in args.sp}, "points": points}, indent=1))
     console.print(f"wrote {args.output}")
 
 
@@ -204,8 +228,7 @@ def run_kernels(args: argparse.Namespace) -> None:
                 packed.add_row(str(p["dim"]), str(p["seq"]), str(p["doc_len"]), f"{p['fwd_ms']:.2f}", f"{p['bwd_ms']:.2f}",
                                f"{ref['fwd_ms'] / p['fwd_ms']:.1f}x", f"{ref['bwd_ms'] / p['bwd_ms']:.1f}x")
         console.print(packed)
-    with open(args.output, "w") as f:
-        json.dump(result, f, indent=1)
+    write_atomically(args.output, json.dumps(result, indent=1))
     console.print(f"wrote {args.output}")
 
 
@@ -240,8 +263,7 @@ def run_train(args: argparse.Namespace) -> None:
         table.add_row(method, str(result["max_context"][method]),
                       *(f"{speeds[s]['tokens_per_s']:.0f}" if s in speeds else "-" for s in args.throughput_seq))
     console.print(table)
-    with open(args.output, "w") as f:
-        json.dump(result, f, indent=1)
+    write_atomically(args.output, json.dumps(result, indent=1))
     console.print(f"wrote {args.output}")
 
 

@@ -11,6 +11,7 @@ import sys
 import time
 
 from autosp.tools.errors import run_cli
+from autosp.tools.files import write_atomically
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -36,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(argv=None) -> None:
     from autosp.frontends import import_program
-    from autosp.frontends.presets import export_loss_module, export_preset, load_factory
+    from autosp.frontends.presets import call_factory, export_loss_module, export_preset, load_factory
 
     import torch
 
@@ -49,14 +50,13 @@ def run(argv=None) -> None:
     else:
         if args.layers is not None or args.dtype != torch.float32 or args.documents is not None:
             raise ValueError("--layers, --dtype and --documents apply to --preset only")
-        module, inputs = load_factory(args.module)(seq=args.seq, batch=args.batch)
+        module, inputs = call_factory(args.module, load_factory(args.module), args.seq, args.batch)
         ep = export_loss_module(module, tuple(inputs))
     text = str(import_program(ep, tile_mlp=args.tile_mlp)) + "\n"
     if args.output == "-":
         sys.stdout.write(text)
     else:
-        with open(args.output, "w") as f:
-            f.write(text)
+        write_atomically(args.output, text)
         print(f"autosp-export: wrote {args.output} ({text.count(chr(10))} lines) in {time.perf_counter() - start:.1f}s", file=sys.stderr)
 
 

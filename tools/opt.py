@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 
 from xdsl.xdsl_opt_main import xDSLOptMain
 
@@ -14,11 +15,51 @@ from autosp.ir import AutoSPContext
 from autosp.ir.context import register_dialects
 from autosp.passes import PASSES
 from autosp.pipeline import pipeline_spec
+from autosp.runtime.errors import AutoSPError
 from autosp.tools.errors import run_cli
+from autosp.tools.files import write_atomically
+
+
+class _Pending(io.StringIO):
+    """The output of a run, kept when xdsl-opt closes it and written only if the run succeeds
+    (xdsl-opt itself opens -o for writing first, emptying it even when the run then fails)."""
+
+    text = ""
+
+    def close(self) -> None:
+        self.text = self.getvalue()
+        super().close()
 
 
 class AutoSPOptMain(xDSLOptMain):
     version_format = "autosp-opt built on xdsl {xdsl_version}"
+    pending: _Pending | None = None
+
+    def prepare_output(self):
+        if self.args.output_file is None:
+            return super().prepare_output()
+        self.pending = _Pending()
+        return self.pending
+
+    def run(self):
+        try:
+            super().run()
+        except UnicodeDecodeError as err:
+            raise AutoSPError(
+                f"{self.get_input_name()} is not a text file (byte {err.object[err.start]:#04x} at offset {err.start} is not "
+                "UTF-8); give the .mlir text autosp-export writes"
+            ) from None
+        if self.pending is not None:
+            write_atomically(self.args.output_file, self.pending.text)
+
+    def apply_passes(self, prog):
+        done = prog.attributes.get("autosp.sp")
+        if self.args.sp is not None and done is not None:
+            raise AutoSPError(
+                f"the input is already partitioned for sp={done.value.data}; --sp={self.args.sp} needs the "
+                "unpartitioned IR (autosp-export's output)"
+            )
+        super().apply_passes(prog)
 
     def register_all_dialects(self):
         self.ctx = AutoSPContext()  # knows the generated aten.* op classes
@@ -33,7 +74,7 @@ class AutoSPOptMain(xDSLOptMain):
     def register_all_arguments(self, arg_parser: argparse.ArgumentParser):
         super().register_all_arguments(arg_parser)
         arg_parser.add_argument("--sp", type=int, default=None, help="sequence-parallel degree: run the compile pipeline for it")
-        arg_parser.add_argument("--rank", type=int, default=0, help="with --sp: the rank (in the SP group) whose program to print")
+        arg_parser.add_argument("--rank", type=int, default=None, help="with --sp: the rank (in the SP group) whose program to print (default 0)")
         arg_parser.add_argument("--remat", action="store_true", help="choose recomputation by ILP to fit --memory-budget")
         arg_parser.add_argument(
             "--memory-budget", default=None,
@@ -63,13 +104,17 @@ class AutoSPOptMain(xDSLOptMain):
             import logging
 
             logging.basicConfig(level=logging.INFO, format="%(message)s")
+        if self.args.rank is not None and self.args.sp is None:
+            raise ValueError("--rank picks a rank of the SP group: give --sp too")
+        if self.args.sp is not None and self.args.rank is not None and not 0 <= self.args.rank < self.args.sp:
+            raise ValueError(f"--rank={self.args.rank}: give a rank in 0..{self.args.sp - 1} for --sp={self.args.sp}")
         if self.args.sp is not None or self.args.remat:
             if self.args.passes:
                 raise ValueError("give either -p PASSES or the pipeline options (--sp/--remat), not both")
             given = {"memory_budget": self.args.memory_budget, "cost_model": self.args.cost_model}
             remat = {k: v for k, v in given.items() if v is not None and self.args.remat}  # else the defaults
             self.args.passes = pipeline_spec(
-                sp=1 if self.args.sp is None else self.args.sp, remat=self.args.remat, rank=self.args.rank,
+                sp=1 if self.args.sp is None else self.args.sp, remat=self.args.remat, rank=self.args.rank or 0,
                 fuse=not self.args.no_fuse, **remat,
             )
         if not self.args.remat and (self.args.memory_budget is not None or self.args.cost_model is not None):
