@@ -397,6 +397,13 @@ def import_program(ep: ExportedProgram, tile_mlp: bool = False) -> ModuleOp:
             raise AutoSPError(f"node {node.name}: unsupported graph node kind '{node.op}'")
     assert output_node is not None
 
+    mutated = [spec.target for spec in signature.output_specs if spec.kind == OutputKind.BUFFER_MUTATION]
+    if mutated:
+        raise AutoSPError(
+            f"the forward updates buffer{'s' if len(mutated) > 1 else ''} {', '.join(repr(m) for m in mutated)} (running statistics of a norm in "
+            "training mode?): a compiled step cannot mutate state; put such modules in eval() mode or use "
+            "a norm without running statistics"
+        )
     results, res_attrs = [], []
     for value, spec in zip(output_node.args[0], signature.output_specs):
         if spec.kind == OutputKind.LOSS_OUTPUT:

@@ -1,11 +1,14 @@
 """Bad input: one clear AutoSPError naming what is wrong, never a wrong result."""
 
+import copy
+from pathlib import Path
+
 import pytest
 import torch
 
 import autosp
 from autosp import AutoSPError
-from tests.conftest import tiny_causal_lm
+from tests.conftest import relative_error, tiny_causal_lm
 
 
 class NotALoss(torch.nn.Module):
@@ -74,3 +77,128 @@ def test_masks_that_are_not_index_functions_are_refused(kind, message, tmp_cache
     ep = torch.export.export(MaskedAttention(kind), (torch.randn(1, 8, 16), torch.ones(1, 8)))
     with pytest.raises(AutoSPError, match=message):
         autosp.compile(ep)
+
+
+@pytest.fixture
+def llama_step(tmp_cache):
+    """A compiled 1-layer tiny Llama, its module and a batch."""
+    module = tiny_causal_lm("Llama", num_hidden_layers=1)
+    ids = torch.randint(0, 96, (1, 16), generator=torch.Generator().manual_seed(0))
+    return autosp.compile(torch.export.export(module, (ids, ids.clone()))), module, ids
+
+
+def test_modes_the_step_cannot_honour_are_refused(llama_step):
+    step, module, ids = llama_step
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(AutoSPError, match=r"under torch.autocast\('cpu'\)"):
+        step(ids, ids.clone())
+    with torch.inference_mode(), pytest.raises(AutoSPError, match="outside torch.inference_mode"):
+        step(ids, ids.clone())
+    with pytest.raises(AutoSPError, match="input 'labels' is on the meta device"):
+        step(ids, ids.to("meta"))
+    assert all(p.grad is None for p in module.parameters())
+    with torch.no_grad():  # needs no autograd: fine
+        step(ids, ids.clone())
+    assert all(p.grad is not None for p in module.parameters())
+
+
+def test_out_of_range_token_ids_and_labels_are_refused_before_the_step(llama_step):
+    step, module, ids = llama_step
+    labels = ids.clone()
+    labels[0, 5] = 96
+    with pytest.raises(AutoSPError, match=r"^input 'labels' gives index 96, outside the loss's vocabulary \[0, 96\) or ignore_index=-100$"):
+        step(ids, labels)
+    with pytest.raises(AutoSPError, match=r"^input 'input_ids' gives index -2, outside the embedding table \[0, 96\)$"):
+        step(ids.clone().fill_(-2), ids.clone())
+    labels = ids.clone()
+    labels[0, 0] = 500  # the first label is never a target (labels shift left): eager ignores it too
+    step(ids, labels)
+
+
+@pytest.mark.parametrize("change", ["replace", "untie", "double", "meta"])
+def test_parameters_changed_after_compile_are_refused(change, tmp_cache):
+    module = tiny_causal_lm("Llama", num_hidden_layers=1, tie_word_embeddings=change == "untie")
+    ids = torch.randint(0, 96, (1, 16))
+    step = autosp.compile(torch.export.export(module, (ids, ids.clone())))
+    head = module.model.lm_head
+    if change in ("replace", "untie"):
+        head.weight = torch.nn.Parameter(head.weight.detach().clone())
+        message = r"parameter '.*' was replaced after compile \(Linear.weight is a new object\)"
+    elif change == "double":
+        module.double()
+        message = r"is float64\[.*\] on cpu but the step was compiled for float32"
+    else:  # module.to("meta") makes new Parameter objects
+        module.to("meta")
+        message = r"parameter 'model.model.embed_tokens.weight' was replaced after compile"
+    with pytest.raises(AutoSPError, match=message):
+        step(ids, ids.clone())
+
+
+def test_a_gradient_that_cannot_be_added_to_in_place_is_replaced_not_half_written(llama_step):
+    """Eager's in-place accumulation fails on an expanded .grad (and leaves the parameters before
+    it updated); the step accumulates every gradient or none, here out of place for that one."""
+    step, module, ids = llama_step
+    params = list(module.parameters())
+    reference = copy.deepcopy(module)
+    reference(ids, ids.clone()).backward()
+    for p in params:
+        p.grad = torch.ones_like(p)
+    params[-1].grad = torch.ones(1).expand_as(params[-1])  # stride 0: += would fail
+    step(ids, ids.clone())
+    for p, r in zip(params, reference.parameters()):
+        assert relative_error(p.grad, r.grad + 1) <= 1e-5
+
+
+def test_batchnorm_in_training_mode_names_its_buffers(tmp_cache):
+    class Normed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear, self.norm = torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8)
+
+        def forward(self, x):
+            return self.norm(self.linear(x)).sum()
+
+    ep = torch.export.export(Normed(), (torch.randn(4, 8),))
+    with pytest.raises(AutoSPError, match="the forward updates buffers 'norm.running_mean', 'norm.running_var'"):
+        autosp.compile(ep)
+
+
+@pytest.mark.parametrize("budget, message", [
+    (float("nan"), "memory budget nan is not a size"),
+    ("9" * 400, "is more than 2\\^63 bytes"),
+    (2**63, "is more than 2\\^63 bytes"),
+    (True, "memory budget True is not a size"),
+])
+def test_bad_budgets_are_one_line(budget, message, llama_step):
+    with pytest.raises(AutoSPError, match=message):
+        autosp.compile(torch.export.export(llama_step[1], (llama_step[2], llama_step[2].clone())), remat=True,
+                       memory_budget=budget)
+
+
+def test_an_unwritable_cache_names_the_variable(tmp_path, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a file where the cache folder should be: no folder can be made under it
+    monkeypatch.setenv("AUTOSP_CACHE_DIR", str(blocked / "cache"))
+    module = tiny_causal_lm("Llama", num_hidden_layers=1)
+    ids = torch.randint(0, 96, (1, 16))
+    with pytest.raises(AutoSPError, match="cannot write the generated program to .*; set AUTOSP_CACHE_DIR"):
+        autosp.compile(torch.export.export(module, (ids, ids.clone())))
+
+
+def test_a_corrupt_cache_entry_is_regenerated_and_bytecode_never_trusted(llama_step, tmp_cache):
+    import importlib.util
+    import py_compile
+
+    step, module, ids = llama_step
+    path = step.program_path
+    ep = torch.export.export(module, (ids, ids.clone()))
+    # A bytecode file whose header matches the source but whose body is garbage ("bad marshal data").
+    cached = Path(importlib.util.cache_from_source(str(path)))
+    py_compile.compile(str(path), cfile=str(cached))
+    data = cached.read_bytes()
+    cached.write_bytes(data[:16] + b"\x00garbage" * 8)
+    again = autosp.compile(ep)
+    assert again.program_path == path
+    again(ids, ids.clone())
+    path.write_text(path.read_text()[:100])  # a truncated program is written anew
+    autosp.compile(ep)(ids, ids.clone())
+    assert "def train_step" in path.read_text()

@@ -102,3 +102,168 @@ def test_autosp_bench_kernels_without_a_gpu(tmp_path):
         assert "no GPU" in result.stdout and data["interpreter_check"]["max_abs_error"] < 1e-4
     else:
         assert {p["backend"] for p in data["points"]} == {"autosp", "sdpa-flash", "sdpa-cudnn"}
+
+
+# --- more bad input, run in this process (the tools' main(), as the console scripts call it) ----
+
+
+def run_main(monkeypatch, capsys, tool: str, *args: str, stdin: str = "", cwd=None) -> tuple[int, str, str]:
+    import importlib
+    import io
+
+    main = importlib.import_module(f"autosp.tools.{tool}").main
+    monkeypatch.setattr(sys, "argv", [f"autosp-{tool}", *args])
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin.encode())))
+    if cwd is not None:
+        monkeypatch.chdir(cwd)
+    code = 0
+    try:
+        main()
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(code: int, err: str, tool: str) -> str:
+    lines = err.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and lines[0].startswith(f"autosp-{tool}: error: "), err
+    return lines[0].removeprefix(f"autosp-{tool}: error: ")
+
+
+OTHER_DIALECT = """func.func @train_step(%a: i32) -> i32 {
+  %0 = arith.addi %a, %a : i32
+  func.return %0 : i32
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_ir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ir") / "tiny.mlir"
+    result = run("autosp-export", "--preset", "tiny-llama", "--seq", "16", "--layers", "1", "-o", str(path))
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+@pytest.mark.parametrize(
+    "args, stdin, message",
+    [
+        (["--sp=1"], OTHER_DIALECT, "value %a has type i32: AutoSP plans programs of tensors only"),
+        (["--remat", "--memory-budget=" + "9" * 400], GOOD, "is more than 2^63 bytes"),
+        (["--remat", "--memory-budget=9223372036854775808"], GOOD, "is more than 2^63 bytes"),
+        (["--rank=1"], GOOD, "--rank picks a rank of the SP group: give --sp too"),
+        (["--sp=2", "--rank=2"], GOOD, "--rank=2: give a rank in 0..1 for --sp=2"),
+    ],
+    ids=["other-dialect", "budget-400-digits", "budget-2-63", "rank-without-sp", "rank-out-of-range"],
+)
+def test_autosp_opt_more_errors(args, stdin, message, monkeypatch, capsys):
+    code, _, err = run_main(monkeypatch, capsys, "opt", *args, stdin=stdin)
+    assert message in one_error_line(code, err, "opt")
+
+
+def test_autosp_opt_refuses_binary_input_and_partitioned_ir(tiny_ir, tmp_path, monkeypatch, capsys):
+    binary = tmp_path / "weights.mlir"
+    binary.write_bytes(b"\x00\x97\xff" * 50)
+    code, _, err = run_main(monkeypatch, capsys, "opt", str(binary))
+    assert one_error_line(code, err, "opt") == (
+        f"{binary} is not a text file (byte 0x97 at offset 1 is not UTF-8); give the .mlir text autosp-export writes"
+    )
+    partitioned = tmp_path / "sp2.mlir"
+    code, _, err = run_main(monkeypatch, capsys, "opt", str(tiny_ir), "--sp=2", "-o", str(partitioned))
+    assert code == 0, err
+    code, _, err = run_main(monkeypatch, capsys, "opt", str(partitioned), "--sp=4", "--report")
+    assert one_error_line(code, err, "opt") == (
+        "the input is already partitioned for sp=2; --sp=4 needs the unpartitioned IR (autosp-export's output)"
+    )
+
+
+def test_autosp_opt_output_is_replaced_only_by_a_complete_run(tiny_ir, tmp_path, monkeypatch, capsys):
+    """xdsl-opt opens -o before it runs: the file was emptied even when the run then failed, and
+    -o naming the input destroyed the input."""
+    work = tmp_path / "in.mlir"
+    work.write_text(tiny_ir.read_text())
+    code, _, err = run_main(monkeypatch, capsys, "opt", str(work), "-p", "drop-aliases", "-o", str(work))
+    assert code == 0, err
+    assert "autosp.attention" in work.read_text() and "aten.alias" not in work.read_text()
+    old = tmp_path / "old.mlir"
+    old.write_text("the previous output\n")
+    code, _, err = run_main(monkeypatch, capsys, "opt", str(work), "--sp=3", "-o", str(old))
+    assert "do not split over sp=3" in one_error_line(code, err, "opt")
+    assert old.read_text() == "the previous output\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mlir", "old.mlir"]  # no temporary left behind
+
+
+FACTORIES = '''
+import torch
+
+
+class Loss(torch.nn.Module):
+    def __init__(self, frozen=False):
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 8)
+        self.linear.requires_grad_(not frozen)
+
+    def forward(self, x):
+        return self.linear(x).sum()
+
+
+def good(seq, batch):
+    return Loss(), (torch.randn(batch, 8),)
+
+
+def raises(seq, batch):
+    raise RuntimeError("no data here")
+
+
+def none(seq, batch):
+    return None
+
+
+def other_arguments(n):
+    return good(1, 1)
+
+
+def frozen(seq, batch):
+    return Loss(frozen=True), (torch.randn(batch, 8),)
+'''
+
+
+@pytest.mark.parametrize(
+    "factory, message",
+    [
+        ("raises", "--module factories:raises: the factory raised RuntimeError: no data here"),
+        ("none", "--module factories:none: the factory returned NoneType; return (loss_module, (input tensors, ...))"),
+        ("other_arguments", "--module factories:other_arguments: the factory must accept seq= and batch= keywords; its signature is (n)"),
+        ("frozen", "no parameter of the exported model requires a gradient"),
+    ],
+)
+def test_autosp_export_module_factory_errors(factory, message, tmp_path, monkeypatch, capsys):
+    (tmp_path / "factories.py").write_text(FACTORIES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, _, err = run_main(monkeypatch, capsys, "export", "--module", f"factories:{factory}", "-o", str(tmp_path / "x.mlir"))
+    assert one_error_line(code, err, "export").startswith(message), err
+    assert not (tmp_path / "x.mlir").exists()
+
+
+def test_autosp_export_module_in_the_current_directory_says_pythonpath(tmp_path, monkeypatch, capsys):
+    (tmp_path / "localfactories.py").write_text(FACTORIES)
+    code, _, err = run_main(monkeypatch, capsys, "export", "--module", "localfactories:good", cwd=tmp_path)
+    assert one_error_line(code, err, "export").endswith(
+        "localfactories.py is in the current directory, which is not on the module path: run with PYTHONPATH=."
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--min-seq", "128", "--max-seq", "64"], "--min-seq 128 --max-seq 64: give 1 <= --min-seq <= --max-seq"),
+        (["--memory", "1MiB"], "--memory 1MiB: leaves no budget"),
+        (["--memory", "lots"], "--memory lots: memory budget 'lots' is not a size"),
+        (["--sp", "0"], "--sp 0: sp degrees must be >= 1"),
+    ],
+)
+def test_autosp_bench_remat_flag_errors(args, message, tmp_path, monkeypatch, capsys):
+    code, _, err = run_main(monkeypatch, capsys, "bench", "remat", "--preset", "tiny-llama", *args, "-o", str(tmp_path / "r.json"))
+    assert one_error_line(code, err, "bench").startswith(message), err
+    assert not (tmp_path / "r.json").exists()
