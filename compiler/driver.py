@@ -120,6 +120,11 @@ def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=Non
         )
     if isinstance(sp, bool) or not isinstance(sp, int) or sp < 1:
         raise AutoSPError(f"sp={sp!r}: the sequence-parallel degree must be an integer >= 1")
+    for flag, value in (("remat", remat), ("fuse", fuse)):
+        if not isinstance(value, bool):
+            raise AutoSPError(f"{flag}={value!r}: give True or False")
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise AutoSPError(f"cache_dir={cache_dir!r}: give a folder path (or set AUTOSP_CACHE_DIR)")
     if (memory_budget is not None or cost_model is not None) and not remat:
         raise AutoSPError("memory_budget and cost_model only apply with remat=True")
     if tile_mlp not in (True, False, "auto"):

@@ -14,6 +14,7 @@ gradients are then stored all or nothing.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 import types
@@ -100,6 +101,7 @@ class TrainStep:
         self.grad_of = grad_of
         self.report = report
         self.dp_group, self.dp_size, self.agreement = None, 1, None
+        self._failed_mid_step: str | None = None
         missing = [s.name for s in inputs if s.kind != "input" and s.name not in state]
         if missing:
             raise AutoSPError(f"the program needs state the exported program lacks: {', '.join(missing)}")
@@ -176,7 +178,8 @@ class TrainStep:
                 )
             if arg.device.type == "meta":
                 raise AutoSPError(f"input '{spec.name}' is on the meta device (no data)")
-            moved.append(arg.detach().to(self.device))
+            # The exported graph's views assume the layout it was traced with: contiguous inputs.
+            moved.append(arg.detach().to(self.device).contiguous())
         return moved
 
     def _check_indices(self, user: list[torch.Tensor]) -> None:
@@ -192,9 +195,32 @@ class TrainStep:
                 allowed = f"[0, {size})" + (f" or ignore_index={ignore}" if ignore is not None else "")
                 raise AutoSPError(f"input {name} gives index {int(values[mask][0])}, outside {reader} {allowed}")
 
+    def _bind(self, args: tuple, kwargs: dict) -> tuple:
+        """Inputs by position or by name (the exported forward's argument names)."""
+        if not kwargs:
+            return args
+        names = [s.name for s in self.user_inputs]
+        unknown = sorted(set(kwargs) - set(names))
+        if unknown:
+            raise AutoSPError(f"the step has no input {', '.join(map(repr, unknown))}; its inputs are {', '.join(names)}")
+        given = dict(zip(names, args))
+        twice = sorted(set(given) & set(kwargs))
+        if twice:
+            raise AutoSPError(f"input {', '.join(map(repr, twice))} given by position and by name")
+        given.update(kwargs)
+        missing = [n for n in names if n not in given]
+        if missing:
+            raise AutoSPError(f"the step takes inputs {', '.join(names)}; missing {', '.join(map(repr, missing))}")
+        return tuple(given[n] for n in names)
+
     def _prepare(self, args: tuple) -> list[torch.Tensor]:
         """The program's arguments (the state in order, the user's inputs in their places),
         after every check; on several processes, only once every rank's checks passed."""
+        if self._failed_mid_step is not None:
+            raise AutoSPError(
+                f"an earlier step failed on this rank after the ranks had started it ({self._failed_mid_step}); "
+                "its collectives are out of step with the other ranks: restart the job"
+            )
         error, user = None, []
         try:
             self._check_mode()
@@ -212,26 +238,40 @@ class TrainStep:
 
     # --- the step ---------------------------------------------------------------------------
 
-    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
-        loss, *grads = self.program.train_step(*self._prepare(args))
-        self._reduce_and_store(grads)
+    def __call__(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+        call_args = self._prepare(self._bind(args, kwargs))
+        with self._in_step():
+            loss, *grads = self.program.train_step(*call_args)
+            self._reduce_and_store(grads)
         return loss.detach()
 
-    def measure_memory(self, *args: torch.Tensor) -> int:
+    def measure_memory(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> int:
         """Run one step while tracking the storages the program holds; returns the peak bytes
         (arguments included). Gradients are stored as by a normal call."""
         from autosp.runtime.memory import MemoryTracker
 
-        call_args = self._prepare(args)
+        call_args = self._prepare(self._bind(args, kwargs))
         tracker = MemoryTracker(call_args)
         self.program.TRACK = tracker.track
         try:
-            loss, *grads = self.program.train_step(*call_args)
+            with self._in_step():
+                loss, *grads = self.program.train_step(*call_args)
+                self._reduce_and_store(grads)
         finally:
             self.program.TRACK = collectives_no_tracking
-        self._reduce_and_store(grads)
         del loss
         return tracker.peak_bytes
+
+    @contextlib.contextmanager
+    def _in_step(self):
+        """On several processes, a failure inside the program (after the ranks agreed) leaves
+        this rank's collectives out of step with the others': later calls refuse at once."""
+        try:
+            yield
+        except BaseException as err:
+            if self.agreement is not None:
+                self._failed_mid_step = f"{type(err).__name__}: {err}".splitlines()[0]
+            raise
 
     def _reduce_and_store(self, grads: list[torch.Tensor]) -> None:
         """Average over the dp replicas, then write every .grad or none: everything that can

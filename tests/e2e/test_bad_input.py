@@ -1,6 +1,7 @@
 """Bad input: one clear AutoSPError naming what is wrong, never a wrong result."""
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,31 @@ def test_a_corrupt_cache_entry_is_regenerated_and_bytecode_never_trusted(llama_s
     path.write_text(path.read_text()[:100])  # a truncated program is written anew
     autosp.compile(ep)(ids, ids.clone())
     assert "def train_step" in path.read_text()
+
+
+def test_inputs_by_name_and_in_any_layout(llama_step):
+    step, module, ids = llama_step
+    reference = copy.deepcopy(module)
+    transposed = ids.t().contiguous().t()  # same values, other strides
+    loss = step(labels=transposed.clone(), input_ids=transposed)
+    assert relative_error(loss, reference(ids, ids.clone()).detach()) <= 1e-6
+    with pytest.raises(AutoSPError, match="the step has no input 'tokens'; its inputs are input_ids, labels"):
+        step(tokens=ids, labels=ids)
+    with pytest.raises(AutoSPError, match="missing 'labels'"):
+        step(input_ids=ids)
+    with pytest.raises(AutoSPError, match="input 'input_ids' given by position and by name"):
+        step(ids, input_ids=ids)
+
+
+@pytest.mark.parametrize("option, message", [
+    (dict(remat="yes"), "remat='yes': give True or False"),
+    (dict(fuse="no"), "fuse='no': give True or False"),
+    (dict(sp=2.0), "sp=2.0: the sequence-parallel degree must be an integer >= 1"),
+    (dict(cache_dir=3), "cache_dir=3: give a folder path"),
+    (dict(timeout=-1), "timeout=-1: give a positive, finite number of seconds"),
+    (dict(check_every=-1), "check_every=-1: give a number of steps >= 0"),
+])
+def test_option_types_are_checked(option, message, llama_step):
+    ep = torch.export.export(llama_step[1], (llama_step[2], llama_step[2].clone()))
+    with pytest.raises(AutoSPError, match=re.escape(message)):
+        autosp.compile(ep, **option)

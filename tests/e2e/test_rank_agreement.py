@@ -120,3 +120,34 @@ def test_a_compile_that_fails_on_one_rank_fails_on_every_rank():
     (message, seconds), (other, _) = run_ranks(2, compile_fails_on_one_rank)
     assert message == other and message.startswith("rank 1: "), (message, other)
     assert "sp" in message and seconds < 100
+
+
+def fail_inside_the_program(rank, world):
+    """Rank 1's program fails after the ranks agreed to run the step (an OOM, say): rank 1
+    refuses every later call at once instead of entering collectives the others left behind, and
+    rank 0, waiting for rank 1's gradients, fails as soon as rank 1 is gone."""
+    module = tiny_causal_lm("Llama", num_hidden_layers=1)
+    ids = torch.randint(0, 96, (1, SEQ), generator=torch.Generator().manual_seed(0))
+    step = autosp.compile(torch.export.export(module, (ids, ids.clone())), timeout=60)  # sp=1, dp=2
+    if rank == 1:
+        def out_of_memory(*args):
+            raise torch.OutOfMemoryError("injected")
+
+        step.program.train_step = out_of_memory
+        try:
+            step(ids, ids.clone())
+        except torch.OutOfMemoryError:
+            pass
+        return _raised(lambda: step(ids, ids.clone()))
+    start = time.monotonic()
+    try:
+        step(ids, ids.clone())
+    except Exception as err:  # noqa: BLE001 (the backend's error: the peer is gone)
+        return f"failed after {time.monotonic() - start:.0f} s: {type(err).__name__}"
+    return "no error"
+
+
+def test_a_rank_whose_program_failed_refuses_later_steps():
+    first, second = run_ranks(2, fail_inside_the_program)
+    assert second.startswith("an earlier step failed on this rank after the ranks had started it (OutOfMemoryError: injected)")
+    assert first.startswith("failed after"), first
