@@ -1,6 +1,8 @@
 """The frontend fuses exactly `cross_entropy(linear(h, W)[.float()].view(-1, V), labels)` into
 autosp.linear_cross_entropy, and leaves any other loss as written."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -37,7 +39,14 @@ def test_mean_loss_is_fused_and_divided_by_the_valid_count():
     ir = _ir()
     assert "autosp.linear_cross_entropy" in ir
     assert "ignore_index = -100" in ir
-    assert "aten.div.Tensor %linear_cross_entropy_r0, %sum" in ir
+    # sum / max(count, 1), NaN where the count is 0: eager's 0/0 loss without its 1/0 in the backward
+    assert "%clamp = aten.clamp.default %sum <{min = 1 : i64}>" in ir
+    assert "%gt = aten.gt.Scalar %sum <{other = 0 : i64}>" in ir
+    assert "aten.div.Tensor %linear_cross_entropy_r0, %clamp" in ir
+    assert re.search(r"%where = aten.where.self %gt, %div, %full_like ", ir)
+    # the backward: the gradient scale is where(count > 0, 1, 0) / max(count, 1), never 1/0
+    assert re.search(r"%where_1 = aten.where.self %gt, %full_like_1, %scalar_tensor ", ir)
+    assert "aten.div.Tensor %where_1, %clamp" in ir
     assert not _logits_tensors(ir)  # no [N, V] value anywhere, forward or backward
 
 
