@@ -9,9 +9,17 @@ import torch.distributed as dist
 _REDUCE = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 
 
+def _handed(x: torch.Tensor) -> torch.Tensor:
+    """What a backend may keep after the call: a new tensor object on x's storage that refers to
+    no other tensor (a view would keep its base). The backend's work can outlive the call on its
+    own thread; holding x (or a view of x) keeps x's Python object, and so the memory tracker's
+    count of its storage, alive for a time that depends on that thread."""
+    return x.detach()
+
+
 def all_reduce(x: torch.Tensor, reduce: str, group) -> torch.Tensor:
     out = x.clone()
-    dist.all_reduce(out, op=_REDUCE[reduce], group=group)
+    dist.all_reduce(_handed(out), op=_REDUCE[reduce], group=group)
     return out
 
 
@@ -41,7 +49,7 @@ def all_gather(x: torch.Tensor, dim: int, total: int, outer: int, group) -> torc
     sizes = split_sizes(total, dist.get_world_size(group))
     padded = _pad_to(x, dim, max(sizes))  # gloo gathers equal shapes: pad, then trim each part
     parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded.contiguous(), group=group)
+    dist.all_gather(parts, _handed(padded.contiguous()), group=group)
     return torch.cat([p.narrow(dim, 0, size) for p, size in zip(parts, sizes)], dim=dim)
 
 
@@ -58,7 +66,7 @@ def _exchange(outputs: list[torch.Tensor], inputs: list[torch.Tensor], group) ->
     backend = str(dist.get_backend(group))
     if backend not in _NO_ALLTOALL:
         try:
-            dist.all_to_all(outputs, inputs, group=group)
+            dist.all_to_all(outputs, [_handed(x) for x in inputs], group=group)
             return
         except RuntimeError as err:
             if "alltoall" not in str(err).lower():
@@ -72,7 +80,7 @@ def _exchange(outputs: list[torch.Tensor], inputs: list[torch.Tensor], group) ->
             continue
         global_peer = dist.get_global_rank(group, peer) if group is not None else peer
         ops.append(dist.P2POp(dist.irecv, outputs[peer], global_peer, group))
-        ops.append(dist.P2POp(dist.isend, inputs[peer], global_peer, group))
+        ops.append(dist.P2POp(dist.isend, _handed(inputs[peer]), global_peer, group))
     for work in dist.batch_isend_irecv(ops):
         work.wait()
 
