@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import weakref
 from pathlib import Path
 
 import torch
 from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType
 
 from autosp.codegen import generate, train_step_of
-from autosp.frontends import import_program
+from autosp.frontends import import_program, import_settings
 from autosp.input_checks import index_checks
 from autosp.ir.dtypes import torch_dtype
 from autosp.passes.memory_plan import plan_memory
@@ -86,6 +87,23 @@ def remat_options(ep, memory_budget, cost_model) -> tuple[str, str]:
     return str(budget), profile.name
 
 
+# The joint export dominates compile time (seconds per layer-heavy model), and compiling one
+# ExportedProgram under several options (budgets, sp, fuse) imports the same graph each time:
+# keep each program's imported IR while the program lives, and hand out copies.
+_IMPORTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def imported(ep, tile_mlp: bool) -> tuple[ModuleOp, str]:
+    """A fresh copy of `ep`'s imported module and its index checks."""
+    by_settings = _IMPORTED.setdefault(ep, {})
+    key = import_settings(tile_mlp)
+    if key not in by_settings:
+        module = import_program(ep, tile_mlp=tile_mlp)
+        by_settings[key] = (module, index_checks(module))
+    module, checks = by_settings[key]
+    return module.clone(), checks
+
+
 def compile_module(ep, spec: str, tile_mlp="auto") -> tuple[ModuleOp, str]:
     """Import and run the pipeline; with tile_mlp="auto", import again with gated MLPs in row
     chunks when remat finds no plan that fits without. Returns the module and the source of its
@@ -93,8 +111,7 @@ def compile_module(ep, spec: str, tile_mlp="auto") -> tuple[ModuleOp, str]:
     from autosp.passes.remat import RematInfeasible
 
     def attempt(tiled: bool) -> tuple[ModuleOp, str]:
-        module = import_program(ep, tile_mlp=tiled)
-        checks = index_checks(module)
+        module, checks = imported(ep, tiled)
         return run_pipeline(module, spec), checks
 
     try:

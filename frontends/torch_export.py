@@ -356,6 +356,13 @@ def _copy(ep: ExportedProgram) -> ExportedProgram:
     return ep._update(gm, copy.deepcopy(ep.graph_signature), state_dict=dict(ep.state_dict))
 
 
+def import_settings(tile_mlp: bool) -> tuple:
+    """Everything besides the program that the imported IR depends on (a cache key)."""
+    from autosp.frontends import loss, mlp
+
+    return (tile_mlp, loss.CHUNK_BYTES, mlp.CHUNK_BYTES if tile_mlp else None)
+
+
 def import_program(ep: ExportedProgram, tile_mlp: bool = False) -> ModuleOp:
     """The joint training step of `ep` as an AutoSP IR module (tile_mlp: gated MLPs as
     `autosp.gated_mlp`, computed in chunks of rows)."""

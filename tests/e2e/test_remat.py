@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import autosp
+from autosp.driver import imported
 from autosp.frontends import import_program
 from autosp.passes.cost_model import device_profile
 from autosp.passes.remat import RECOMPUTE, RematProblem, least_memory, rematerialize
@@ -73,7 +74,7 @@ def test_budgets_fit_with_bitwise_equal_results(deep_model, tmp_cache, determini
 
 def test_ilp_never_costs_more_than_per_layer_checkpointing(deep_model):
     _, ep, _ = deep_model
-    module = run_pipeline(import_program(ep), pipeline_spec(fuse=False))  # remat decides on the unfused program
+    module = run_pipeline(imported(ep, False)[0], pipeline_spec(fuse=False))  # remat decides on the unfused program
     profile = device_profile("cpu")
     problem = RematProblem(module, profile)
     checkpointing = problem.evaluate(problem.checkpointing())
@@ -149,8 +150,8 @@ def test_gated_mlps_in_row_chunks_when_nothing_else_fits(deep_model, tmp_cache, 
     monkeypatch.setattr(mlp, "CHUNK_BYTES", 256 * 4 * 64)
     model, ep, inputs = deep_model
     profile = device_profile("cpu")
-    floors = {
-        tiled: least_memory(run_pipeline(import_program(ep, tile_mlp=tiled), pipeline_spec(fuse=False)), profile)
+    floors = {  # compile below imports the same copies again (the driver keeps them per program)
+        tiled: least_memory(run_pipeline(imported(ep, tiled)[0], pipeline_spec(fuse=False)), profile)
         for tiled in (False, True)
     }
     assert floors[True] < floors[False]
