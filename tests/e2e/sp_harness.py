@@ -3,6 +3,7 @@ and gradients with single-process eager PyTorch on the same full batch."""
 
 from __future__ import annotations
 
+import atexit
 import copy
 import os
 import queue
@@ -32,8 +33,22 @@ def _worker(rank, world, init_file, fn, case, results):
             dist.destroy_process_group()
 
 
-def run_case(rank, world, *, arch, sp, seq, batch=1, config=None, labels_fn=None, steps=1, lr=0.1,
-             point_to_point=False, documents=None, mlp_chunk_rows=None, optimizer="sgd", smoothed_loss=False):
+def run_case(rank, world, **case):
+    """_case, leaving the module settings it changes as it found them (pooled ranks run many)."""
+    from autosp.frontends import mlp
+    from autosp.runtime import collectives
+
+    saved = set(collectives._NO_ALLTOALL), mlp.CHUNK_BYTES
+    try:
+        return _case(rank, world, **case)
+    finally:
+        collectives._NO_ALLTOALL.clear()
+        collectives._NO_ALLTOALL.update(saved[0])
+        mlp.CHUNK_BYTES = saved[1]
+
+
+def _case(rank, world, *, arch, sp, seq, batch=1, config=None, labels_fn=None, steps=1, lr=0.1,
+          point_to_point=False, documents=None, mlp_chunk_rows=None, optimizer="sgd", smoothed_loss=False):
     """documents: lengths of the documents packed into each row (position ids restart per document).
     mlp_chunk_rows: gated MLPs in chunks of that many rows (tile_mlp=True). labels_fn(labels, replica)
     edits one replica's labels in place. smoothed_loss: a label-smoothed loss (not fused)."""
@@ -93,6 +108,13 @@ def run_remat_case(rank, world, *, config, seq, fractions):
     """The SP step under budgets (fractions of its peak without remat) against the same SP step
     without remat on this rank: fits, predicted as measured, bitwise the same loss and grads."""
     torch.use_deterministic_algorithms(True)  # the embedding gradient's accumulation order
+    try:
+        return _remat_stats(config, seq, fractions)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def _remat_stats(config, seq, fractions):
     module = tiny_causal_lm("Llama", **config)
     ids = torch.randint(0, config["vocab_size"], (1, seq), generator=torch.Generator().manual_seed(7))
     labels = ids.clone()
@@ -155,5 +177,94 @@ def run_ranks(world: int, fn, deadline: float = 240.0, **case) -> list:
     return [result for _, result, _ in sorted(collected, key=lambda c: c[0])]
 
 
-def run_distributed(world: int, **case) -> list[dict]:
-    return run_ranks(world, run_remat_case if case.pop("remat", False) else run_case, **case)
+class RankPool:
+    """`world` gloo processes started once and reused for many cases (starting a rank costs
+    seconds of imports; the suite runs dozens of cases). Only for cases that behave the same on
+    every rank: after any failure the pool is discarded, since its ranks may be out of step."""
+
+    def __init__(self, world: int):
+        ctx = mp.get_context("spawn")
+        self.world = world
+        self.tmp = tempfile.TemporaryDirectory()
+        self.inboxes = [ctx.Queue() for _ in range(world)]
+        self.results = ctx.Queue()
+        init_file = os.path.join(self.tmp.name, "init")
+        self.procs = [
+            ctx.Process(target=_serve, args=(r, world, init_file, self.inboxes[r], self.results), daemon=True)
+            for r in range(world)
+        ]
+        for p in self.procs:
+            p.start()
+
+    def run(self, fn, deadline: float, env: dict[str, str], case: dict) -> list:
+        for inbox in self.inboxes:
+            inbox.put((fn, env, case))
+        collected = []
+        stop = time.monotonic() + deadline
+        while len(collected) < self.world:
+            try:
+                collected.append(self.results.get(timeout=1))
+            except queue.Empty:
+                if any(not p.is_alive() for p in self.procs):
+                    raise AssertionError("a rank of the pool died") from None
+                if time.monotonic() > stop:
+                    raise AssertionError(f"the pool's ranks still running after {deadline:g} s (hung?)") from None
+        failures = [msg for _, _, msg in collected if msg]
+        if failures:
+            raise AssertionError(failures[0])
+        return [result for _, result, _ in sorted(collected, key=lambda c: c[0])]
+
+    def close(self) -> None:
+        for inbox in self.inboxes:
+            inbox.put(None)
+        for p in self.procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+        self.tmp.cleanup()
+
+
+def _serve(rank, world, init_file, inbox, results):
+    os.environ.setdefault("AUTOSP_CACHE_DIR", os.path.join(tempfile.gettempdir(), "autosp-test-cache"))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    while (job := inbox.get()) is not None:
+        fn, env, case = job
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            results.put((rank, fn(rank, world, **case), None))
+        except Exception as err:  # noqa: BLE001 (reported to the test)
+            results.put((rank, None, f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    dist.destroy_process_group()
+
+
+_POOLS: dict[int, RankPool] = {}
+
+
+@atexit.register
+def _close_pools() -> None:
+    for pool in _POOLS.values():
+        pool.close()
+    _POOLS.clear()
+
+
+def run_pooled(world: int, fn, deadline: float = 240.0, env: dict[str, str] | None = None, **case) -> list:
+    """run_ranks on the pool of `world` ranks (started on first use)."""
+    if world not in _POOLS:
+        _POOLS[world] = RankPool(world)
+    try:
+        return _POOLS[world].run(fn, deadline, env or {}, case)
+    except BaseException:
+        _POOLS.pop(world).close()
+        raise
+
+
+def run_distributed(world: int, env: dict[str, str] | None = None, **case) -> list[dict]:
+    return run_pooled(world, run_remat_case if case.pop("remat", False) else run_case, env=env, **case)

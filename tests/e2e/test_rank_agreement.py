@@ -11,7 +11,7 @@ import torch
 import autosp
 from autosp import AutoSPError
 from tests.conftest import relative_error, tiny_causal_lm
-from tests.e2e.sp_harness import run_ranks
+from tests.e2e.sp_harness import run_pooled, run_ranks
 
 SEQ = 16
 
@@ -61,7 +61,7 @@ def misuse_then_train(rank, world, *, sp):
 
 @pytest.mark.parametrize("sp", [2, 1], ids=["sp2", "sp1-dp2"])
 def test_misuse_is_refused_on_every_rank_and_the_ranks_stay_in_step(sp):
-    results = run_ranks(2, misuse_then_train, sp=sp)
+    results = run_pooled(2, misuse_then_train, sp=sp)  # refused steps keep the ranks in step: a pool is fine
     (messages, errors), (other, other_errors) = results
     assert messages == other, "the ranks raised different errors"
     assert errors["loss"] <= 1e-5 and errors["grad"] <= 1e-5, errors
@@ -117,7 +117,7 @@ def compile_fails_on_one_rank(rank, world):
 
 
 def test_a_compile_that_fails_on_one_rank_fails_on_every_rank():
-    (message, seconds), (other, _) = run_ranks(2, compile_fails_on_one_rank)
+    (message, seconds), (other, _) = run_pooled(2, compile_fails_on_one_rank)
     assert message == other and message.startswith("rank 1: "), (message, other)
     assert "sp" in message and seconds < 100
 

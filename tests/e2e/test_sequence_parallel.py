@@ -42,11 +42,11 @@ def test_sp2_matches_eager(arch, config, seq):
     check(run_distributed(2, arch=arch, config=config, sp=2, seq=seq, labels_fn=ignore_unevenly))
 
 
-def test_sp2_with_triton_kernels(monkeypatch):
+def test_sp2_with_triton_kernels():
     """Ulysses attention on head shards and the fused loss on sequence shards, all in Triton
-    (the interpreter on CPU; the spawned ranks inherit the environment)."""
-    monkeypatch.setenv("AUTOSP_KERNELS", "triton")
-    check(run_distributed(2, arch="Llama", config={"tie_word_embeddings": True}, sp=2, seq=33, labels_fn=ignore_unevenly))
+    (the interpreter on CPU)."""
+    check(run_distributed(2, env={"AUTOSP_KERNELS": "triton"}, arch="Llama", config={"tie_word_embeddings": True},
+                          sp=2, seq=33, labels_fn=ignore_unevenly))
 
 
 def test_sp2_packed_documents():
