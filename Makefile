@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(PY) -m autosp.tools.demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 tests
 	.venv/bin/lit -q tests/lit
 
 clean:
