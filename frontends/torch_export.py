@@ -278,6 +278,16 @@ def _is_number(arg: object) -> bool:
 # --- the program ---------------------------------------------------------------------------
 
 
+def _check_static_shapes(ep: ExportedProgram) -> None:
+    for node in ep.graph.nodes:
+        val = node.meta.get("val")
+        if node.op == "placeholder" and isinstance(val, torch.Tensor) and any(isinstance(d, torch.SymInt) for d in val.shape):
+            raise AutoSPError(
+                f"input {node.name} has a dynamic shape {list(val.shape)}: AutoSP compiles static shapes; export "
+                "without dynamic_shapes (and compile again for each sequence length)"
+            )
+
+
 def _check_loss_output(ep: ExportedProgram) -> None:
     user_outputs = [s for s in ep.graph_signature.output_specs if s.kind == OutputKind.USER_OUTPUT]
     output_node = next(n for n in ep.graph.nodes if n.op == "output")
@@ -304,6 +314,7 @@ def joint_graph(ep: ExportedProgram, tile_mlp: bool = False) -> ExportedProgram:
     way, in chunks of rows)."""
     from torch.export.experimental import _export_forward_backward
 
+    _check_static_shapes(ep)
     _check_loss_output(ep)
     ep = _copy(ep)
     graph = ep.graph_module.graph

@@ -294,8 +294,8 @@ class TrainStep:
                     new.append(grad)
                 elif old.layout == torch.strided and _non_overlapping(old) and not old.requires_grad:
                     new.append(None)
-                else:  # as autograd does when it cannot accumulate in place
-                    new.append(old + grad)
+                else:  # sparse, overlapping or requiring grad: a new dense sum, as autograd makes
+                    new.append(grad + old)  # (dense + sparse is defined, sparse + dense is not)
             for param, grad, replacement in zip(self.parameters, grads, new):
                 if replacement is None:
                     param.grad.add_(grad)

@@ -121,8 +121,10 @@ def breakdown(module, recompute, seq: int, sp: int) -> dict:
 
 def check_remat_args(args: argparse.Namespace) -> None:
     """Bad flags fail before any export, naming the flag."""
+    from autosp.frontends.presets import preset_config
     from autosp.passes.cost_model import device_profile
     from autosp.passes.remat import parse_budget
+    from autosp.passes.sharding_rules import kv_layout
     from autosp.runtime.errors import AutoSPError
 
     if args.min_seq < 1 or args.max_seq < args.min_seq:
@@ -131,8 +133,21 @@ def check_remat_args(args: argparse.Namespace) -> None:
         raise AutoSPError(f"--sp {' '.join(map(str, args.sp))}: sp degrees must be >= 1")
     if args.layers is not None and args.layers < 1:
         raise AutoSPError(f"--layers {args.layers}: give at least one layer")
+    config = preset_config(args.preset)
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    bad = [sp for sp in args.sp if kv_layout(heads, kv_heads, sp) is None]
+    if bad:
+        valid = [n for n in range(1, heads + 1) if kv_layout(heads, kv_heads, n) is not None]
+        raise AutoSPError(
+            f"--sp {' '.join(map(str, bad))}: {args.preset}'s {heads} query / {kv_heads} key-value heads do not split "
+            f"over it; valid sp degrees: {valid}"
+        )
     try:
-        memory = parse_budget(args.memory, device_profile(args.cost_model))
+        profile = device_profile(args.cost_model)
+    except AutoSPError as err:
+        raise AutoSPError(f"--cost-model {args.cost_model}: {err}") from None
+    try:
+        memory = parse_budget(args.memory, profile)
     except AutoSPError as err:
         raise AutoSPError(f"--memory {args.memory}: {err}") from None
     if memory <= 2 << 30:
@@ -268,7 +283,14 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run(argv=None) -> None:
+    import os
+
+    from autosp.runtime.errors import AutoSPError
+
     args = parse_args(argv)
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise AutoSPError(f"-o {args.output}: cannot write into {folder}; give a writable path before the benchmark runs")
     {"remat": run_remat, "kernels": run_kernels, "train": run_train}[args.command](args)
 
 

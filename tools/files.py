@@ -7,10 +7,15 @@ from __future__ import annotations
 import os
 import tempfile
 
+from autosp.runtime.errors import AutoSPError
+
 
 def write_atomically(path: str, text: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    except OSError as err:
+        raise AutoSPError(f"cannot write {path}: {err.strerror or err} ({folder})") from None
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

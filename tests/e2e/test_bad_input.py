@@ -144,9 +144,17 @@ def test_a_gradient_that_cannot_be_added_to_in_place_is_replaced_not_half_writte
     for p in params:
         p.grad = torch.ones_like(p)
     params[-1].grad = torch.ones(1).expand_as(params[-1])  # stride 0: += would fail
+    params[0].grad = torch.ones_like(params[0]).to_sparse()  # sparse + dense is not defined
     step(ids, ids.clone())
+    assert params[0].grad.layout == torch.strided
     for p, r in zip(params, reference.parameters()):
         assert relative_error(p.grad, r.grad + 1) <= 1e-5
+
+
+def test_dynamic_shapes_are_refused_up_front(tmp_cache):
+    ep = torch.export.export(NotALoss(), (torch.randn(4, 8),), dynamic_shapes=({0: torch.export.Dim("rows")},))
+    with pytest.raises(AutoSPError, match=r"input x has a dynamic shape \[s\d+, 8\]: AutoSP compiles static shapes"):
+        autosp.compile(ep)
 
 
 def test_batchnorm_in_training_mode_names_its_buffers(tmp_cache):

@@ -261,9 +261,14 @@ def test_autosp_export_module_in_the_current_directory_says_pythonpath(tmp_path,
         (["--memory", "1MiB"], "--memory 1MiB: leaves no budget"),
         (["--memory", "lots"], "--memory lots: memory budget 'lots' is not a size"),
         (["--sp", "0"], "--sp 0: sp degrees must be >= 1"),
+        (["--sp", "1", "8"], "--sp 8: tiny-llama's 4 query / 2 key-value heads do not split over it; valid sp degrees: [1, 2, 4]"),
+        (["--cost-model", "tpu"], "--cost-model tpu: unknown cost model 'tpu'"),
+        (["-o", "/no/such/folder/r.json"], "-o /no/such/folder/r.json: cannot write into /no/such/folder"),
     ],
 )
 def test_autosp_bench_remat_flag_errors(args, message, tmp_path, monkeypatch, capsys):
-    code, _, err = run_main(monkeypatch, capsys, "bench", "remat", "--preset", "tiny-llama", *args, "-o", str(tmp_path / "r.json"))
+    if "--sp" not in args:
+        args = ["--sp", "1", *args]
+    code, _, err = run_main(monkeypatch, capsys, "bench", "remat", "--preset", "tiny-llama", "-o", str(tmp_path / "r.json"), *args)
     assert one_error_line(code, err, "bench").startswith(message), err
     assert not (tmp_path / "r.json").exists()
