@@ -19,7 +19,7 @@ import argparse
 import json
 import time
 
-from autosp.tools.errors import run_cli
+from autosp.tools.errors import OneLineParser, run_cli
 from autosp.tools.files import write_atomically
 from autosp.tools.export import DTYPES
 
@@ -27,7 +27,7 @@ from autosp.tools.export import DTYPES
 def parse_args(argv=None) -> argparse.Namespace:
     from autosp.frontends.presets import PRESETS
 
-    parser = argparse.ArgumentParser(prog="autosp-bench", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="autosp-bench", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     remat = commands.add_parser("remat", help="predicted max context with --remat, per sp degree")
     remat.add_argument("--preset", choices=sorted(PRESETS), default="llama-3.2-1b")

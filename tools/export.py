@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 
-from autosp.tools.errors import run_cli
+from autosp.tools.errors import OneLineParser, run_cli
 from autosp.tools.files import write_atomically
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -19,7 +19,7 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 def parse_args(argv=None) -> argparse.Namespace:
     from autosp.frontends.presets import PRESETS
 
-    parser = argparse.ArgumentParser(prog="autosp-export", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="autosp-export", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--preset", choices=sorted(PRESETS), help="an HF causal LM built from its config (random weights)")
     source.add_argument("--module", metavar="PKG.MOD:FACTORY", help="factory(seq=, batch=) returning (loss module, example inputs)")

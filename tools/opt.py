@@ -16,7 +16,7 @@ from autosp.ir.context import register_dialects
 from autosp.passes import PASSES
 from autosp.pipeline import pipeline_spec
 from autosp.runtime.errors import AutoSPError
-from autosp.tools.errors import run_cli
+from autosp.tools.errors import one_line_errors, run_cli
 from autosp.tools.files import write_atomically
 
 
@@ -73,6 +73,8 @@ class AutoSPOptMain(xDSLOptMain):
 
     def register_all_arguments(self, arg_parser: argparse.ArgumentParser):
         super().register_all_arguments(arg_parser)
+        arg_parser.prog = "autosp-opt"
+        one_line_errors(arg_parser)
         arg_parser.add_argument("--sp", type=int, default=None, help="sequence-parallel degree: run the compile pipeline for it")
         arg_parser.add_argument("--rank", type=int, default=None, help="with --sp: the rank (in the SP group) whose program to print (default 0)")
         arg_parser.add_argument("--remat", action="store_true", help="choose recomputation by ILP to fit --memory-budget")

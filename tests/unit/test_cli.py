@@ -154,8 +154,9 @@ def tiny_ir(tmp_path_factory):
         (["--remat", "--memory-budget=9223372036854775808"], GOOD, "is more than 2^63 bytes"),
         (["--rank=1"], GOOD, "--rank picks a rank of the SP group: give --sp too"),
         (["--sp=2", "--rank=2"], GOOD, "--rank=2: give a rank in 0..1 for --sp=2"),
+        (["--sp=two"], GOOD, "argument --sp: invalid int value: 'two' (see autosp-opt --help)"),  # not the whole usage
     ],
-    ids=["other-dialect", "budget-400-digits", "budget-2-63", "rank-without-sp", "rank-out-of-range"],
+    ids=["other-dialect", "budget-400-digits", "budget-2-63", "rank-without-sp", "rank-out-of-range", "flag-type"],
 )
 def test_autosp_opt_more_errors(args, stdin, message, monkeypatch, capsys):
     code, _, err = run_main(monkeypatch, capsys, "opt", *args, stdin=stdin)
