@@ -70,17 +70,18 @@ def test_all_ignored_at_sp1(arch, loss, tmp_cache):
 
 
 @pytest.mark.parametrize(
-    "arch, labels_fn, smoothed",
+    "arch, labels_fn, smoothed, documents",
     [
-        ("Llama", ignore_all, False),  # every rank, every label
-        ("Qwen2", ignore_all, True),
-        ("Llama", ignore_rank0_shard, True),  # one rank's shard only
+        ("Llama", ignore_all, False, None),  # every rank, every label
+        ("Qwen2", ignore_all, True, None),
+        ("Llama", ignore_rank0_shard, True, None),  # one rank's shard only
+        ("Llama", ignore_all, False, [9, 8]),  # packed documents
     ],
-    ids=["llama-all-fused", "qwen2-all-smoothed", "llama-rank0-smoothed"],
+    ids=["llama-all-fused", "qwen2-all-smoothed", "llama-rank0-smoothed", "llama-all-packed"],
 )
-def test_ignored_under_sp2(arch, labels_fn, smoothed):
+def test_ignored_under_sp2(arch, labels_fn, smoothed, documents):
     check(run_distributed(2, arch=arch, sp=2, seq=17, labels_fn=labels_fn, steps=3, optimizer="adamw", lr=1e-3,
-                          smoothed_loss=smoothed))
+                          smoothed_loss=smoothed, documents=documents))
 
 
 def test_one_data_parallel_replica_all_ignored():
