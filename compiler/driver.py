@@ -18,7 +18,7 @@ from autosp.passes.memory_plan import plan_memory
 from autosp.pipeline import pipeline_spec, run_pipeline
 from autosp.runtime.errors import AutoSPError
 from autosp.report import comm_report
-from autosp.runtime.agreement import StepAgreement, rendezvous, timeout_seconds
+from autosp.runtime.agreement import StepAgreement, error_text, rendezvous, timeout_seconds
 from autosp.runtime.mesh import check_world, make_mesh
 from autosp.runtime.train_step import InputSpec, TrainStep
 
@@ -128,8 +128,8 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=None, fuse=True, tile_mlp="auto",
-                    cache_dir=None, timeout=None, check_every=0) -> TrainStep:
+def check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, check_every) -> None:
+    """compile's arguments, each refused by name (before any slow work)."""
     if not isinstance(ep, torch.export.ExportedProgram):
         raise AutoSPError(
             f"autosp.compile takes a torch.export.ExportedProgram, got {type(ep).__name__}; "
@@ -148,6 +148,11 @@ def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=Non
         raise AutoSPError(f"tile_mlp={tile_mlp!r}: use True, False or 'auto'")
     if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 0:
         raise AutoSPError(f"check_every={check_every!r}: give a number of steps >= 0 (0: the first step only)")
+
+
+def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=None, fuse=True, tile_mlp="auto",
+                    cache_dir=None, timeout=None, check_every=0) -> TrainStep:
+    check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, check_every)
     seconds = timeout_seconds(timeout)
     if sp > 1:
         check_world(sp)
@@ -158,16 +163,15 @@ def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=Non
     # collective group creation.
     import torch.distributed as dist
 
-    rank = dist.get_rank()
-    step, error = None, None
+    step, error, cause = None, None, None
     try:
-        step = _compile(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, rank=rank % sp)
+        step = _compile(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, rank=dist.get_rank() % sp)
     except Exception as err:  # noqa: BLE001 (posted to the other ranks, then raised here too)
-        error, cause = (str(err) if isinstance(err, AutoSPError) else f"{type(err).__name__}: {err}"), err
+        error, cause = error_text(err), err
     try:
         rendezvous("autosp.compile", error, seconds)
     except AutoSPError as agreed:
-        raise agreed from (cause if error is not None else None)
+        raise agreed from cause
     mesh = make_mesh(sp)
     step.distribute(
         groups={"sp": mesh.sp_group}, dp_group=mesh.dp_group, dp_size=mesh.dp,

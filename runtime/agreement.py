@@ -46,6 +46,15 @@ def timeout_seconds(timeout=None) -> float:
     return seconds
 
 
+def error_text(err: BaseException) -> str:
+    """An error as the other ranks are told of it: AutoSP's own message, or the type and the
+    first line of anything else."""
+    if isinstance(err, AutoSPError):
+        return str(err)
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
 def _ranks(ranks: list[int]) -> str:
     return f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}"
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from autosp.runtime.agreement import error_text
 from autosp.runtime.collectives import no_tracking as collectives_no_tracking
 from autosp.runtime.errors import AutoSPError
 
@@ -230,7 +231,7 @@ class TrainStep:
         except Exception as err:  # noqa: BLE001 (on several processes, every rank must hear of it)
             if self.agreement is None:
                 raise
-            error = str(err) if isinstance(err, AutoSPError) else f"{type(err).__name__}: {err}"
+            error = error_text(err)
         if self.agreement is not None:
             self.agreement(error, user, [t for _, t in self._state_specs])
         supplied = iter(user)
@@ -270,7 +271,7 @@ class TrainStep:
             yield
         except BaseException as err:
             if self.agreement is not None:
-                self._failed_mid_step = f"{type(err).__name__}: {err}".splitlines()[0]
+                self._failed_mid_step = error_text(err)
             raise
 
     def _reduce_and_store(self, grads: list[torch.Tensor]) -> None:
