@@ -15,6 +15,7 @@ rank, raised within a bounded time: never a hang, a raw backend error, or a sile
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import time
@@ -93,25 +94,49 @@ def rendezvous(what: str, error: str | None, timeout: float) -> None:
 
 _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _CHUNK = 1 << 22
-_MIX = 0x9E3779B97F4A7C15 - (1 << 64)  # an odd int64: position weights i * _MIX + 1
+
+
+def _int64(constant: int) -> int:
+    return constant - (1 << 64) if constant >= 1 << 63 else constant
+
+
+_MIX = [_int64(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)]
+
+
+def _mixed(z: torch.Tensor) -> torch.Tensor:
+    """splitmix64's mixing (with arithmetic shifts), in place: pseudo-random int64s from counters."""
+    z.mul_(_MIX[0])
+    z.bitwise_xor_(z >> 30).mul_(_MIX[1])
+    z.bitwise_xor_(z >> 27).mul_(_MIX[2])
+    return z.bitwise_xor_(z >> 31)
+
+
+@functools.lru_cache(maxsize=4)
+def _position_weights(device: torch.device, length: int) -> torch.Tensor:
+    """One pseudo-random weight per position of a chunk, made once per device."""
+    return _mixed(torch.arange(1, length + 1, dtype=torch.int64, device=device))
 
 
 def fingerprint(tensor: torch.Tensor) -> torch.Tensor:
     """Two int64 numbers from the exact bits of `tensor` and their positions (a plain and a
-    position-weighted sum, wrapping): equal tensors give equal numbers on any device, in any
-    reduction order (integer sums are exact); a differing element or a permutation changes them."""
+    pseudo-randomly weighted sum, wrapping): equal tensors give equal numbers on any device, in
+    any reduction order (integer sums are exact); a differing element or a permutation changes
+    them."""
     flat = tensor.detach().reshape(-1)
     if flat.dtype == torch.bool:
         flat = flat.to(torch.uint8)
     if flat.is_complex():
         flat = torch.view_as_real(flat).reshape(-1)
     bits = flat.view(_BITS[flat.element_size()])
+    weights = _position_weights(flat.device, _CHUNK)
+    chunks = range(0, bits.numel(), _CHUNK)
+    # Each chunk's weighted sum is weighted again by its own pseudo-random number.
+    chunk_weights = _mixed(torch.arange(1, len(chunks) + 1, dtype=torch.int64, device=flat.device)).tolist()
     total = torch.zeros(2, dtype=torch.int64, device=flat.device)
-    for start in range(0, bits.numel(), _CHUNK):
+    for start, chunk_weight in zip(chunks, chunk_weights):
         chunk = bits[start : start + _CHUNK].to(torch.int64)  # may be `tensor` itself: read only
-        weights = torch.arange(start, start + chunk.numel(), dtype=torch.int64, device=flat.device).mul_(_MIX).add_(1)
         total[0] += chunk.sum()
-        total[1] += weights.mul_(chunk).sum()
+        total[1] += (chunk * weights[: chunk.numel()]).sum() * chunk_weight
     return total
 
 
