@@ -1,5 +1,8 @@
 """Run a compiled step on N gloo ranks (processes on this machine) and compare each rank's loss
-and gradients with single-process eager PyTorch on the same full batch."""
+and gradients with single-process eager PyTorch on the same full batch.
+
+`run_distributed` / `run_pooled` run a case on a pool of ranks kept for the whole session;
+`run_ranks` starts fresh ranks that exit after the case (for misuse that leaves them out of step)."""
 
 from __future__ import annotations
 
@@ -18,19 +21,6 @@ import torch.multiprocessing as mp
 import autosp
 from autosp.frontends.presets import packed_position_ids
 from tests.conftest import SmoothedLoss, relative_error, tiny_causal_lm
-
-
-def _worker(rank, world, init_file, fn, case, results):
-    os.environ.setdefault("AUTOSP_CACHE_DIR", os.path.join(tempfile.gettempdir(), "autosp-test-cache"))
-    try:
-        torch.set_num_threads(1)
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-        results.put((rank, fn(rank, world, **case), None))
-    except Exception as err:  # report, then let the parent fail the test with the message
-        results.put((rank, None, f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def run_case(rank, world, **case):
@@ -142,39 +132,16 @@ def _remat_stats(config, seq, fractions):
     return stats
 
 
-def run_ranks(world: int, fn, deadline: float = 240.0, **case) -> list:
-    """fn(rank, world, **case) on `world` gloo processes; their results in rank order. A rank
-    that raises fails the test with its traceback; ranks still running after `deadline`
-    seconds are killed and fail it too (a hang must not eat CI)."""
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, "init")
-        procs = [ctx.Process(target=_worker, args=(r, world, init_file, fn, case, results)) for r in range(world)]
-        for p in procs:
-            p.start()
-        collected = []
-        stop = time.monotonic() + deadline
-        try:
-            while len(collected) < world:
-                try:
-                    collected.append(results.get(timeout=1))
-                except queue.Empty:
-                    dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-                    if dead:
-                        raise AssertionError(f"a rank died with exit code {dead[0]} before reporting") from None
-                    if time.monotonic() > stop:
-                        waiting = sorted(set(range(world)) - {c[0] for c in collected})
-                        raise AssertionError(f"ranks {waiting} still running after {deadline:g} s (hung?)") from None
-        finally:
-            for p in procs:
-                p.join(timeout=10)
-                if p.is_alive():
-                    p.kill()
-    failures = [msg for _, _, msg in collected if msg]
-    if failures:
-        raise AssertionError(failures[0])
-    return [result for _, result, _ in sorted(collected, key=lambda c: c[0])]
+def run_ranks(world: int, fn, deadline: float = 240.0, env: dict[str, str] | None = None, **case) -> list:
+    """fn(rank, world, **case) on `world` fresh gloo processes, each exiting right after it (for
+    cases that leave ranks out of step or gone); their results in rank order. A rank that
+    raises fails the test with its traceback; ranks still running after `deadline` seconds are
+    killed and fail it too (a hang must not eat CI)."""
+    pool = RankPool(world)
+    try:
+        return pool.run(fn, deadline, env or {}, case, then_exit=True)
+    finally:
+        pool.close()
 
 
 class RankPool:
@@ -196,19 +163,23 @@ class RankPool:
         for p in self.procs:
             p.start()
 
-    def run(self, fn, deadline: float, env: dict[str, str], case: dict) -> list:
+    def run(self, fn, deadline: float, env: dict[str, str], case: dict, then_exit: bool = False) -> list:
         for inbox in self.inboxes:
             inbox.put((fn, env, case))
+            if then_exit:
+                inbox.put(None)
         collected = []
         stop = time.monotonic() + deadline
         while len(collected) < self.world:
             try:
                 collected.append(self.results.get(timeout=1))
             except queue.Empty:
-                if any(not p.is_alive() for p in self.procs):
-                    raise AssertionError("a rank of the pool died") from None
+                dead = [p.exitcode for p in self.procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise AssertionError(f"a rank died with exit code {dead[0]} before reporting") from None
                 if time.monotonic() > stop:
-                    raise AssertionError(f"the pool's ranks still running after {deadline:g} s (hung?)") from None
+                    waiting = sorted(set(range(self.world)) - {c[0] for c in collected})
+                    raise AssertionError(f"ranks {waiting} still running after {deadline:g} s (hung?)") from None
         failures = [msg for _, _, msg in collected if msg]
         if failures:
             raise AssertionError(failures[0])
@@ -228,7 +199,7 @@ def _serve(rank, world, init_file, inbox, results):
     os.environ.setdefault("AUTOSP_CACHE_DIR", os.path.join(tempfile.gettempdir(), "autosp-test-cache"))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    while (job := inbox.get()) is not None:
+    while (job := inbox.get()) is not None:  # None: exit
         fn, env, case = job
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
@@ -242,7 +213,8 @@ def _serve(rank, world, init_file, inbox, results):
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-    dist.destroy_process_group()
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 _POOLS: dict[int, RankPool] = {}
