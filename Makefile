@@ -1,5 +1,5 @@
 # make demo: export a tiny Llama, compile it, train ~20 steps on CPU, check grads against eager.
-# make test: every test (pytest + lit). Both create .venv on first use.
+# make test: the layering contract, every test (pytest + lit). Both create .venv on first use.
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(PY) -m autosp.tools.demo
 
 test: $(STAMP)
+	bash tests/lint_imports.sh
 	$(PY) -m pytest -q -n 2 tests
 	.venv/bin/lit -q tests/lit
 

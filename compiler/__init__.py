@@ -4,7 +4,7 @@
     loss = step(input_ids, labels)  # grads land in the model parameters' .grad
 """
 
-from autosp.runtime.errors import AutoSPError
+from autosp.common.errors import AutoSPError
 
 
 def compile(ep, *, sp: int = 1, remat: bool = False, memory_budget=None, cost_model=None, fuse: bool = True, tile_mlp="auto",  # noqa: A001

@@ -31,8 +31,10 @@ from autosp.ir.aten import OPT_TENSOR, TENSOR, TENSOR_LIST, AtenCallOp, AtenOp
 from autosp.ir.autosp import AttentionGradOp, AttentionOp, FusedOp, GatedMlpGradOp, GatedMlpOp, LinearCrossEntropyOp, LocalShardOp, YieldOp, PlaceShardOp, ToPartialOp
 from autosp.ir.dist import AllGatherOp, AllReduceOp, AllToAllOp, ReduceScatterOp
 from autosp.ir.dtypes import torch_dtype
-from autosp.runtime.errors import AutoSPError
-from autosp.rules import registrar
+from autosp.ir.program import train_step_of
+from autosp.common.errors import AutoSPError
+from autosp.common.rules import registrar
+from autosp.triton_codegen import kernel_source
 
 Emitter = Callable[[Operation, "Names"], str]
 EMITTERS: dict[type[Operation], Emitter] = {}
@@ -175,8 +177,6 @@ def emit_gated_mlp_grad(op: GatedMlpGradOp, names: Names) -> str:
 def emit_fused(op: FusedOp, names: Names) -> str:
     """A generated Triton kernel, its reference (the region's ATen calls) and a wrapper that picks
     one (runtime/kernels.use_triton); the call site calls the wrapper."""
-    from autosp.triton_codegen import kernel_source
-
     name = f"fused_{sum(d.startswith('@triton.jit') for d in names.definitions)}"
     kernel, launch = kernel_source(op, name)
     inner = Names()
@@ -257,13 +257,6 @@ DEVICE = None  # set by the runtime before the first call
 GROUPS = {}  # process-group symbol -> torch.distributed group, set by the runtime
 TRACK = collectives.no_tracking  # the runtime's memory tracker, when measuring
 '''
-
-
-def train_step_of(module: ModuleOp) -> func.FuncOp:
-    for op in module.ops:
-        if isinstance(op, func.FuncOp) and op.sym_name.data == "train_step":
-            return op
-    raise AutoSPError("the module has no func.func @train_step")
 
 
 def generate(module: ModuleOp, index_inputs: str = "def index_inputs(*inputs):\n    return []\n") -> str:

@@ -10,13 +10,14 @@ from pathlib import Path
 import torch
 from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType
 
-from autosp.codegen import generate, train_step_of
+from autosp.codegen import generate
+from autosp.ir.program import train_step_of
 from autosp.frontends import import_program, import_settings
 from autosp.input_checks import index_checks
 from autosp.ir.dtypes import torch_dtype
 from autosp.passes.memory_plan import plan_memory
 from autosp.pipeline import pipeline_spec, run_pipeline
-from autosp.runtime.errors import AutoSPError
+from autosp.common.errors import AutoSPError
 from autosp.report import comm_report
 from autosp.runtime.agreement import StepAgreement, error_text, rendezvous, timeout_seconds
 from autosp.runtime.mesh import check_world, make_mesh

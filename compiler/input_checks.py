@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from xdsl.dialects.builtin import ModuleOp, StringAttr
 from xdsl.ir import BlockArgument, Operation, OpResult, SSAValue
 
-from autosp.codegen import Names, emitter_for, train_step_of
+from autosp.codegen import Names, emitter_for
+from autosp.ir.program import train_step_of
 from autosp.ir.autosp import LinearCrossEntropyOp
-from autosp.rules import registrar
+from autosp.common.rules import registrar
 
 
 @dataclass(frozen=True)

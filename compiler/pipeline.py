@@ -7,7 +7,7 @@ from xdsl.passes import PassPipeline
 
 from autosp.ir import autosp_context
 from autosp.passes import all_passes
-from autosp.runtime.errors import AutoSPError
+from autosp.common.errors import AutoSPError
 
 # Cleanups that every pipeline starts with.
 BASE_PASSES = ("drop-aliases", "dce")

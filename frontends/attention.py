@@ -15,7 +15,7 @@ import torch
 from torch.fx import Graph, Node
 
 import autosp.runtime.ops  # noqa: F401  (registers torch.ops.autosp.*)
-from autosp.runtime.errors import AutoSPError
+from autosp.common.errors import AutoSPError
 from autosp.frontends.fx import call_with_value, getitem_with_value
 from autosp.frontends.mask import MaskNotUnderstood, bound_arguments, classify
 

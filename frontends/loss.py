@@ -16,7 +16,7 @@ from torch.fx import Graph, Node
 import autosp.runtime.ops  # noqa: F401  (registers torch.ops.autosp.*)
 from autosp.frontends.fx import call_with_value, fake_value, getitem_with_value
 from autosp.frontends.mask import bound_arguments
-from autosp.runtime.attention import accumulation_dtype
+from autosp.common.precision import accumulation_dtype
 
 aten = torch.ops.aten
 CROSS_ENTROPY = aten.cross_entropy_loss.default

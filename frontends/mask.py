@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.fx import Node
 
-from autosp.rules import registrar
+from autosp.common.rules import registrar
 
 aten = torch.ops.aten
 

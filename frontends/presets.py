@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from autosp.runtime.errors import AutoSPError
+from autosp.common.errors import AutoSPError
 
 
 class CausalLMLoss(torch.nn.Module):

@@ -48,7 +48,7 @@ from autosp.ir.aten import (
 )
 from autosp.ir.autosp import AttentionGradOp, AttentionOp, GatedMlpGradOp, GatedMlpOp, LinearCrossEntropyOp
 from autosp.ir.dtypes import UnsupportedDtype, element_type, tensor_type
-from autosp.runtime.errors import AutoSPError
+from autosp.common.errors import AutoSPError
 
 # Ops that only check metadata at trace time and produce nothing.
 SKIPPED_TARGETS = {

@@ -53,7 +53,7 @@ from xdsl.traits import HasParent, IsTerminator, Pure
 from xdsl.utils.exceptions import VerifyException
 
 from autosp.ir.dist import GroupOp
-from autosp.runtime.collectives import split_sizes
+from autosp.common.sizes import split_sizes
 
 # --- attributes ---------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from xdsl.dialects.builtin import (
 )
 from xdsl.ir import Attribute, SSAValue
 
-from autosp.runtime.errors import AutoSPError
+from autosp.common.errors import AutoSPError
 
 _TORCH_TO_IR: dict[torch.dtype, Attribute] = {
     torch.float32: Float32Type(),

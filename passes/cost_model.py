@@ -19,8 +19,8 @@ from xdsl.ir import Operation, SSAValue
 
 from autosp.ir.autosp import AttentionGradOp, AttentionOp
 from autosp.ir.dtypes import BYTES, tensor_bytes, torch_dtype
-from autosp.runtime.errors import AutoSPError
-from autosp.rules import registrar
+from autosp.common.errors import AutoSPError
+from autosp.common.rules import registrar
 
 GiB = 2**30
 

@@ -31,7 +31,7 @@ from autosp.ir.autosp import FusedOp, YieldOp
 from autosp.ir.dtypes import tensor_bytes
 from autosp.passes.memory_plan import liveness, workspace_bytes
 from autosp.passes.remat import RECOMPUTE
-from autosp.triton_codegen import MAX_ROW, ROW_REDUCTIONS, expressible
+from autosp.passes.kernel_exprs import MAX_ROW, ROW_REDUCTIONS, expressible
 
 
 def _shape(value: SSAValue) -> tuple[int, ...]:

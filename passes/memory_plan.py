@@ -25,12 +25,12 @@ from xdsl.dialects.builtin import IntegerAttr, ModuleOp, StringAttr
 from xdsl.ir import Operation, OpResult, SSAValue
 from xdsl.passes import ModulePass
 
-from autosp.codegen import train_step_of
+from autosp.ir.program import train_step_of
 from autosp.ir.aten import AtenOp
 from autosp.ir.autosp import AttentionGradOp, GatedMlpGradOp, GatedMlpOp, LinearCrossEntropyOp
 from autosp.ir.dtypes import BYTES, tensor_bytes, torch_dtype
-from autosp.runtime.errors import AutoSPError
-from autosp.rules import registrar
+from autosp.common.errors import AutoSPError
+from autosp.common.rules import registrar
 
 # Views whose schema carries no alias annotation.
 EXTRA_VIEWS = {"aten._unsafe_view.default"}

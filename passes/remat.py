@@ -47,7 +47,7 @@ from xdsl.ir import Operation, OpResult, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.traits import Pure
 
-from autosp.codegen import train_step_of
+from autosp.ir.program import train_step_of
 from autosp.ir.autosp import AttentionOp
 from autosp.ir.dist import CollectiveOp, GroupOp
 from autosp.passes.cost_model import GiB, DeviceProfile, device_profile, op_seconds
@@ -61,7 +61,7 @@ from autosp.passes.memory_plan import (
     plan_memory,
     workspace_bytes,
 )
-from autosp.runtime.errors import AutoSPError
+from autosp.common.errors import AutoSPError
 
 RECOMPUTE = "autosp.recompute"  # marks the clones the pass inserts
 log = logging.getLogger("autosp.remat")

@@ -19,8 +19,8 @@ from xdsl.ir import Operation, SSAValue
 
 from autosp.ir.aten import AtenCallOp, AtenOp
 from autosp.ir.autosp import AttentionGradOp, AttentionOp, LayoutAttr
-from autosp.runtime.errors import AutoSPError
-from autosp.rules import registrar
+from autosp.common.errors import AutoSPError
+from autosp.common.rules import registrar
 
 
 @dataclass(frozen=True)

@@ -41,14 +41,14 @@ from xdsl.ir import Operation, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
 
-from autosp.codegen import train_step_of
+from autosp.ir.program import train_step_of
 from autosp.ir.aten import AtenOp
 from autosp.ir.autosp import LocalShardOp, PlaceShardOp, ToPartialOp
 from autosp.ir.dist import AllGatherOp, AllReduceOp, AllToAllOp, ReduceScatterOp
 from autosp.passes.sharding_rules import P, R, Layout
 from autosp.passes.sp_propagate import COMPUTED, IN_LAYOUTS, LAYOUTS, read_layouts
-from autosp.runtime.collectives import split_sizes
-from autosp.runtime.errors import AutoSPError
+from autosp.common.sizes import split_sizes
+from autosp.common.errors import AutoSPError
 
 GROUP = SymbolRefAttr("sp")
 LIKE_OPS = {"aten.full_like.default", "aten.zeros_like.default", "aten.ones_like.default", "aten.empty_like.default"}

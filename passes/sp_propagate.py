@@ -18,9 +18,9 @@ from xdsl.dialects import func
 from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, IntegerType, ModuleOp, StringAttr, TensorType
 from xdsl.passes import ModulePass
 
-from autosp.codegen import train_step_of
+from autosp.ir.program import train_step_of
 from autosp.passes.sharding_rules import R, Layout, RuleContext, strategy_for
-from autosp.runtime.errors import AutoSPError
+from autosp.common.errors import AutoSPError
 
 IN_LAYOUTS, LAYOUTS, COMPUTED = "autosp.in_layouts", "autosp.layouts", "autosp.computed"
 

@@ -23,7 +23,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from autosp.runtime.errors import AutoSPError
+from autosp.common.errors import AutoSPError
 
 DEFAULT_TIMEOUT_S = 300.0
 _rendezvous_count = itertools.count()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from autosp.common.precision import accumulation_dtype
+
 QUERY_BLOCK = 1024
 
 
@@ -38,10 +40,6 @@ def _masked_scores(q_tile, kf, scale: float, start: int, causal: bool, window: i
     if keep is not None:
         scores.masked_fill_(~keep, float("-inf"))
     return scores
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
 
 
 def _grouped(x: torch.Tensor, hkv: int) -> torch.Tensor:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from autosp.common.sizes import split_sizes
+
 _REDUCE = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 
 
@@ -21,11 +23,6 @@ def all_reduce(x: torch.Tensor, reduce: str, group) -> torch.Tensor:
     out = x.clone()
     dist.all_reduce(_handed(out), op=_REDUCE[reduce], group=group)
     return out
-
-
-def split_sizes(total: int, parts: int) -> list[int]:
-    """torch.tensor_split's part sizes: the first total % parts parts get one more."""
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
 def _resized(x: torch.Tensor | list[int], dim: int, size: int) -> list[int]:

@@ -14,7 +14,7 @@ import torch
 
 from autosp.runtime import attention as reference_attention
 from autosp.runtime import loss as reference_loss
-from autosp.runtime.errors import AutoSPError
+from autosp.common.errors import AutoSPError
 
 BACKENDS = ("auto", "triton", "reference")
 

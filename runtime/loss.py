@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import torch
 
-from autosp.runtime.attention import accumulation_dtype
-from autosp.runtime.errors import AutoSPError
+from autosp.common.precision import accumulation_dtype
+from autosp.common.errors import AutoSPError
 
 RowsCrossEntropy = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 

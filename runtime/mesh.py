@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch.distributed as dist
 
-from autosp.runtime.errors import AutoSPError
+from autosp.common.errors import AutoSPError
 
 
 @dataclass

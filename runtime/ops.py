@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from autosp.runtime import kernels
-from autosp.runtime.attention import accumulation_dtype
+from autosp.common.precision import accumulation_dtype
 
 
 @torch.library.custom_op("autosp::attention", mutates_args=())

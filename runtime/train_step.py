@@ -26,7 +26,7 @@ import torch
 
 from autosp.runtime.agreement import error_text
 from autosp.runtime.collectives import no_tracking as collectives_no_tracking
-from autosp.runtime.errors import AutoSPError
+from autosp.common.errors import AutoSPError
 
 
 @dataclass(frozen=True)

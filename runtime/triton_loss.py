@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from autosp.runtime.attention import accumulation_dtype
+from autosp.common.precision import accumulation_dtype
 
 # A finite "minus infinity" for running maxima: exp(m_old - m_new) stays 0/1, never NaN.
 # (Globals a kernel reads must be constexpr.)

@@ -49,7 +49,8 @@ def compile_generated_kernels() -> int:
 
     import torch
 
-    from autosp.codegen import generate, train_step_of
+    from autosp.codegen import generate
+    from autosp.ir.program import train_step_of
     from autosp.frontends import import_program
     from autosp.frontends.presets import build_preset, export_loss_module
     from autosp.ir.autosp import FusedOp

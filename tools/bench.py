@@ -125,7 +125,7 @@ def check_remat_args(args: argparse.Namespace) -> None:
     from autosp.passes.cost_model import device_profile
     from autosp.passes.remat import parse_budget
     from autosp.passes.sharding_rules import kv_layout
-    from autosp.runtime.errors import AutoSPError
+    from autosp.common.errors import AutoSPError
 
     if args.min_seq < 1 or args.max_seq < args.min_seq:
         raise AutoSPError(f"--min-seq {args.min_seq} --max-seq {args.max_seq}: give 1 <= --min-seq <= --max-seq")
@@ -285,7 +285,7 @@ def run_train(args: argparse.Namespace) -> None:
 def run(argv=None) -> None:
     import os
 
-    from autosp.runtime.errors import AutoSPError
+    from autosp.common.errors import AutoSPError
 
     args = parse_args(argv)
     folder = os.path.dirname(os.path.abspath(args.output))

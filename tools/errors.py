@@ -10,7 +10,7 @@ from typing import NoReturn
 
 from xdsl.utils.exceptions import DiagnosticException, ParseError, VerifyException
 
-from autosp.runtime.errors import AutoSPError
+from autosp.common.errors import AutoSPError
 
 
 def one_line(err: BaseException) -> str:

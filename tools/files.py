@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from autosp.runtime.errors import AutoSPError
+from autosp.common.errors import AutoSPError
 
 
 def write_atomically(path: str, text: str) -> None:

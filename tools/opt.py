@@ -15,7 +15,7 @@ from autosp.ir import AutoSPContext
 from autosp.ir.context import register_dialects
 from autosp.passes import PASSES
 from autosp.pipeline import pipeline_spec
-from autosp.runtime.errors import AutoSPError
+from autosp.common.errors import AutoSPError
 from autosp.tools.errors import one_line_errors, run_cli
 from autosp.tools.files import write_atomically
 

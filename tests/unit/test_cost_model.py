@@ -8,7 +8,7 @@ from autosp.ir.autosp import AttentionOp
 from autosp.ir.context import autosp_context
 from autosp.passes.cost_model import GiB, device_profile, op_flops, op_seconds
 from autosp.passes.remat import parse_budget
-from autosp.runtime.errors import AutoSPError
+from autosp.common.errors import AutoSPError
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import autosp.runtime.ops  # noqa: F401
 from autosp.runtime import loss, triton_loss
-from autosp.runtime.errors import AutoSPError
+from autosp.common.errors import AutoSPError
 from tests.conftest import relative_error
 
 # On a GPU machine the same tests run the kernels compiled; on CPU, in Triton's interpreter.

@@ -5,7 +5,7 @@ import torch
 
 from autosp.frontends import import_program
 from autosp.pipeline import pipeline_spec, run_pipeline
-from autosp.runtime.errors import AutoSPError
+from autosp.common.errors import AutoSPError
 from tests.conftest import tiny_causal_lm
 
 
