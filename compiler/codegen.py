@@ -44,12 +44,15 @@ emits = registrar(EMITTERS)  # keyed by op class
 
 
 class Names:
-    """Python identifiers for SSA values, from their name hints."""
+    """Python identifiers for SSA values, from their name hints; and the module-level code the
+    calls need (generated kernels, each body written once whatever number of ops use it)."""
 
     def __init__(self):
         self.of: dict[SSAValue, str] = {}
         self.taken: set[str] = set()
-        self.definitions: list[str] = []  # module-level code the calls need (generated kernels)
+        self.definitions: list[str] = []
+        self.kernels: dict[str, str] = {}  # kernel code (named KERNEL) -> its name
+        self.kernel_names: dict[str, int] = {}  # base name -> how many kernels have it
 
     def define(self, value: SSAValue) -> str:
         base = re.sub(r"\W", "_", value.name_hint or "v")
@@ -65,6 +68,20 @@ class Names:
 
     def __getitem__(self, value: SSAValue) -> str:
         return self.of[value]
+
+    def kernel(self, code: str, base: str) -> str:
+        """The name of the generated kernel `code` (written with KERNEL for its name): new code is
+        defined under `base`_N; code seen before is the kernel already defined."""
+        if code not in self.kernels:
+            count = self.kernel_names.get(base, 0)
+            while f"{base}_{count}" in self.taken:  # a global must not be shadowed by a value's name
+                count += 1
+            name = f"{base}_{count}"
+            self.kernel_names[base] = count + 1
+            self.taken.update({name, f"{name}_kernel", f"{name}_reference"})
+            self.kernels[code] = name
+            self.definitions.append(re.sub(r"\bKERNEL", name, code))
+        return self.kernels[code]
 
 
 # --- constants --------------------------------------------------------------------------
@@ -173,29 +190,48 @@ def emit_gated_mlp_grad(op: GatedMlpGradOp, names: Names) -> str:
     return f"kernels.gated_mlp_backward({tensors}, {literal(op.activation)}, {literal(op.chunk)})"
 
 
+# Ops that only carry values: not part of a kernel's name.
+UNNAMED_OPS = {"to_copy", "view", "expand", "clone", "alias", "full", "slice", "cat", "slice_scatter"}
+
+
+def kernel_base_name(op: FusedOp) -> str:
+    """What a fused group computes, from its ops: `fused_pow_mean_add_rsqrt` for an RMSNorm (the
+    prefix keeps kernels apart from values, which are named after single ops)."""
+    words: list[str] = []
+    for inner_op in op.block.ops:
+        word = inner_op.name.split(".")[1].strip("_") if inner_op.name.startswith("aten.") else ""
+        if word and word not in UNNAMED_OPS and word not in words:
+            words.append(word)
+    return "_".join(["fused", *words[:4]])
+
+
 @emits(FusedOp)
 def emit_fused(op: FusedOp, names: Names) -> str:
     """A generated Triton kernel, its reference (the region's ATen calls) and a wrapper that picks
-    one (runtime/kernels.use_triton); the call site calls the wrapper."""
-    name = f"fused_{sum(d.startswith('@triton.jit') for d in names.definitions)}"
-    kernel, launch = kernel_source(op, name)
+    one (runtime/kernels.use_triton); the call site calls the wrapper. All three are written with
+    position-based names, so the same group in every layer is one kernel, compiled once."""
+    kernel, launch = kernel_source(op, "KERNEL")
     inner = Names()
-    params = [inner.define(arg) for arg in op.block.args]
-    reference = [f"def {name}_reference({', '.join(params)}):"]
-    for inner_op in op.block.ops:
+    params = []
+    for i, arg in enumerate(op.block.args):
+        inner.of[arg] = f"x{i}"
+        params.append(f"x{i}")
+    reference = [f"def KERNEL_reference({', '.join(params)}):"]
+    for j, inner_op in enumerate(op.block.ops):
         if isinstance(inner_op, YieldOp):
             values = [inner[v] for v in inner_op.operands]
             reference.append(f"    return {values[0]}" if len(values) == 1 else f"    return {', '.join(values)}")
         else:
             call = emitter_for(inner_op)(inner_op, inner)
-            reference.append(f"    {inner.define(inner_op.results[0])} = {call}")
+            inner.of[inner_op.results[0]] = f"t{j}"
+            reference.append(f"    t{j} = {call}")
     shape = list(op.shape.get_values())
     inputs = [f"in{i}" for i in range(len(op.inputs))]
     outputs = [f"out{i}" for i in range(len(op.outputs))]
     wrapper = [
-        f"def {name}({', '.join(inputs)}):",
+        f"def KERNEL({', '.join(inputs)}):",
         "    if not kernels.use_triton(in0):",
-        f"        return {name}_reference({', '.join(inputs)})",
+        f"        return KERNEL_reference({', '.join(inputs)})",
     ]
     for out, result in zip(outputs, op.outputs):
         wrapper.append(
@@ -203,11 +239,12 @@ def emit_fused(op: FusedOp, names: Names) -> str:
         )
     strides = ", ".join(f"*kernels.broadcast_strides({x}, {shape})" for x in inputs)
     wrapper.append(
-        f"    {name}_kernel[{launch['grid']}]({', '.join(inputs + outputs)}, {strides}, "
+        f"    KERNEL_kernel[{launch['grid']}]({', '.join(inputs + outputs)}, {strides}, "
         f"BLOCK={launch['block']}, num_warps={launch['warps']})"
     )
     wrapper.append(f"    return {', '.join(outputs)}")
-    names.definitions += [kernel, "\n".join(reference), "\n".join(wrapper)]
+    code = "\n\n\n".join([kernel, "\n".join(reference), "\n".join(wrapper)])
+    name = names.kernel(code, kernel_base_name(op))
     return f"{name}({', '.join(names[v] for v in op.inputs)})"
 
 
@@ -255,13 +292,19 @@ from autosp.runtime import collectives
 
 DEVICE = None  # set by the runtime before the first call
 GROUPS = {}  # process-group symbol -> torch.distributed group, set by the runtime
-TRACK = collectives.no_tracking  # the runtime's memory tracker, when measuring
+'''
+MEASURED_HEADER = '''TRACK = None  # the runtime's memory tracker, set by TrainStep.measure_memory
 '''
 
 
-def generate(module: ModuleOp, index_inputs: str = "def index_inputs(*inputs):\n    return []\n") -> str:
+NO_INDEX_CHECKS = "def index_inputs(*inputs):\n    return []\n"
+
+
+def generate(module: ModuleOp, index_inputs: str = NO_INDEX_CHECKS, measured: bool = False) -> str:
     """The Python source of the per-rank program for `module`, with `index_inputs` (the index
-    checks of compiler/input_checks.py, made before partitioning) beside `train_step`."""
+    checks of compiler/input_checks.py, made before partitioning) beside `train_step`. The
+    `measured` variant hands every value it makes to TRACK (runtime/memory.py) for
+    `TrainStep.measure_memory`; the program that trains has no such lines."""
     fn = train_step_of(module)
     block = fn.body.block
     ops = list(block.ops)
@@ -292,11 +335,12 @@ def generate(module: ModuleOp, index_inputs: str = "def index_inputs(*inputs):\n
             lines.append(f"    {', '.join(targets)} = {call}")
         else:
             lines.append(f"    {call}")
-        if targets:
+        if targets and measured:
             lines.append(f"    TRACK({', '.join(targets)})")
         dead = [names[r] for r in op.results if not r.uses]
         freed = [names[v] for v in frees_after.get(index, [])] + dead
         if freed:
             lines.append(f"    del {', '.join(freed)}")
     definitions = "".join(f"\n\n{d}\n" for d in names.definitions)
-    return HEADER + definitions + "\n\n" + index_inputs + "\n\n" + "\n".join(lines) + "\n"
+    header = HEADER + (MEASURED_HEADER if measured else "")
+    return header + definitions + "\n\n" + index_inputs + "\n\n" + "\n".join(lines) + "\n"

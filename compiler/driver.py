@@ -31,24 +31,25 @@ def default_cache_dir() -> Path:
     return Path(root)
 
 
-def write_program(source: str, cache_dir: Path, rank: int = 0) -> Path:
-    """Keep the generated source in the cache, one folder per distinct program. A cached file
-    that differs (corrupt, truncated) is written again; it is replaced atomically, so a reader
-    never sees half a file."""
-    folder = cache_dir / hashlib.sha256(source.encode()).hexdigest()[:16]
-    path = folder / f"rank{rank}.py"
+def write_programs(sources: dict[str, str], cache_dir: Path) -> dict[str, Path]:
+    """Keep generated sources (file stem -> source) in the cache, one folder per distinct set. A
+    cached file that differs (corrupt, truncated) is written again; it is replaced atomically,
+    so a reader never sees half a file."""
+    folder = cache_dir / hashlib.sha256("\0".join(sources.values()).encode()).hexdigest()[:16]
+    paths = {stem: folder / f"{stem}.py" for stem in sources}
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        if not path.exists() or path.read_bytes() != source.encode():
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(source)
-            tmp.replace(path)
+        for stem, path in paths.items():
+            if not path.exists() or path.read_bytes() != sources[stem].encode():
+                tmp = path.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_text(sources[stem])
+                tmp.replace(path)
     except OSError as err:
         raise AutoSPError(
             f"cannot write the generated program to {folder}: {err.strerror or err}; set AUTOSP_CACHE_DIR "
             "(or autosp.compile(cache_dir=...)) to a writable folder"
         ) from None
-    return path
+    return paths
 
 
 def signature(module: ModuleOp) -> tuple[list[InputSpec], list[str]]:
@@ -188,13 +189,13 @@ def _compile(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir
         options.update(memory_budget=budget, cost_model=model)
     pipeline_spec(**options)  # bad options fail before the (slow) import
     module, checks = compile_module(ep, pipeline_spec(**options, rank=rank), tile_mlp)
-    source = generate(module, checks)
-    path = write_program(source, Path(cache_dir) if cache_dir else default_cache_dir())
+    sources = {"program": generate(module, checks), "measured": generate(module, checks, measured=True)}
+    paths = write_programs(sources, Path(cache_dir) if cache_dir else default_cache_dir())
     inputs, grad_of = signature(module)
     state = {**ep.constants, **ep.state_dict}
     report = comm_report(module)
     return TrainStep(
-        path, inputs, grad_of, state,
+        paths["program"], inputs, grad_of, state, measured_path=paths["measured"],
         report=report.table(),
         predicted_peak_bytes=report.memory.peak_bytes,
         predicted_tracked_bytes=plan_memory(module, workspace=False).peak_bytes,

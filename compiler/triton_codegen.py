@@ -40,10 +40,21 @@ COLUMN_TILE = 1024  # columns per program when a group has no row reduction
 
 
 def _compute(value: SSAValue, expr: str) -> str:
-    """An operand as the math sees it: floats in fp32 (fp64 stays), integers and bools as they are."""
-    if is_float(value) and dtype_of(value) != "torch.float64":
+    """An operand as the math sees it: floats in fp32 (fp64 stays), integers and bools as they
+    are. Named values already hold their IR dtype, so only 16-bit floats need a cast."""
+    if is_float(value) and dtype_of(value) not in ("torch.float32", "torch.float64"):
         return f"{expr}.to(tl.float32)"
     return expr
+
+
+def _rounded(op, expr: str) -> str:
+    """`expr` rounded to the op's IR dtype, as eager rounds each op's output. Float math on fp32
+    operands is already fp32: no cast then (a cast from another type or to another width stays)."""
+    result = dtype_of(op.results[0])
+    fp32_math = op.operands and all(dtype_of(v) == "torch.float32" for v in op.operands)
+    if result == "torch.float32" and fp32_math and op.name != "aten._to_copy.default":
+        return expr
+    return f"({expr}).to({TRITON_DTYPES[result]})"
 
 
 # --- the kernel ---------------------------------------------------------------------------
@@ -108,7 +119,7 @@ def kernel_source(op: FusedOp, name: str) -> tuple[str, dict]:
                 assert k == 0 or inner.name not in ROW_REDUCTIONS, "a row reduction is one value per row"
                 expr = TRITON_EXPRS[inner.name](inner, [_compute(v, at(v, k)) for v in inner.operands])
             name = f"t{len(emitted)}"
-            lines.append(f"    {name} = ({expr}).to({TRITON_DTYPES[dtype_of(value)]})")
+            lines.append(f"    {name} = {_rounded(inner, expr)}")
         emitted[(value, k)] = name
         return name
 

@@ -120,10 +120,6 @@ def place_shard(x: torch.Tensor, dim: int, replicas: int, outer: int, group) -> 
     return out
 
 
-def no_tracking(*values) -> None:
-    """The generated program's TRACK when memory is not being measured."""
-
-
 def to_partial(x: torch.Tensor, group) -> torch.Tensor:
     """A replicated tensor as a partial sum: rank 0 keeps it, the others contribute zeros."""
     return x.clone() if dist.get_rank(group) == 0 else torch.zeros_like(x)

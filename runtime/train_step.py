@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 from autosp.runtime.agreement import error_text
-from autosp.runtime.collectives import no_tracking as collectives_no_tracking
 from autosp.common.errors import AutoSPError
 
 
@@ -92,8 +91,12 @@ class TrainStep:
         report: str = "",
         predicted_peak_bytes: int = 0,
         predicted_tracked_bytes: int = 0,
+        measured_path: Path | None = None,
     ):
         self.program_path = Path(program_path)
+        # The same program handing each value it makes to TRACK, for measure_memory.
+        self.measured_path = Path(measured_path) if measured_path else None
+        self._measured = None
         # This rank's predicted peak: with the kernels' scratch, and without it (what
         # measure_memory sees; torch.cuda.max_memory_allocated sees the former).
         self.predicted_peak_bytes = predicted_peak_bytes
@@ -123,7 +126,7 @@ class TrainStep:
     def distribute(self, groups: dict[str, object], dp_group, dp_size: int, agreement) -> None:
         """Run as one rank of sp x dp: the program's process groups, the data-parallel group
         whose replicas' gradients are averaged, and the per-step agreement of all ranks."""
-        self.program.GROUPS.update(groups)
+        self.program.GROUPS.update(groups)  # the measured program shares this dict
         self.dp_group, self.dp_size, self.agreement = dp_group, dp_size, agreement
 
     @property
@@ -251,15 +254,20 @@ class TrainStep:
         (arguments included). Gradients are stored as by a normal call."""
         from autosp.runtime.memory import MemoryTracker
 
+        if self.measured_path is None:
+            raise AutoSPError("this step was built without its measured program; compile it with autosp.compile")
+        if self._measured is None:
+            self._measured = load_program(self.measured_path)
+            self._measured.DEVICE, self._measured.GROUPS = self.device, self.program.GROUPS
         call_args = self._prepare(self._bind(args, kwargs))
         tracker = MemoryTracker(call_args)
-        self.program.TRACK = tracker.track
+        self._measured.TRACK = tracker.track
         try:
             with self._in_step():
-                loss, *grads = self.program.train_step(*call_args)
+                loss, *grads = self._measured.train_step(*call_args)
                 self._reduce_and_store(grads)
         finally:
-            self.program.TRACK = collectives_no_tracking
+            self._measured.TRACK = None
         del loss
         return tracker.peak_bytes
 

@@ -2,6 +2,7 @@
 
     autosp-opt model.mlir -p drop-aliases,dce     # any passes, every xdsl-opt flag
     autosp-opt model.mlir --sp=1                  # the pipeline autosp.compile runs
+    autosp-opt model.mlir --sp=2 -t python        # ... and the per-rank Python program it generates
 """
 
 from __future__ import annotations
@@ -18,6 +19,14 @@ from autosp.pipeline import pipeline_spec
 from autosp.common.errors import AutoSPError
 from autosp.tools.errors import one_line_errors, run_cli
 from autosp.tools.files import write_atomically
+
+
+def _emit_python(module, output) -> None:
+    """`-t python`: the per-rank program autosp.compile would generate for this IR (without the
+    index checks, which need the unpartitioned import)."""
+    from autosp.codegen import generate
+
+    output.write(generate(module))
 
 
 class _Pending(io.StringIO):
@@ -65,6 +74,10 @@ class AutoSPOptMain(xDSLOptMain):
         self.ctx = AutoSPContext()  # knows the generated aten.* op classes
         super().register_all_dialects()
         register_dialects(self.ctx)
+
+    def register_all_targets(self):
+        super().register_all_targets()
+        self.available_targets["python"] = _emit_python
 
     def register_all_passes(self):
         super().register_all_passes()
