@@ -32,6 +32,7 @@ from autosp.ir.autosp import AttentionGradOp, AttentionOp, FusedOp, GatedMlpGrad
 from autosp.ir.dist import AllGatherOp, AllReduceOp, AllToAllOp, ReduceScatterOp
 from autosp.ir.dtypes import torch_dtype
 from autosp.ir.program import train_step_of
+from autosp.passes.memory_plan import liveness
 from autosp.common.errors import AutoSPError
 from autosp.common.rules import registrar
 from autosp.triton_codegen import kernel_source
@@ -305,25 +306,13 @@ def generate(module: ModuleOp, index_inputs: str = NO_INDEX_CHECKS, measured: bo
     checks of compiler/input_checks.py, made before partitioning) beside `train_step`. The
     `measured` variant hands every value it makes to TRACK (runtime/memory.py) for
     `TrainStep.measure_memory`; the program that trains has no such lines."""
-    fn = train_step_of(module)
-    block = fn.body.block
-    ops = list(block.ops)
-    returned = set(ops[-1].operands) if isinstance(ops[-1], func.ReturnOp) else set()
-
-    # Index of the last op that reads each value; arguments stay owned by the caller.
-    last_use: dict[SSAValue, int] = {}
-    for index, op in enumerate(ops):
-        for operand in op.operands:
-            last_use[operand] = index
-    frees_after: dict[int, list[SSAValue]] = {}
-    for value, index in last_use.items():
-        if value not in returned and value not in block.args:
-            frees_after.setdefault(index, []).append(value)
+    block = train_step_of(module).body.block
+    lv = liveness(module, workspace=False)  # each value is deleted right after its last use
 
     names = Names()
     params = [names.define(arg) for arg in block.args]
     lines = [f"def train_step({', '.join(params)}):"]
-    for index, op in enumerate(ops):
+    for index, op in enumerate(lv.ops):
         if isinstance(op, func.ReturnOp):
             lines.append(f"    return ({''.join(names[v] + ', ' for v in op.operands)})")
             break
@@ -337,8 +326,7 @@ def generate(module: ModuleOp, index_inputs: str = NO_INDEX_CHECKS, measured: bo
             lines.append(f"    {call}")
         if targets and measured:
             lines.append(f"    TRACK({', '.join(targets)})")
-        dead = [names[r] for r in op.results if not r.uses]
-        freed = [names[v] for v in frees_after.get(index, [])] + dead
+        freed = [names[v] for v in lv.dead_after.get(index, [])]
         if freed:
             lines.append(f"    del {', '.join(freed)}")
     definitions = "".join(f"\n\n{d}\n" for d in names.definitions)

@@ -132,7 +132,8 @@ def forward_ops(ops: list[Operation]) -> set[Operation]:
 
 @dataclass
 class Liveness:
-    """Storage lifetimes of the program, in op indices."""
+    """Lifetimes of the program's values and storages, in op indices: the one liveness analysis
+    that the memory plan, remat, fusion and codegen (where it deletes values) all read."""
 
     ops: list[Operation]
     root: dict[SSAValue, SSAValue]  # value -> the value owning its storage (itself unless a view)
@@ -140,6 +141,8 @@ class Liveness:
     returned: set[SSAValue]  # storages the step returns (alive to the end)
     held_bytes: int
     live: list[int]  # bytes held while op i runs (its results, and its workspace, included)
+    # op index -> the values (not arguments, not returned) last read by op i or made dead by it
+    dead_after: dict[int, list[SSAValue]]
 
 
 def liveness(module: ModuleOp, *, workspace: bool = True, fn: func.FuncOp | None = None) -> Liveness:
@@ -151,13 +154,21 @@ def liveness(module: ModuleOp, *, workspace: bool = True, fn: func.FuncOp | None
         for result in op.results:
             root[result] = root[op.operands[0]] if is_view(op) and op.operands else result
 
-    last_use: dict[SSAValue, int] = {}
+    value_last_use: dict[SSAValue, int] = {}
     for index, op in enumerate(ops):
         for result in op.results:
-            last_use.setdefault(root[result], index)  # a dead result dies at its birth
+            value_last_use[result] = index  # a dead result dies at its birth
         for operand in op.operands:
-            last_use[root[operand]] = index
-    returned = {root[v] for v in ops[-1].operands} if isinstance(ops[-1], func.ReturnOp) else set()
+            value_last_use[operand] = index
+    last_use: dict[SSAValue, int] = {}  # a storage lives as long as any value on it
+    for value, index in value_last_use.items():
+        last_use[root[value]] = max(index, last_use.get(root[value], -1))
+    returned_values = set(ops[-1].operands) if isinstance(ops[-1], func.ReturnOp) else set()
+    returned = {root[v] for v in returned_values}
+    dead_after: dict[int, list[SSAValue]] = {}
+    for value, index in value_last_use.items():
+        if value not in returned_values and value not in block.args:
+            dead_after.setdefault(index, []).append(value)
     held = sum(tensor_bytes(arg) for arg in block.args)
     frees: dict[int, list[SSAValue]] = {}
     for storage, index in last_use.items():
@@ -169,7 +180,7 @@ def liveness(module: ModuleOp, *, workspace: bool = True, fn: func.FuncOp | None
         live += sum(tensor_bytes(r) for r in op.results if root[r] is r)
         profile.append(live + (workspace_bytes(op) if workspace else 0))
         live -= sum(tensor_bytes(s) for s in frees.get(index, []))
-    return Liveness(ops, root, last_use, returned, held, profile)
+    return Liveness(ops, root, last_use, returned, held, profile, dead_after)
 
 
 def peak_breakdown(module: ModuleOp, seq: int | None = None) -> list[tuple[str, int]]:
