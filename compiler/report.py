@@ -18,6 +18,7 @@ from autosp.ir.autosp import AttentionGradOp, AttentionOp
 from autosp.ir.dist import AllGatherOp, AllReduceOp, AllToAllOp, CollectiveOp, ReduceScatterOp
 from autosp.ir.dtypes import tensor_bytes
 from autosp.passes.memory_plan import human_bytes, plan_memory
+from autosp.passes.sp_propagate import UNSHARDED
 
 
 def sent_bytes(op: CollectiveOp) -> float:
@@ -42,6 +43,8 @@ class CommReport:
     remat: dict[str, str] = field(default_factory=dict)  # budget, plan, cost model
     # op family -> [count, FLOPs, estimated seconds] of the recomputed ops
     recompute: dict[str, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0, 0.0, 0.0]))
+    # op -> all-gathers made for it because no sharding rule covers it (whole-sequence values)
+    unplanned: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     @property
     def total(self) -> float:
@@ -83,6 +86,11 @@ class CommReport:
         if self.by_kind:
             console.print(kinds)
             console.print(layers)
+        if self.unplanned:
+            unplanned = Table("op", "all-gathers", title="all-gathers no sharding rule asked for (the op runs on whole-sequence values)")
+            for name, count in sorted(self.unplanned.items()):
+                unplanned.add_row(name, str(count))
+            console.print(unplanned)
         return out.getvalue()
 
 
@@ -136,6 +144,10 @@ def comm_report(module: ModuleOp) -> CommReport:
             "gradients and loss" if isinstance(op, AllReduceOp) else "other"
         )
         report.by_layer[where] += volume
+        if isinstance(op, AllGatherOp):
+            for use in op.output.uses:
+                if UNSHARDED in use.operation.attributes:
+                    report.unplanned[use.operation.name] += 1
     return report
 
 

@@ -80,6 +80,9 @@ class Strategy:
     inputs: list[Layout]  # what each operand must be (conversions are inserted)
     outputs: list[Layout]  # the layout each result is declared with
     computed: list[Layout] | None = None  # what the local op produces, if not `outputs`
+    # No rule shards this op for its operands' layouts: it runs replicated on gathered inputs
+    # (exact, but whole-sequence values; the report flags the gathers this causes).
+    fallback: bool = False
 
 
 @dataclass
@@ -112,19 +115,35 @@ def prop_ints(op: Operation, name: str) -> list[int]:
     return list(attr.get_values()) if attr is not None else []
 
 
-def replicated(op: Operation) -> Strategy:
-    return Strategy([R] * len(op.operands), [R] * len(op.results))
+def replicated(op: Operation, fallback: bool = False) -> Strategy:
+    return Strategy([R] * len(op.operands), [R] * len(op.results), fallback=fallback)
+
+
+def rule_of(op: Operation) -> Rule | None:
+    """The op's sharding rule: its own, or the pointwise one by torch's tag; None: it has none."""
+    rule = RULES.get(op.target.data if isinstance(op, AtenCallOp) else op.name)
+    if rule is None and isinstance(op, AtenOp) and torch.Tag.pointwise in op.OVERLOAD.tags:
+        rule = _pointwise
+    return rule
 
 
 def strategy_for(op: Operation, layouts: list[Layout], ctx: RuleContext) -> Strategy:
-    rule = RULES.get(op.name) or (
-        _pointwise if isinstance(op, AtenOp) and torch.Tag.pointwise in op.OVERLOAD.tags else None
-    )
-    if rule is None and isinstance(op, AtenCallOp):
-        rule = RULES.get(op.target.data)
-    if rule is None or all(l == R for l in layouts) and op.name not in SEEDS:
+    rule = rule_of(op)
+    if all(l == R for l in layouts) and op.name not in SEEDS:
         return replicated(op)
-    return rule(op, layouts, ctx) or replicated(op)
+    strategy = rule(op, layouts, ctx) if rule is not None else None
+    return strategy or replicated(op, fallback=True)
+
+
+# --- made from nothing ------------------------------------------------------------------
+
+
+@sharding_rule("aten.arange.start_step", "aten.arange.default", "aten.full.default", "aten.scalar_tensor.default",
+               "aten.empty_permuted.default", "aten.empty.memory_format", "aten.zeros.default", "aten.ones.default")
+def _factory(op, layouts, ctx):
+    """No operands: every rank makes the whole value (sp-partition makes a fill used only
+    sharded at its local size)."""
+    return replicated(op)
 
 
 def _norm(dim: int, rank: int) -> int:
@@ -234,6 +253,30 @@ def _transpose(op, layout, ctx):
 @view_rule("aten.expand.default")
 def _expand(op, layout, ctx):
     return layout.at(layout.dim + len(shape(op.results[0])) - len(shape(op.operands[0])))
+
+
+@sharding_rule("aten.split_with_sizes.default", "aten.split.Tensor")
+def _split(op, layouts, ctx):
+    """Pieces along a dim other than the sequence's keep its sharding; a split is linear."""
+    layout = layouts[0]
+    if layout == P:
+        return Strategy([P], [P] * len(op.results))
+    rank = len(shape(op.operands[0]))
+    if layout.kind != "shard" or _norm(prop_int(op, "dim", 0), rank) == layout.dim:
+        return None
+    return Strategy([layout], [layout] * len(op.results))
+
+
+@sharding_rule("aten.native_layer_norm.default")
+def _layer_norm(op, layouts, ctx):
+    """Each token is normalized on its own (over the trailing normalized dims): a sequence shard
+    before them stays one, for the output and the per-token mean and rstd; weight and bias
+    replicated."""
+    x = layouts[0]
+    axis = len(shape(op.operands[0])) - len(prop_ints(op, "normalized_shape"))
+    if x.kind != "shard" or x.dim >= axis or any(l != R for l in layouts[1:]):
+        return None
+    return Strategy([x] + [R] * (len(op.operands) - 1), [x] * len(op.results))
 
 
 @sharding_rule("aten.clone.default", "aten._to_copy.default", "aten.alias.default", "aten.contiguous.default")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, IntegerType, ModuleOp, StringAttr, TensorType
+from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, IntegerType, ModuleOp, StringAttr, TensorType, UnitAttr
 from xdsl.passes import ModulePass
 
 from autosp.ir.program import train_step_of
@@ -23,6 +23,8 @@ from autosp.passes.sharding_rules import R, Layout, RuleContext, strategy_for
 from autosp.common.errors import AutoSPError
 
 IN_LAYOUTS, LAYOUTS, COMPUTED = "autosp.in_layouts", "autosp.layouts", "autosp.computed"
+# On an op no rule shards for its operands' layouts (it runs replicated on gathered inputs).
+UNSHARDED = "autosp.unsharded"
 
 
 def layouts_attr(layouts: list[Layout]) -> ArrayAttr:
@@ -86,6 +88,8 @@ class SPPropagate(ModulePass):
             inner.attributes[LAYOUTS] = layouts_attr(strategy.outputs)
             if strategy.computed is not None:
                 inner.attributes[COMPUTED] = layouts_attr(strategy.computed)
+            if strategy.fallback:
+                inner.attributes[UNSHARDED] = UnitAttr()
             for result, layout in zip(inner.results, strategy.outputs):
                 layout_of[result] = layout
         op.attributes["autosp.sp"] = IntegerAttr(self.sp, 64)

@@ -35,8 +35,10 @@ def check(results):
         ("Llama", {"tie_word_embeddings": True}, 32),  # one gradient for the tied weight
         ("Qwen2", {}, 33),  # odd length: rank 0 holds 17 tokens, rank 1 holds 16
         ("Mistral", {"num_key_value_heads": 1, "sliding_window": None}, 32),
+        ("GPTNeoX", {}, 33),  # LayerNorm on sequence shards, the fused qkv split per shard
+        ("Phi3", {"pad_token_id": 0}, 32),  # fused gate_up split per shard
     ],
-    ids=["llama-gqa-tied", "qwen2-bias-odd-seq", "mistral-mqa-kv1"],
+    ids=["llama-gqa-tied", "qwen2-bias-odd-seq", "mistral-mqa-kv1", "gptneox-layernorm-odd-seq", "phi3-fused-gate-up"],
 )
 def test_sp2_matches_eager(arch, config, seq):
     check(run_distributed(2, arch=arch, config=config, sp=2, seq=seq, labels_fn=ignore_unevenly))
