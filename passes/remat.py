@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property
 
+import highspy
 import networkx as nx
 import numpy as np
 from xdsl.context import Context
@@ -319,92 +320,76 @@ class RematProblem:
         return const, np.cumsum(keep, axis=0)[:n], np.cumsum(rec, axis=0)[:n]
 
     def solve(self, budget: float | None) -> tuple[frozenset[int] | None, str, float]:
-        """Least recompute time with every row <= budget; budget None: the least peak."""
-        import highspy
-
+        """Least recompute time with every memory row <= budget; budget None: the least peak.
+        Per slot: `keep` (its forward values stay until the backward) and `recompute` (they are
+        cloned before their first backward use), binary. Rows are in GiB and costs in ms, so the
+        solver sees coefficients near 1."""
         s = self.num_slots
-        const, keep, rec = self._rows  # the same for every budget
-        scale = GiB  # rows in GiB, costs in ms: coefficients near 1 for the solver
-        a = np.hstack([keep, rec]) / scale
-        c = const / scale
-        slot_cost = np.zeros(s)
+        const, keep_bytes, rec_bytes = self._rows  # the same for every budget
+        slot_ms = np.zeros(s)
         must, recomputable = np.zeros(s, bool), np.ones(s, bool)
         for u in self.candidates:
-            slot_cost[u.slot] += u.seconds * 1e3
+            slot_ms[u.slot] += u.seconds * 1e3
             must[u.slot] |= u.first_direct is not None
             recomputable[u.slot] &= u.recomputable
-        minimize_peak = budget is None
-        nvars = 2 * s + minimize_peak
-        # Drop rows that cannot bind, and duplicates.
-        top = c + np.clip(a, 0, None).sum(axis=1)
-        keep_rows = np.ones(len(c), bool) if minimize_peak else top > budget / scale
-        a, c = a[keep_rows], c[keep_rows]
-        if len(c):
-            # np.unique sorts the rows: each unique row takes the largest offset among its copies.
-            a, index = np.unique(np.round(a, 9), axis=0, return_inverse=True)
-            offsets = np.full(len(a), -np.inf)
-            np.maximum.at(offsets, index.ravel(), c)
-            c = offsets
-        rows: list[tuple[dict[int, float], float, float]] = []
-        for coeffs, offset in zip(a, c):
-            row = {j: float(v) for j, v in enumerate(coeffs) if v}
-            if minimize_peak:
-                row[2 * s] = -1.0
-                rows.append((row, -math.inf, -float(offset)))
-            else:
-                rows.append((row, -math.inf, budget / scale - float(offset)))
-        for j in range(s):
-            rows.append(({j: 1.0, s + j: 1.0}, 1.0 if must[j] else 0.0, 1.0))
-        # Inputs that are no candidate (arguments, returned values) are always there. An input
-        # from an earlier segment must be kept: recompute chains stay inside one layer template
-        # (otherwise r_v <= r_u along the residual stream would let a chain run back through
-        # every earlier layer, L^2 recompute, all of it held at once).
-        inner = {(u.slot, v.slot) for v in self.candidates for u in v.inputs
-                 if u.needed and v.recomputable and u.segment == v.segment}
-        across = {(u.slot, v.slot) for v in self.candidates for u in v.inputs
-                  if u.needed and v.recomputable and u.segment != v.segment}
-        for u_slot, v_slot in inner - across:
-            rows.append(({s + v_slot: 1.0, u_slot: -1.0, s + u_slot: -1.0}, -math.inf, 0.0))
-        for u_slot, v_slot in across:
-            rows.append(({s + v_slot: 1.0, u_slot: -1.0}, -math.inf, 0.0))
+        limit = None if budget is None else budget / GiB
+        coeffs, offsets = _binding_rows(np.hstack([keep_bytes, rec_bytes]) / GiB, const / GiB, limit)
+        if limit is not None and np.any(~coeffs.any(axis=1) & (offsets > limit)):
+            return None, "Infeasible", 0.0  # a row over the budget that no choice changes
 
         highs = _quiet_highs()
         highs.setOptionValue("output_flag", False)
         highs.setOptionValue("time_limit", ILP_TIME_LIMIT_S)
         highs.setOptionValue("mip_rel_gap", 1e-4)
-        lp = highspy.HighsLp()
-        lp.num_col_, lp.num_row_ = nvars, len(rows)
-        cost = np.concatenate([np.zeros(s), slot_cost])
-        if minimize_peak:
-            cost = np.concatenate([cost * 1e-6, [1.0]])  # least peak first, then least time
-        lp.col_cost_ = cost
-        lp.col_lower_ = np.zeros(nvars)
-        upper = np.concatenate([np.ones(s), recomputable.astype(float)])
-        lp.col_upper_ = np.concatenate([upper, [math.inf]]) if minimize_peak else upper
-        lp.row_lower_ = np.array([r[1] for r in rows])
-        lp.row_upper_ = np.array([r[2] for r in rows])
-        starts, indices, values = [0], [], []
-        for row, _, _ in rows:
-            indices += list(row)
-            values += list(row.values())
-            starts.append(len(indices))
-        lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
-        lp.a_matrix_.start_ = np.array(starts)
-        lp.a_matrix_.index_ = np.array(indices, dtype=np.int32)
-        lp.a_matrix_.value_ = np.array(values)
-        lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = nvars, len(rows)
-        lp.integrality_ = [highspy.HighsVarType.kInteger] * (2 * s) + [highspy.HighsVarType.kContinuous] * minimize_peak
-        highs.passModel(lp)
+        kind = highspy.HighsVarType.kInteger
+        keep = [highs.addVariable(0, 1, type=kind, name=f"keep_{j}") for j in range(s)]
+        recompute = [highs.addVariable(0, float(recomputable[j]), type=kind, name=f"recompute_{j}") for j in range(s)]
+        columns = keep + recompute
+        peak = highs.addVariable(name="peak") if limit is None else None
+        for i, (row, offset) in enumerate(zip(coeffs, offsets)):
+            # (terms under 1e-8 GiB, a few bytes, are below what the solver keeps)
+            held = highs.qsum(float(row[j]) * columns[j] for j in np.flatnonzero(np.abs(row) >= 1e-8))
+            bound = held - peak <= -offset if peak is not None else held <= limit - offset
+            highs.addConstr(bound, name=f"memory_{i}")
+        for j in range(s):  # a slot's values are kept, recomputed, or (if the backward never reads them) neither
+            highs.addConstr(keep[j] + recompute[j] <= 1, name=f"one_way_{j}")
+            if must[j]:
+                highs.addConstr(keep[j] + recompute[j] >= 1, name=f"needed_{j}")
+        # A recomputed value needs its inputs kept or recomputed. An input from an earlier
+        # segment must be kept: recompute chains stay inside one layer template (otherwise
+        # r_v <= r_u along the residual stream would let a chain run back through every earlier
+        # layer, L^2 recompute, all of it held at once).
+        inner = {(u.slot, v.slot) for v in self.candidates for u in v.inputs
+                 if u.needed and v.recomputable and u.segment == v.segment}
+        across = {(u.slot, v.slot) for v in self.candidates for u in v.inputs
+                  if u.needed and v.recomputable and u.segment != v.segment}
+        for u, v in inner - across:
+            highs.addConstr(recompute[v] <= keep[u] + recompute[u], name=f"inputs_of_{v}_{u}")
+        for u, v in across:
+            highs.addConstr(recompute[v] <= keep[u], name=f"kept_input_of_{v}_{u}")
+        time_ms = highs.qsum(float(slot_ms[j]) * recompute[j] for j in range(s))
         started = time.perf_counter()
-        highs.run()
+        highs.minimize(time_ms if peak is None else peak + 1e-6 * time_ms)  # least peak first, then time
         elapsed = time.perf_counter() - started
         status = highs.modelStatusToString(highs.getModelStatus())
-        info = highs.getInfo()
-        if info.primal_solution_status != 2:  # no feasible solution
+        if highs.getInfo().primal_solution_status != 2:  # no feasible solution
             return None, status, elapsed
-        x = np.array(highs.getSolution().col_value)
-        chosen = {j for j in range(s) if x[s + j] > 0.5}
+        chosen = {j for j in range(s) if highs.val(recompute[j]) > 0.5}
         return frozenset(u.index for u in self.candidates if u.slot in chosen), status, elapsed
+
+
+def _binding_rows(coeffs: np.ndarray, offsets: np.ndarray, limit: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """The memory rows that can bind (with every slot at its largest, above `limit`; all of
+    them when minimizing the peak), each distinct row once with the largest offset of its copies."""
+    if limit is not None:
+        binding = offsets + np.clip(coeffs, 0, None).sum(axis=1) > limit
+        coeffs, offsets = coeffs[binding], offsets[binding]
+    if not len(offsets):
+        return coeffs, offsets
+    unique, index = np.unique(np.round(coeffs, 9), axis=0, return_inverse=True)  # sorts the rows
+    largest = np.full(len(unique), -np.inf)
+    np.maximum.at(largest, index.ravel(), offsets)
+    return unique, largest
 
 
 _BANNER_SHOWN = False
