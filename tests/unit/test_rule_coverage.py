@@ -37,3 +37,16 @@ def test_sp2_gathers_nothing_the_rules_did_not_ask_for(imported):
     arch, module = imported
     report = comm_report(run_pipeline(module.clone(), pipeline_spec(sp=2, fuse=False)))
     assert not report.unplanned, f"{arch}: {dict(report.unplanned)}"
+
+
+def test_every_op_has_a_flop_and_a_workspace_rule(imported):
+    """Also after partitioning (collectives, layout changes) and fusion (fused kernels)."""
+    from autosp.passes.cost_model import flop_rule_of
+    from autosp.passes.memory_plan import workspace_rule_of
+
+    arch, module = imported
+    compiled = run_pipeline(module.clone(), pipeline_spec(sp=2))
+    ops = [op for op in (*module.walk(), *compiled.walk()) if not op.name.startswith(STRUCTURE) and op.parent is not None]
+    name = lambda op: op.target.data if isinstance(op, AtenCallOp) else op.name  # noqa: E731
+    assert not sorted({name(op) for op in ops if flop_rule_of(op) is None}), arch
+    assert not sorted({name(op) for op in ops if workspace_rule_of(op) is None}), arch
