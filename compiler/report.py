@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from xdsl.dialects.builtin import ModuleOp, StringAttr
+from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation, SSAValue
 
 from autosp.ir.autosp import AttentionGradOp, AttentionOp
 from autosp.ir.dist import AllGatherOp, AllReduceOp, AllToAllOp, CollectiveOp, ReduceScatterOp
 from autosp.ir.dtypes import tensor_bytes
 from autosp.passes.memory_plan import human_bytes, plan_memory
+from autosp.ir.program import partition_of, remat_of
 from autosp.passes.sp_propagate import UNSHARDED
 
 
@@ -117,8 +118,8 @@ def _attention_of(value: SSAValue, layer_of: dict[Operation, int]) -> int | None
 
 
 def comm_report(module: ModuleOp) -> CommReport:
-    sp_attr = module.attributes.get("autosp.sp")
-    report = CommReport(sp=sp_attr.value.data if sp_attr is not None else 1, memory=plan_memory(module))
+    partition = partition_of(module)
+    report = CommReport(sp=partition.sp.data if partition is not None else 1, memory=plan_memory(module))
     layer_of: dict[Operation, int] = {}
     forward = [op for op in module.walk() if isinstance(op, AttentionOp)]
     for i, op in enumerate(forward):
@@ -156,15 +157,15 @@ def _remat_report(module: ModuleOp, report: CommReport) -> None:
     from autosp.passes.memory_plan import is_view
     from autosp.passes.remat import RECOMPUTE
 
-    plan = module.attributes.get("autosp.remat_plan")
-    if not isinstance(plan, StringAttr):
+    remat = remat_of(module)
+    if remat is None:
         return
-    model = module.attributes["autosp.cost_model"].data  # type: ignore[union-attr]
+    model = remat.cost_model.data
     profile = device_profile(model)
     report.remat = {
-        "peak without remat": human_bytes(module.attributes["autosp.peak_without_remat"].value.data),  # type: ignore[union-attr]
-        "budget": human_bytes(module.attributes["autosp.budget_bytes"].value.data),  # type: ignore[union-attr]
-        "remat plan": plan.data,
+        "peak without remat": human_bytes(remat.peak_without_remat.data),
+        "budget": human_bytes(remat.budget.data),
+        "remat plan": remat.plan.data,
         "cost model": model,
     }
     for op in module.walk():

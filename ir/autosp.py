@@ -25,6 +25,7 @@ from xdsl.dialects.builtin import (
     Float32Type,
     Float64Type,
     FloatAttr,
+    FloatData,
     IntAttr,
     IntegerAttr,
     IntegerType,
@@ -125,6 +126,67 @@ class LayoutAttr(ParametrizedAttribute):
             raise VerifyException("replicas must be >= 1, and only heads layouts have more than 1")
         if self.outer.data < 1 or (self.outer.data > 1 and self.kind.data != "shard"):
             raise VerifyException("outer must be >= 1, and only shard layouts have more than 1")
+
+
+@irdl_attr_definition
+class PartitionAttr(ParametrizedAttribute):
+    """`#autosp.partition<sp 2 seq_len 4096>` on a module: sp-propagate laid it out for `sp`
+    ranks of a sequence of `seq_len` tokens (sp-partition then makes one rank's program)."""
+
+    name = "autosp.partition"
+    sp: IntAttr = param_def()
+    seq_len: IntAttr = param_def()
+
+    @classmethod
+    def parse_parameters(cls, parser: AttrParser) -> Sequence[Attribute]:
+        with parser.in_angle_brackets():
+            parser.parse_keyword("sp")
+            sp = parser.parse_integer()
+            parser.parse_keyword("seq_len")
+            seq_len = parser.parse_integer()
+        return (IntAttr(sp), IntAttr(seq_len))
+
+    def print_parameters(self, printer: Printer) -> None:
+        printer.print_string(f"<sp {self.sp.data} seq_len {self.seq_len.data}>")
+
+    def verify(self) -> None:
+        if self.sp.data < 1 or self.seq_len.data < self.sp.data:
+            raise VerifyException(f"partition: sp={self.sp.data} must be >= 1 and at most seq_len={self.seq_len.data}")
+
+
+@irdl_attr_definition
+class RematAttr(ParametrizedAttribute):
+    """`#autosp.remat<"ilp" budget 24117248 without 25167876 cost_model "h100" seconds 0.0012>`
+    on a module: the remat pass's plan (its name), the budget it met and the peak without it (bytes),
+    the cost model that priced it and its estimated recompute time per step."""
+
+    name = "autosp.remat"
+    plan: StringAttr = param_def()
+    budget: IntAttr = param_def()
+    peak_without_remat: IntAttr = param_def()
+    cost_model: StringAttr = param_def()
+    seconds: FloatData = param_def()
+
+    @classmethod
+    def parse_parameters(cls, parser: AttrParser) -> Sequence[Attribute]:
+        with parser.in_angle_brackets():
+            plan = parser.parse_str_literal()
+            parser.parse_keyword("budget")
+            budget = parser.parse_integer()
+            parser.parse_keyword("without")
+            without = parser.parse_integer()
+            parser.parse_keyword("cost_model")
+            model = parser.parse_str_literal()
+            parser.parse_keyword("seconds")
+            seconds = parser.parse_float()
+        return (StringAttr(plan), IntAttr(budget), IntAttr(without), StringAttr(model), FloatData(seconds))
+
+    def print_parameters(self, printer: Printer) -> None:
+        with printer.in_angle_brackets():
+            printer.print_string_literal(self.plan.data)
+            printer.print_string(f" budget {self.budget.data} without {self.peak_without_remat.data} cost_model ")
+            printer.print_string_literal(self.cost_model.data)
+            printer.print_string(f" seconds {self.seconds.data!r}")
 
 
 # --- ops ----------------------------------------------------------------------------------
@@ -524,4 +586,4 @@ def mask_properties(causal: bool, window: int, scale: float) -> dict[str, Attrib
     }
 
 
-AutoSP = Dialect("autosp", [AttentionOp, AttentionGradOp, LinearCrossEntropyOp, GatedMlpOp, GatedMlpGradOp, FusedOp, YieldOp, LocalShardOp, PlaceShardOp, ToPartialOp], [LayoutAttr])
+AutoSP = Dialect("autosp", [AttentionOp, AttentionGradOp, LinearCrossEntropyOp, GatedMlpOp, GatedMlpGradOp, FusedOp, YieldOp, LocalShardOp, PlaceShardOp, ToPartialOp], [LayoutAttr, PartitionAttr, RematAttr])

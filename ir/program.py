@@ -6,6 +6,9 @@ from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp
 
 from autosp.common.errors import AutoSPError
+from autosp.ir.autosp import PartitionAttr, RematAttr
+
+PARTITION, REMAT = "autosp.partition", "autosp.remat"  # the module attributes that carry them
 
 
 def train_step_of(module: ModuleOp) -> func.FuncOp:
@@ -13,3 +16,15 @@ def train_step_of(module: ModuleOp) -> func.FuncOp:
         if isinstance(op, func.FuncOp) and op.sym_name.data == "train_step":
             return op
     raise AutoSPError("the module has no func.func @train_step")
+
+
+def partition_of(module: ModuleOp) -> PartitionAttr | None:
+    """How sp-propagate laid the module out, if it did."""
+    attr = module.attributes.get(PARTITION)
+    return attr if isinstance(attr, PartitionAttr) else None
+
+
+def remat_of(module: ModuleOp) -> RematAttr | None:
+    """The remat pass's plan, if it ran."""
+    attr = module.attributes.get(REMAT)
+    return attr if isinstance(attr, RematAttr) else None

@@ -43,12 +43,13 @@ import networkx as nx
 import numpy as np
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp, StringAttr, UnitAttr, f64
+from xdsl.dialects.builtin import FloatData, IntAttr, ModuleOp, StringAttr, UnitAttr
 from xdsl.ir import Operation, OpResult, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.traits import Pure
 
-from autosp.ir.program import train_step_of
+from autosp.ir.autosp import RematAttr
+from autosp.ir.program import REMAT, partition_of, train_step_of
 from autosp.ir.autosp import AttentionOp
 from autosp.ir.dist import CollectiveOp, GroupOp
 from autosp.passes.cost_model import GiB, DeviceProfile, device_profile, op_seconds
@@ -478,9 +479,9 @@ def apply_recompute(module: ModuleOp, recompute: frozenset[int]) -> list[Operati
 
 
 def sequence_length(module: ModuleOp) -> int | None:
-    attr = module.attributes.get("autosp.seq_len")
-    if isinstance(attr, IntegerAttr):
-        return attr.value.data
+    partition = partition_of(module)
+    if partition is not None:
+        return partition.seq_len.data
     from autosp.passes.sp_propagate import token_inputs
 
     tokens = token_inputs(train_step_of(module), 1)
@@ -504,8 +505,8 @@ def least_memory(module: ModuleOp, profile) -> int:
 
 def infeasible(module: ModuleOp, plan: MemoryPlan, needs: int, budget: int) -> AutoSPError:
     """The error for a budget nothing fits; `plan` is the step's plan without remat."""
-    sp_attr = module.attributes.get("autosp.sp")
-    sp = sp_attr.value.data if isinstance(sp_attr, IntegerAttr) else 1
+    partition = partition_of(module)
+    sp = partition.sp.data if partition is not None else 1
     fixed = plan.held_bytes + plan.returned_bytes  # parameters, inputs, gradients: not split by sp
     seq = sequence_length(module)
     where = f" at S={seq}" if seq else ""
@@ -574,8 +575,7 @@ class Remat(ModulePass):
             result.plan.seconds * 1e3, human_bytes(result.plan.peak_bytes, 2), human_bytes(budget, 2),
         )
         apply_recompute(op, result.plan.recompute)
-        op.attributes["autosp.budget_bytes"] = IntegerAttr(budget, 64)
-        op.attributes["autosp.peak_without_remat"] = IntegerAttr(result.baseline_peak, 64)
-        op.attributes["autosp.remat_plan"] = StringAttr(result.plan.name)
-        op.attributes["autosp.cost_model"] = StringAttr(profile.name)
-        op.attributes["autosp.recompute_seconds"] = FloatAttr(result.plan.seconds, f64)
+        op.attributes[REMAT] = RematAttr(
+            StringAttr(result.plan.name), IntAttr(budget), IntAttr(result.baseline_peak), StringAttr(profile.name),
+            FloatData(result.plan.seconds),
+        )

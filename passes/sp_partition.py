@@ -41,7 +41,7 @@ from xdsl.ir import Operation, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
 
-from autosp.ir.program import train_step_of
+from autosp.ir.program import partition_of, train_step_of
 from autosp.ir.aten import AtenOp
 from autosp.ir.autosp import LocalShardOp, PlaceShardOp, ToPartialOp
 from autosp.ir.dist import AllGatherOp, AllReduceOp, AllToAllOp, ReduceScatterOp
@@ -208,11 +208,10 @@ class SPPartition(ModulePass):
     rank: int = 0  # the rank (within the SP group) whose program to produce
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        sp_attr = op.attributes.get("autosp.sp")
-        if not isinstance(sp_attr, IntegerAttr):
-            raise AutoSPError("sp-partition: run sp-propagate first (the module has no autosp.sp)")
-        seq_len = op.attributes["autosp.seq_len"].value.data
-        sp = sp_attr.value.data
+        partition = partition_of(op)
+        if partition is None:
+            raise AutoSPError("sp-partition: run sp-propagate first (the module has no #autosp.partition)")
+        sp, seq_len = partition.sp.data, partition.seq_len.data
         if not 0 <= self.rank < sp:
             raise AutoSPError(f"sp-partition: rank={self.rank} is not in 0..{sp - 1}")
         partitioner = _Partitioner(sp, self.rank, seq_len)

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, IntegerType, ModuleOp, StringAttr, TensorType, UnitAttr
+from xdsl.dialects.builtin import ArrayAttr, IntAttr, IntegerType, ModuleOp, StringAttr, TensorType, UnitAttr
 from xdsl.passes import ModulePass
 
-from autosp.ir.program import train_step_of
+from autosp.ir.autosp import PartitionAttr
+from autosp.ir.program import PARTITION, partition_of, train_step_of
 from autosp.passes.sharding_rules import R, Layout, RuleContext, strategy_for
 from autosp.common.errors import AutoSPError
 
@@ -59,10 +60,10 @@ class SPPropagate(ModulePass):
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         if self.sp < 1:
             raise AutoSPError(f"sp-propagate: sp={self.sp} must be >= 1")
-        if "autosp.sp" in op.attributes:
-            done = op.attributes["autosp.sp"].value.data  # type: ignore[attr-defined]
+        done = partition_of(op)
+        if done is not None:
             raise AutoSPError(
-                f"sp-propagate: the module is already partitioned for sp={done}; run sp={self.sp} on the "
+                f"sp-propagate: the module is already partitioned for sp={done.sp.data}; run sp={self.sp} on the "
                 "unpartitioned IR (autosp-export's output)"
             )
         fn = train_step_of(op)
@@ -92,5 +93,4 @@ class SPPropagate(ModulePass):
                 inner.attributes[UNSHARDED] = UnitAttr()
             for result, layout in zip(inner.results, strategy.outputs):
                 layout_of[result] = layout
-        op.attributes["autosp.sp"] = IntegerAttr(self.sp, 64)
-        op.attributes["autosp.seq_len"] = IntegerAttr(rules.seq_len, 64)
+        op.attributes[PARTITION] = PartitionAttr(IntAttr(self.sp), IntAttr(rules.seq_len))

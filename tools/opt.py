@@ -62,10 +62,12 @@ class AutoSPOptMain(xDSLOptMain):
             write_atomically(self.args.output_file, self.pending.text)
 
     def apply_passes(self, prog):
-        done = prog.attributes.get("autosp.sp")
+        from autosp.ir.program import partition_of
+
+        done = partition_of(prog)
         if self.args.sp is not None and done is not None:
             raise AutoSPError(
-                f"the input is already partitioned for sp={done.value.data}; --sp={self.args.sp} needs the "
+                f"the input is already partitioned for sp={done.sp.data}; --sp={self.args.sp} needs the "
                 "unpartitioned IR (autosp-export's output)"
             )
         super().apply_passes(prog)

@@ -6,7 +6,7 @@
 // moved) is far cheaper than re-running attention (O(S^2 D) FLOPs), so the pass recomputes the
 // sigmoid in the backward just before its first use, and keeps the attention output and LSE.
 
-// CHECK:      builtin.module attributes {autosp.budget_bytes = 24117248 : i64, autosp.peak_without_remat = 25167876 : i64, autosp.remat_plan = "ilp", autosp.cost_model = "h100"
+// CHECK:      builtin.module attributes {autosp.remat = #autosp.remat<"ilp" budget 24117248 without 25167876 cost_model "h100" seconds {{.*}}>
 // CHECK-SAME:   autosp.peak_bytes = 23070724 : i64
 // CHECK:      %s = aten.sigmoid.default %x :
 // CHECK:      %o, %lse = autosp.attention %s, %s, %s {
@@ -19,7 +19,7 @@
 // CHECK:      %dx = aten.sigmoid_backward.default %a3, %s_re
 
 // When the step fits, nothing is recomputed.
-// FITS:     autosp.remat_plan = "none (fits without recompute)"
+// FITS:     #autosp.remat<"none (fits without recompute)" budget
 // FITS-NOT: {autosp.recompute}
 
 func.func @train_step(%x: tensor<1x1x512x1024xf32> {autosp.kind = "input"}) -> (tensor<f32>, tensor<1x1x512x1024xf32>) {

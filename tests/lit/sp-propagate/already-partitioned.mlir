@@ -3,7 +3,7 @@
 // RUN: autosp-opt %s --sp=2 | not autosp-opt -p "sp-propagate{sp=2}" 2>&1 | filecheck %s --check-prefix=PASS
 // RUN: autosp-opt %s --sp=2 | filecheck %s --check-prefix=FIRST
 
-// FIRST: builtin.module attributes {autosp.sp = 2 : i64, autosp.seq_len = 8 : i64}
+// FIRST: builtin.module attributes {autosp.partition = #autosp.partition<sp 2 seq_len 8>}
 // OPT: autosp-opt: error: the input is already partitioned for sp=2; --sp=4 needs the unpartitioned IR (autosp-export's output)
 // PASS: autosp-opt: error: sp-propagate: the module is already partitioned for sp=2; run sp=2 on the unpartitioned IR (autosp-export's output)
 
