@@ -264,7 +264,7 @@ COLLECTIVE_CALLS = {
 def emit_collective(op: Operation, names: Names) -> str:
     """collectives.<op>(x, <its properties>, group=...): the runtime takes them by name."""
     args = [names[op.operands[0]]]
-    args += [f"{name}={literal(attr)}" for name, attr in op.properties.items() if name not in ("group", "size")]
+    args += [f"{name}={literal(attr)}" for name, attr in op.properties.items() if name != "group"]
     if isinstance(op, (AllToAllOp, AllGatherOp)):  # the whole gathered length (parts may differ by one)
         dim = op.concat_dim.value.data if isinstance(op, AllToAllOp) else op.dim.value.data
         outer = op.outer.value.data if isinstance(op, AllGatherOp) else 1

@@ -23,7 +23,7 @@ from autosp.passes.sp_propagate import UNSHARDED
 
 
 def sent_bytes(op: CollectiveOp) -> float:
-    n = op.size.value.data
+    n = op.group_size
     size = tensor_bytes(op.input)
     if isinstance(op, AllToAllOp) or isinstance(op, ReduceScatterOp):
         return size * (n - 1) / n

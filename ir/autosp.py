@@ -335,7 +335,7 @@ class _BlockOp(_LocalOp):
     outer = prop_def(IntegerAttr, default_value=IntegerAttr(1, IntegerType(64)))
 
     def verify_blocks(self, whole: tuple[int, ...], block: tuple[int, ...]) -> None:
-        dim, n, rep = self.dim.value.data, self.size.value.data, self.replicas.value.data
+        dim, n, rep = self.dim.value.data, self.group_size, self.replicas.value.data
         outer = self.outer.value.data
         if outer > 1:  # dim is outer x part: each of the outer slices is split
             if whole[dim] % outer or block[dim] % outer:
@@ -382,6 +382,7 @@ class ToPartialOp(_LocalOp):
     name = "autosp.to_partial"
 
     def verify_(self) -> None:
+        super().verify_()
         if self.input.type != self.output.type:
             raise VerifyException(f"{self.name}: result type must equal the input type")
 

@@ -1,13 +1,15 @@
 """The `dist` dialect: explicit collectives over a named process group.
 
-None of these ops is Pure: dead-code elimination, CSE and reordering must never change which
-collectives run or their order, or ranks deadlock. Every op names its `group` (a symbol such as
-`@sp`) and the group's `size`, so its verifier can check the shapes it moves.
+`dist.group @sp {size = 4 : i64, axis = "sequence"}` declares a group in the module: its size and
+the mesh axis it spans. Every collective names its group by symbol, and its verifier checks the
+shapes it moves against that group's size. None of the collectives is Pure: dead-code
+elimination, CSE and reordering must never change which collectives run or their order, or
+ranks deadlock.
 """
 
 from __future__ import annotations
 
-from xdsl.dialects.builtin import IntegerAttr, IntegerType, StringAttr, SymbolRefAttr, TensorType
+from xdsl.dialects.builtin import IntegerAttr, IntegerType, StringAttr, SymbolNameConstraint, SymbolRefAttr, TensorType
 from xdsl.ir import Dialect
 from xdsl.irdl import (
     IRDLOperation,
@@ -16,22 +18,55 @@ from xdsl.irdl import (
     operand_def,
     prop_def,
     result_def,
+    traits_def,
 )
+from xdsl.traits import SymbolOpInterface, SymbolTable
 from xdsl.utils.exceptions import VerifyException
 
 REDUCE_OPS = ("sum", "max", "min")
 
 
+@irdl_op_definition
+class GroupDeclOp(IRDLOperation):
+    """A process group: `size` ranks along the mesh axis `axis` ("sequence": an SP group)."""
+
+    name = "dist.group"
+    sym_name = prop_def(SymbolNameConstraint())
+    size = prop_def(IntegerAttr)
+    axis = prop_def(StringAttr)
+
+    irdl_options = (ParsePropInAttrDict(),)
+    traits = traits_def(SymbolOpInterface())
+    assembly_format = "$sym_name attr-dict"
+
+    def verify_(self) -> None:
+        if self.size.value.data < 1:
+            raise VerifyException(f"dist.group @{self.sym_name.data}: size must be >= 1")
+
+
 class GroupOp(IRDLOperation):
-    """One tensor in, one out, over the process group `group` of `size` ranks."""
+    """One tensor in, one out, over the process group `group` (a `dist.group` of the module)."""
 
     input = operand_def(TensorType)
     output = result_def(TensorType)
     group = prop_def(SymbolRefAttr)
-    size = prop_def(IntegerAttr)
 
     irdl_options = (ParsePropInAttrDict(),)
     assembly_format = "$input attr-dict `:` type($input) `->` type($output)"
+
+    def verify_(self) -> None:
+        self.group_size  # the group must be declared
+
+    @property
+    def group_size(self) -> int:
+        """The size of the group this op names, from its declaration."""
+        try:
+            decl = SymbolTable.lookup_symbol(self, self.group)
+        except ValueError:
+            decl = None
+        if not isinstance(decl, GroupDeclOp):
+            raise VerifyException(f"{self.name}: {self.group} is not a dist.group of the module")
+        return decl.size.value.data
 
 
 class CollectiveOp(GroupOp):
@@ -48,17 +83,16 @@ class CollectiveOp(GroupOp):
 
     def _divide(self, shapes: list[list[int]], dim: int) -> list[list[int]]:
         """One part of dim: floor or ceil of size / n."""
-        n = self.size.value.data
+        n = self.group_size
         return [s[:dim] + [part] + s[dim + 1 :] for s in shapes for part in sorted({s[dim] // n, -(-s[dim] // n)})]
 
     def _multiply(self, shapes: list[list[int]], dim: int) -> list[list[int]]:
         """All parts of dim together: n parts of which this rank's is one (sizes differ by <= 1)."""
-        n = self.size.value.data
+        n = self.group_size
         return [s[:dim] + [total] + s[dim + 1 :] for s in shapes for total in range(max(1, n * (s[dim] - 1) + 1), n * (s[dim] + 1))]
 
     def verify_(self) -> None:
-        if self.size.value.data < 1:
-            raise VerifyException(f"{self.name}: group size must be >= 1")
+        super().verify_()
         in_type, out_type = self.input.type, self.output.type
         assert isinstance(in_type, TensorType) and isinstance(out_type, TensorType)
         if in_type.element_type != out_type.element_type:
@@ -133,4 +167,4 @@ class ReduceScatterOp(_OuterOp, _ReducingOp):
         return self._per_outer(shape, self._dim("dim", shape), self._divide)
 
 
-Dist = Dialect("dist", [AllToAllOp, AllReduceOp, AllGatherOp, ReduceScatterOp], [])
+Dist = Dialect("dist", [GroupDeclOp, AllToAllOp, AllReduceOp, AllGatherOp, ReduceScatterOp], [])

@@ -44,7 +44,7 @@ from xdsl.rewriter import InsertPoint, Rewriter
 from autosp.ir.program import partition_of, train_step_of
 from autosp.ir.aten import AtenOp
 from autosp.ir.autosp import LocalShardOp, PlaceShardOp, ToPartialOp
-from autosp.ir.dist import AllGatherOp, AllReduceOp, AllToAllOp, ReduceScatterOp
+from autosp.ir.dist import AllGatherOp, AllReduceOp, AllToAllOp, GroupDeclOp, ReduceScatterOp
 from autosp.passes.sharding_rules import P, R, Layout
 from autosp.passes.sp_propagate import COMPUTED, IN_LAYOUTS, LAYOUTS, read_layouts
 from autosp.common.sizes import split_sizes
@@ -85,7 +85,7 @@ class _Partitioner:
         return TensorType(value_type.element_type, shape)
 
     def _collective(self, cls, value: SSAValue, result_layout: Layout, **props) -> Operation:
-        common = {"group": GROUP, "size": _i64(self.sp)}
+        common = {"group": GROUP}
         defaults = {"replicas": 1, "outer": 1}  # left out of the IR when they have no effect
         properties = common | {
             k: (_i64(v) if isinstance(v, int) else StringAttr(v)) for k, v in props.items() if defaults.get(k) != v
@@ -216,6 +216,11 @@ class SPPartition(ModulePass):
             raise AutoSPError(f"sp-partition: rank={self.rank} is not in 0..{sp - 1}")
         partitioner = _Partitioner(sp, self.rank, seq_len)
         fn = train_step_of(op)
+        # The SP group the collectives name, declared once in the module.
+        group = GroupDeclOp.build(properties={
+            "sym_name": StringAttr(GROUP.root_reference.data), "size": _i64(sp), "axis": StringAttr("sequence"),
+        })
+        op.body.block.insert_op_before(group, fn)
         for arg in fn.body.block.args:
             partitioner.layout_of[arg] = R
         for inner in list(fn.body.block.ops):

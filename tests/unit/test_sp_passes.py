@@ -6,6 +6,7 @@ import torch
 from autosp.frontends import import_program
 from autosp.pipeline import pipeline_spec, run_pipeline
 from autosp.common.errors import AutoSPError
+from autosp.ir.program import train_step_of
 from tests.conftest import tiny_causal_lm
 
 
@@ -36,7 +37,7 @@ def test_ulysses_collectives_per_layer(llama_ir):
     assert names.count("dist.all_to_all") == 8 * layers
     assert "dist.all_gather" not in names
     # every parameter gradient and the loss are all-reduced once
-    params = sum(1 for arg in module.ops.first.body.block.args if "p_" in (arg.name_hint or ""))
+    params = sum(1 for arg in train_step_of(module).body.block.args if "p_" in (arg.name_hint or ""))
     assert names.count("dist.all_reduce") == params + 1
 
 

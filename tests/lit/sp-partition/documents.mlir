@@ -12,6 +12,6 @@ func.func @train_step(%w: tensor<16x8xf32> {autosp.kind = "parameter", autosp.na
 }
 
 // CHECK-NOT: autosp.local_shard %docs
-// CHECK: %[[QH:.*]] = dist.all_to_all %{{.*}} {group = @sp, size = 2 : i64, split_dim = 1 : i64, concat_dim = 2 : i64} : tensor<1x2x4x4xf32> -> tensor<1x1x8x4xf32>
+// CHECK: %[[QH:.*]] = dist.all_to_all %{{.*}} {group = @sp, split_dim = 1 : i64, concat_dim = 2 : i64} : tensor<1x2x4x4xf32> -> tensor<1x1x8x4xf32>
 // CHECK-NOT: dist.{{.*}} %docs
 // CHECK: autosp.attention %[[QH]], %[[QH]], %[[QH]] documents %docs {{.*}} : (tensor<1x1x8x4xf32>, tensor<1x1x8x4xf32>, tensor<1x1x8x4xf32>, tensor<1x8xi64>) -> (tensor<1x1x8x4xf32>, tensor<1x1x8xf32>)

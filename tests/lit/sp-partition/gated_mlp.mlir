@@ -13,5 +13,5 @@ func.func @train_step(%emb: tensor<32x16xf32> {autosp.kind = "parameter", autosp
 
 // CHECK: %[[Y:.*]] = autosp.gated_mlp %[[X:.*]], %wg, %wu, %wd {activation = "silu", chunk = 3 : i64} : (tensor<1x4x16xf32>, tensor<64x16xf32>, tensor<64x16xf32>, tensor<16x64xf32>) -> tensor<1x4x16xf32>
 // CHECK: autosp.gated_mlp_grad %[[X]], %[[X]], %wg, %wu, %wd {{.*}} -> (tensor<1x4x16xf32>, tensor<64x16xf32>, tensor<64x16xf32>, tensor<16x64xf32>)
-// CHECK: dist.all_reduce %dg {group = @sp, size = 2 : i64, reduce = "sum"} : tensor<64x16xf32> -> tensor<64x16xf32>
-// CHECK: dist.all_reduce %dd {group = @sp, size = 2 : i64, reduce = "sum"} : tensor<16x64xf32> -> tensor<16x64xf32>
+// CHECK: dist.all_reduce %dg {group = @sp, reduce = "sum"} : tensor<64x16xf32> -> tensor<64x16xf32>
+// CHECK: dist.all_reduce %dd {group = @sp, reduce = "sum"} : tensor<16x64xf32> -> tensor<16x64xf32>
