@@ -18,6 +18,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
 
 from xdsl.dialects.builtin import (
     BoolAttr,
@@ -32,7 +34,7 @@ from xdsl.dialects.builtin import (
     StringAttr,
     TensorType,
 )
-from xdsl.ir import Attribute, Block, Dialect, ParametrizedAttribute, Region, SSAValue
+from xdsl.ir import Attribute, Block, Data, Dialect, ParametrizedAttribute, Region, SSAValue
 from xdsl.irdl import (
     IRDLOperation,
     ParsePropInAttrDict,
@@ -58,74 +60,118 @@ from autosp.common.sizes import split_sizes
 
 # --- attributes ---------------------------------------------------------------------------
 
-LAYOUT_KINDS = ("replicated", "shard", "heads", "partial")
-BLOCKED_KINDS = ("shard", "heads")
+class LayoutKind(StrEnum):
+    REPLICATED = "replicated"
+    SHARD = "shard"
+    HEADS = "heads"
+    PARTIAL = "partial"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a value lies on the sequence-parallel mesh axis (the one layout type of the compiler:
+    the sharding rules compute with it, `LayoutAttr` carries it in the IR):
+    - replicated: every rank holds all of it;
+    - shard `dim`: `dim` carries the sequence and rank r holds its r-th part (parts differ by at
+      most one token when the length does not divide); with `outer` > 1, `dim` is outer x
+      sequence x inner (batch and sequence merged) and each of the outer slices is split;
+    - heads `dim`: `dim` (attention heads) split evenly, rank r holds block r; with `replicas`
+      > 1, sp/replicas blocks, each held by that many consecutive ranks (K/V heads when there
+      are fewer than sp);
+    - partial: each rank holds a summand of the value."""
+
+    kind: LayoutKind
+    dim: int | None = None  # only shard and heads layouts have one
+    replicas: int = 1
+    outer: int = 1
+
+    @staticmethod
+    def replicated() -> Layout:
+        return Layout(LayoutKind.REPLICATED)
+
+    @staticmethod
+    def partial() -> Layout:
+        return Layout(LayoutKind.PARTIAL)
+
+    @staticmethod
+    def shard(dim: int, outer: int = 1) -> Layout:
+        return Layout(LayoutKind.SHARD, dim, outer=outer)
+
+    @staticmethod
+    def heads(dim: int, replicas: int = 1) -> Layout:
+        return Layout(LayoutKind.HEADS, dim, replicas)
+
+    @property
+    def sharded(self) -> bool:
+        """Split along the sequence."""
+        return self.kind is LayoutKind.SHARD
+
+    @property
+    def blocked(self) -> bool:
+        """Split into blocks along `dim` (sequence or heads)."""
+        return self.kind in (LayoutKind.SHARD, LayoutKind.HEADS)
+
+    def is_shard(self, dim: int) -> bool:
+        return self.sharded and self.dim == dim
+
+    def at(self, dim: int) -> Layout:
+        """The same split, carried by another dim."""
+        return replace(self, dim=dim)
+
+    def blocks(self, sp: int) -> int:
+        return sp // self.replicas
+
+    def problem(self) -> str | None:
+        if self.blocked != (self.dim is not None and self.dim >= 0):
+            return "shard and heads layouts need a dim >= 0; other layouts have none"
+        if self.replicas < 1 or (self.replicas > 1 and self.kind is not LayoutKind.HEADS):
+            return "replicas must be >= 1, and only heads layouts have more than 1"
+        if self.outer < 1 or (self.outer > 1 and self.kind is not LayoutKind.SHARD):
+            return "outer must be >= 1, and only shard layouts have more than 1"
+        return None
+
+    def syntax(self) -> str:
+        """As in the IR: `shard 1 outer 2`, `heads 2 replicas 2`, `replicated`."""
+        words = [self.kind.value] + ([str(self.dim)] if self.blocked else [])
+        words += [f"replicas {self.replicas}"] if self.replicas != 1 else []
+        words += [f"outer {self.outer}"] if self.outer != 1 else []
+        return " ".join(words)
+
+    def __str__(self) -> str:
+        """Compact, for the report's tables: R, P, S(1), S(0/2), H(2x2)."""
+        letter = self.kind.value[0].upper()
+        if not self.blocked:
+            return letter
+        extra = f"x{self.replicas}" if self.replicas != 1 else f"/{self.outer}" if self.outer != 1 else ""
+        return f"{letter}({self.dim}{extra})"
 
 
 @irdl_attr_definition
-class LayoutAttr(ParametrizedAttribute):
-    """How a value lies on the sequence-parallel mesh axis:
-    - `#autosp.layout<replicated>`: every rank holds all of it;
-    - `#autosp.layout<shard 1>`: dim 1 carries the sequence and rank r holds its r-th part (parts
-      differ by at most one token when the length does not divide); `<shard 0 outer 2>`: dim 0
-      is 2 x sequence x inner (batch and sequence merged), each of the 2 holds its part;
-    - `#autosp.layout<heads 1>`: dim 1 (attention heads) split evenly, rank r holds block r;
-      `<heads 1 replicas 2>`: sp/2 blocks, each held by 2 consecutive ranks (K/V heads when there
-      are fewer than sp);
-    - `#autosp.layout<partial>`: each rank holds a summand of the value."""
+class LayoutAttr(Data[Layout]):
+    """`#autosp.layout<replicated>`, `<shard 1>`, `<shard 0 outer 2>`, `<heads 1 replicas 2>`,
+    `<partial>`: a `Layout` in the IR."""
 
     name = "autosp.layout"
-    kind: StringAttr = param_def()
-    dim: IntAttr = param_def()
-    replicas: IntAttr = param_def()
-    outer: IntAttr = param_def()
-
-    @staticmethod
-    def replicated() -> LayoutAttr:
-        return LayoutAttr(StringAttr("replicated"), IntAttr(-1), IntAttr(1), IntAttr(1))
-
-    @staticmethod
-    def shard(dim: int, outer: int = 1) -> LayoutAttr:
-        return LayoutAttr(StringAttr("shard"), IntAttr(dim), IntAttr(1), IntAttr(outer))
-
-    @staticmethod
-    def heads(dim: int, replicas: int = 1) -> LayoutAttr:
-        return LayoutAttr(StringAttr("heads"), IntAttr(dim), IntAttr(replicas), IntAttr(1))
-
-    @staticmethod
-    def partial() -> LayoutAttr:
-        return LayoutAttr(StringAttr("partial"), IntAttr(-1), IntAttr(1), IntAttr(1))
 
     @classmethod
-    def parse_parameters(cls, parser: AttrParser) -> Sequence[Attribute]:
+    def parse_parameter(cls, parser: AttrParser) -> Layout:
         with parser.in_angle_brackets():
-            kind = parser.parse_identifier()
-            if kind not in LAYOUT_KINDS:
-                parser.raise_error(f"layout kind must be one of {', '.join(LAYOUT_KINDS)}")
-            dim = parser.parse_integer() if kind in BLOCKED_KINDS else -1
-            replicas = parser.parse_integer() if kind == "heads" and parser.parse_optional_keyword("replicas") else 1
-            outer = parser.parse_integer() if kind == "shard" and parser.parse_optional_keyword("outer") else 1
-        return (StringAttr(kind), IntAttr(dim), IntAttr(replicas), IntAttr(outer))
+            word = parser.parse_identifier()
+            if word not in LayoutKind.__members__.values():
+                parser.raise_error(f"layout kind must be one of {', '.join(LayoutKind)}")
+            kind = LayoutKind(word)
+            dim = parser.parse_integer() if kind in (LayoutKind.SHARD, LayoutKind.HEADS) else None
+            replicas = parser.parse_integer() if parser.parse_optional_keyword("replicas") else 1
+            outer = parser.parse_integer() if parser.parse_optional_keyword("outer") else 1
+        return Layout(kind, dim, replicas, outer)
 
-    def print_parameters(self, printer: Printer) -> None:
+    def print_parameter(self, printer: Printer) -> None:
         with printer.in_angle_brackets():
-            printer.print_string(self.kind.data)
-            if self.kind.data in BLOCKED_KINDS:
-                printer.print_string(f" {self.dim.data}")
-                if self.replicas.data != 1:
-                    printer.print_string(f" replicas {self.replicas.data}")
-                if self.outer.data != 1:
-                    printer.print_string(f" outer {self.outer.data}")
+            printer.print_string(self.data.syntax())
 
     def verify(self) -> None:
-        if self.kind.data not in LAYOUT_KINDS:
-            raise VerifyException(f"layout kind {self.kind.data!r} is not one of {LAYOUT_KINDS}")
-        if (self.kind.data in BLOCKED_KINDS) != (self.dim.data >= 0):
-            raise VerifyException("shard and heads layouts need a dim >= 0; other layouts have none")
-        if self.replicas.data < 1 or (self.replicas.data > 1 and self.kind.data != "heads"):
-            raise VerifyException("replicas must be >= 1, and only heads layouts have more than 1")
-        if self.outer.data < 1 or (self.outer.data > 1 and self.kind.data != "shard"):
-            raise VerifyException("outer must be >= 1, and only shard layouts have more than 1")
+        if (problem := self.data.problem()) is not None:
+            raise VerifyException(problem)
 
 
 @irdl_attr_definition

@@ -11,68 +11,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, TensorType
 from xdsl.ir import Operation, SSAValue
 
 from autosp.ir.aten import AtenCallOp, AtenOp
-from autosp.ir.autosp import AttentionGradOp, AttentionOp, LayoutAttr
+from autosp.ir.autosp import AttentionGradOp, AttentionOp, Layout
 from autosp.common.errors import AutoSPError
 from autosp.common.rules import registrar
 
 
-@dataclass(frozen=True)
-class Layout:
-    kind: str  # replicated / shard / heads / partial
-    dim: int = -1
-    replicas: int = 1  # ranks holding each block (heads only)
-    outer: int = 1  # shard only: dim = outer x sequence x inner (batch merged before the sequence)
-
-    def attr(self) -> LayoutAttr:
-        if self.kind == "shard":
-            return LayoutAttr.shard(self.dim, self.outer)
-        if self.kind == "heads":
-            return LayoutAttr.heads(self.dim, self.replicas)
-        return getattr(LayoutAttr, self.kind)()
-
-    @staticmethod
-    def of(attr: LayoutAttr) -> Layout:
-        return Layout(attr.kind.data, attr.dim.data, attr.replicas.data, attr.outer.data)
-
-    def at(self, dim: int) -> Layout:
-        """The same sharding, carried by another dim."""
-        return replace(self, dim=dim)
-
-    def is_shard(self, dim: int) -> bool:
-        return self.kind == "shard" and self.dim == dim
-
-    def blocks(self, sp: int) -> int:
-        return sp // self.replicas
-
-    @property
-    def blocked(self) -> bool:
-        return self.kind in ("shard", "heads")
-
-    def __str__(self) -> str:
-        if not self.blocked:
-            return self.kind[0].upper()
-        letter = self.kind[0].upper()
-        extra = f"x{self.replicas}" if self.replicas != 1 else f"/{self.outer}" if self.outer != 1 else ""
-        return f"{letter}({self.dim}{extra})"
-
-
-R = Layout("replicated")
-P = Layout("partial")
-
-
-def S(dim: int, outer: int = 1) -> Layout:
-    return Layout("shard", dim, outer=outer)
-
-
-def H(dim: int, replicas: int = 1) -> Layout:
-    return Layout("heads", dim, replicas)
+# The rules' vocabulary.
+R = Layout.replicated()
+P = Layout.partial()
+S = Layout.shard
+H = Layout.heads
 
 
 @dataclass
@@ -164,7 +119,7 @@ LINEAR_UNARY = {"aten.mul.Scalar", "aten.div.Scalar", "aten.neg.default"}
 
 def _pointwise(op: Operation, layouts: list[Layout], ctx: RuleContext) -> Strategy | None:
     out_rank = len(shape(op.results[0]))
-    sharded = {l.at(l.dim + out_rank - len(shape(v))) for v, l in zip(op.operands, layouts) if l.kind == "shard"}
+    sharded = {l.at(l.dim + out_rank - len(shape(v))) for v, l in zip(op.operands, layouts) if l.sharded}
     if len(sharded) > 1:
         return None
     if sharded:
@@ -172,7 +127,7 @@ def _pointwise(op: Operation, layouts: list[Layout], ctx: RuleContext) -> Strate
         inputs = []
         for value, layout in zip(op.operands, layouts):
             local_dim = out.dim - (out_rank - len(shape(value)))
-            if layout.kind == "shard":
+            if layout.sharded:
                 inputs.append(layout)
             elif local_dim < 0 or shape(value)[local_dim] == 1:
                 inputs.append(R)  # broadcast along the sharded dim
@@ -220,7 +175,7 @@ def view_rule(*op_names: str):
             layout = layouts[0]
             if layout == P:
                 return Strategy([P], [P])
-            if layout.kind != "shard":
+            if not layout.sharded:
                 return None
             out = moved(op, layout, ctx)
             return None if out is None else Strategy([layout], [out])
@@ -262,7 +217,7 @@ def _split(op, layouts, ctx):
     if layout == P:
         return Strategy([P], [P] * len(op.results))
     rank = len(shape(op.operands[0]))
-    if layout.kind != "shard" or _norm(prop_int(op, "dim", 0), rank) == layout.dim:
+    if not layout.sharded or _norm(prop_int(op, "dim", 0), rank) == layout.dim:
         return None
     return Strategy([layout], [layout] * len(op.results))
 
@@ -274,7 +229,7 @@ def _layer_norm(op, layouts, ctx):
     replicated."""
     x = layouts[0]
     axis = len(shape(op.operands[0])) - len(prop_ints(op, "normalized_shape"))
-    if x.kind != "shard" or x.dim >= axis or any(l != R for l in layouts[1:]):
+    if not x.sharded or x.dim >= axis or any(l != R for l in layouts[1:]):
         return None
     return Strategy([x] + [R] * (len(op.operands) - 1), [x] * len(op.results))
 
@@ -294,7 +249,7 @@ def _dim_prop(op, name="dim") -> int:
 def _along_other_dim(op, layouts, ctx):
     if layouts[0] == P and op.name == "aten.slice.Tensor":
         return Strategy([P], [P])
-    if layouts[0].kind == "shard" and layouts[0].dim != _dim_prop(op):
+    if layouts[0].sharded and layouts[0].dim != _dim_prop(op):
         return Strategy([layouts[0]], [layouts[0]])
     return None
 
@@ -310,14 +265,14 @@ def _softmax_backward(op, layouts, ctx):
 
 def _one_shard(layouts: list[Layout]) -> Layout | None:
     """The single sequence sharding among same-rank operands (None if none, several, or a partial)."""
-    shards = {l for l in layouts if l.kind == "shard"}
+    shards = {l for l in layouts if l.sharded}
     return shards.pop() if len(shards) == 1 and P not in layouts else None
 
 
 @sharding_rule("aten.select.int")
 def _select(op, layouts, ctx):
     dim = _dim_prop(op)
-    if layouts[0].kind == "shard" and layouts[0].dim != dim:
+    if layouts[0].sharded and layouts[0].dim != dim:
         d = layouts[0].dim
         return Strategy([layouts[0]], [layouts[0].at(d - 1 if d > dim else d)])
     return None
@@ -344,7 +299,7 @@ def _slice_scatter(op, layouts, ctx):
 def _pad(op, layouts, ctx):
     rank = len(shape(op.operands[0]))
     padded = {rank - 1 - i // 2 for i in range(len(prop_ints(op, "pad")))}
-    if layouts[0].kind == "shard" and layouts[0].dim not in padded:
+    if layouts[0].sharded and layouts[0].dim not in padded:
         return Strategy([layouts[0]], [layouts[0]])
     return None
 
@@ -352,7 +307,7 @@ def _pad(op, layouts, ctx):
 @sharding_rule("aten.full_like.default", "aten.zeros_like.default", "aten.ones_like.default", "aten.empty_like.default")
 def _like(op, layouts, ctx):
     # Only the shape of the operand matters: a sharded operand gives a sharded (local) result.
-    return Strategy([layouts[0]], [layouts[0] if layouts[0].kind == "shard" else R])
+    return Strategy([layouts[0]], [layouts[0] if layouts[0].sharded else R])
 
 
 # --- reductions -------------------------------------------------------------------------
@@ -363,7 +318,7 @@ def _reduce(op, layouts, ctx):
     layout = layouts[0]
     if layout == P and op.name == "aten.sum.dim_IntList":
         return Strategy([P], [P])
-    if layout.kind != "shard":
+    if not layout.sharded:
         return None
     rank = len(shape(op.operands[0]))
     dims = {_norm(d, rank) for d in prop_ints(op, "dim")} or set(range(rank))
@@ -390,7 +345,7 @@ def _mm(op, layouts, ctx):
         return Strategy([R, b], [b])
     if a.is_shard(1) or b.is_shard(0):  # contraction over the sharded dim: rows must align
         rows = a.at(0) if a.is_shard(1) else b
-        if b.kind == "shard" and a.kind == "shard" and a.outer != b.outer:
+        if b.sharded and a.sharded and a.outer != b.outer:
             return None
         return Strategy([rows.at(1), rows.at(0)], [P])
     if P in (a, b) and R in (a, b):
@@ -408,7 +363,7 @@ def _addmm(op, layouts, ctx):
     bias_shape = shape(op.operands[0])
     if out == P:
         bias = P
-    elif out.kind == "shard":
+    elif out.sharded:
         bias_dim = out.dim - (2 - len(bias_shape))
         bias = R if bias_dim < 0 or bias_shape[bias_dim] == 1 else out.at(bias_dim)
     else:
@@ -427,7 +382,7 @@ def _embedding(op, layouts, ctx):
     layout = layouts[1]
     if layout == R and indices in ctx.token_values and _long_enough(indices, ctx.seq_dim, ctx):
         layout = S(ctx.seq_dim)  # the seed: token embeddings are sharded on the sequence
-    if layout.kind != "shard":
+    if not layout.sharded:
         return None
     return Strategy([R, layout], [layout])
 
@@ -459,7 +414,7 @@ def _index_put_accumulate(op: AtenCallOp, layouts, ctx):
     if not (isinstance(accumulate, IntegerAttr) and accumulate.value.data) or len(indices) != 1:
         return None
     values = layouts[2]
-    if values.kind != "shard" or values.dim >= len(shape(op.operands[1])):
+    if not values.sharded or values.dim >= len(shape(op.operands[1])):
         return None  # rows of `values` are the index's entries only along the index's dims
     return Strategy([P, values, values], [P])
 
@@ -523,7 +478,7 @@ def _gated_mlp(op, layouts, ctx):
     """Rows are independent: sharded rows in, sharded rows out, the weights replicated."""
     x, *weights = layouts
     rows = len(shape(op.x)) - 1
-    if not (x.kind == "shard" and x.dim < rows) or any(w != R for w in weights):
+    if not (x.sharded and x.dim < rows) or any(w != R for w in weights):
         return None
     return Strategy([x, R, R, R], [x])
 
@@ -534,8 +489,8 @@ def _gated_mlp_grad(op, layouts, ctx):
     of its own rows."""
     grad, x, *weights = layouts
     rows = len(shape(op.x)) - 1
-    sharded = grad if grad.kind == "shard" else x
-    if not (sharded.kind == "shard" and sharded.dim < rows) or any(w != R for w in weights):
+    sharded = grad if grad.sharded else x
+    if not (sharded.sharded and sharded.dim < rows) or any(w != R for w in weights):
         return None
     return Strategy([sharded, sharded, R, R, R], [sharded, P, P, P])
 

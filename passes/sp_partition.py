@@ -43,9 +43,10 @@ from xdsl.rewriter import InsertPoint, Rewriter
 
 from autosp.ir.program import partition_of, train_step_of
 from autosp.ir.aten import AtenOp
-from autosp.ir.autosp import LocalShardOp, PlaceShardOp, ToPartialOp
+from autosp.ir.autosp import LayoutKind, LocalShardOp, PlaceShardOp, ToPartialOp
 from autosp.ir.dist import AllGatherOp, AllReduceOp, AllToAllOp, GroupDeclOp, ReduceScatterOp
-from autosp.passes.sharding_rules import P, R, Layout
+from autosp.ir.autosp import Layout
+from autosp.passes.sharding_rules import P, R
 from autosp.passes.sp_propagate import COMPUTED, IN_LAYOUTS, LAYOUTS, read_layouts
 from autosp.common.sizes import split_sizes
 from autosp.common.errors import AutoSPError
@@ -68,14 +69,14 @@ class _Partitioner:
 
     def local_type(self, value_type: TensorType, layout: Layout, where: str) -> TensorType:
         shape = list(value_type.get_shape())
-        if layout.kind == "shard":  # a multiple of the sequence: this rank's part of it
+        if layout.sharded:  # a multiple of the sequence: this rank's part of it
             if shape[layout.dim] % self.seq_len:
                 raise AutoSPError(
                     f"{where}: dim {layout.dim} of {shape} is sharded but not a multiple of the sequence length {self.seq_len}"
                 )
             part = split_sizes(self.seq_len, self.sp)[self.rank]
             shape[layout.dim] = shape[layout.dim] // self.seq_len * part
-        elif layout.kind == "heads":
+        elif layout.kind is LayoutKind.HEADS:
             blocks = layout.blocks(self.sp)
             if shape[layout.dim] % blocks:
                 raise AutoSPError(
@@ -103,10 +104,10 @@ class _Partitioner:
     def _global_type(self, value: SSAValue) -> TensorType:
         layout = self.layout_of[value]
         shape = list(value.type.get_shape())
-        if layout.kind == "shard":
+        if layout.sharded:
             part = split_sizes(self.seq_len, self.sp)[self.rank]
             shape[layout.dim] = shape[layout.dim] // part * self.seq_len
-        elif layout.kind == "heads":
+        elif layout.kind is LayoutKind.HEADS:
             shape[layout.dim] *= layout.blocks(self.sp)
         return TensorType(value.type.element_type, shape)
 
@@ -184,7 +185,7 @@ class _Partitioner:
             self.layout_of[local] = layout
         if isinstance(op, AtenOp) and len(op.results) == 1:
             for name in SHAPE_PROPERTIES:
-                if name in op.properties and computed[0].kind == "shard":
+                if name in op.properties and computed[0].sharded:
                     op.properties[name] = DenseArrayBase.from_list(
                         IntegerType(64), list(op.results[0].type.get_shape())
                     )

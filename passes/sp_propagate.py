@@ -18,9 +18,9 @@ from xdsl.dialects import func
 from xdsl.dialects.builtin import ArrayAttr, IntAttr, IntegerType, ModuleOp, StringAttr, TensorType, UnitAttr
 from xdsl.passes import ModulePass
 
-from autosp.ir.autosp import PartitionAttr
+from autosp.ir.autosp import Layout, LayoutAttr, PartitionAttr
 from autosp.ir.program import PARTITION, partition_of, train_step_of
-from autosp.passes.sharding_rules import R, Layout, RuleContext, strategy_for
+from autosp.passes.sharding_rules import R, RuleContext, strategy_for
 from autosp.common.errors import AutoSPError
 
 IN_LAYOUTS, LAYOUTS, COMPUTED = "autosp.in_layouts", "autosp.layouts", "autosp.computed"
@@ -29,11 +29,11 @@ UNSHARDED = "autosp.unsharded"
 
 
 def layouts_attr(layouts: list[Layout]) -> ArrayAttr:
-    return ArrayAttr([l.attr() for l in layouts])
+    return ArrayAttr([LayoutAttr(l) for l in layouts])
 
 
 def read_layouts(attr: ArrayAttr) -> list[Layout]:
-    return [Layout.of(a) for a in attr.data]
+    return [a.data for a in attr.data]
 
 
 def token_inputs(fn: func.FuncOp, seq_dim: int) -> set:

@@ -52,3 +52,10 @@ func.func @mlp_activation(%x: tensor<16x64xf32>, %wg: tensor<256x64xf32>, %wd: t
   func.return
 }
 // CHECK: activation must be one of silu, gelu, gelu_tanh
+
+// -----
+
+func.func @replicas_on_a_shard() attributes {l = #autosp.layout<shard 1 replicas 2>} {
+  func.return
+}
+// CHECK: replicas must be >= 1, and only heads layouts have more than 1
