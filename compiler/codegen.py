@@ -22,14 +22,16 @@ from xdsl.dialects.builtin import (
     IntegerAttr,
     IntegerType,
     ModuleOp,
+    NameLoc,
     StringAttr,
+    SymbolRefAttr,
     UnitAttr,
 )
 from xdsl.ir import Attribute, Operation, SSAValue
 
 from autosp.ir.aten import OPT_TENSOR, TENSOR, TENSOR_LIST, AtenCallOp, AtenOp
-from autosp.ir.autosp import AttentionGradOp, AttentionOp, FusedOp, GatedMlpGradOp, GatedMlpOp, LinearCrossEntropyOp, LocalShardOp, YieldOp, PlaceShardOp, ToPartialOp
-from autosp.ir.dist import AllGatherOp, AllReduceOp, AllToAllOp, ReduceScatterOp
+from autosp.ir.autosp import FusedOp, YieldOp
+from autosp.ir.interfaces import RuntimeCallInterface
 from autosp.ir.dtypes import torch_dtype
 from autosp.ir.program import train_step_of
 from autosp.passes.memory_plan import liveness
@@ -108,6 +110,8 @@ def literal(attr: Attribute) -> str:
         return repr(attr.data)
     if isinstance(attr, UnitAttr):
         return "None"
+    if isinstance(attr, SymbolRefAttr):  # a dist.group: the runtime's process group
+        return f"GROUPS[{attr.string_value()!r}]"
     try:
         return f"torch.{str(torch_dtype(attr)).removeprefix('torch.')}"
     except ValueError:
@@ -150,45 +154,23 @@ def emit_call(op: AtenCallOp, names: Names) -> str:
             return "[" + ", ".join(decode(a) for a in arg.data) + "]"
         return literal(arg)
 
-    namespace, _, rest = op.target.data.partition("::")
-    packet, _, overload = rest.partition(".")
-    callee = f"torch.ops.{namespace}.{packet}.{overload or 'default'}"
+    overload = op.overload
+    callee = f"torch.ops.{overload.namespace}.{overload._opname}.{overload._overloadname}"
     return f"{callee}({', '.join(decode(a) for a in op.args.data)})"
 
 
-def _attention_args(op: AttentionOp | AttentionGradOp, names: Names) -> str:
-    tensors = [names[v] for v in op.operands if v is not op.documents]
-    mask = [literal(op.causal), literal(op.window), literal(op.scale)]
-    documents = [] if op.documents is None else [names[op.documents]]
-    return ", ".join(tensors + mask + documents)
+@emits(RuntimeCallInterface)
+def emit_runtime_call(op: Operation, names: Names) -> str:
+    """AutoSP's own ops: the runtime call the op names (`RuntimeCallInterface`)."""
+    call = op.runtime_call()  # type: ignore[attr-defined]
 
+    def text(value) -> str:
+        if isinstance(value, SSAValue):
+            return names[value]
+        return literal(value) if isinstance(value, Attribute) else repr(value)
 
-@emits(AttentionOp)
-def emit_attention(op: AttentionOp, names: Names) -> str:
-    return f"kernels.attention_forward({_attention_args(op, names)})"
-
-
-@emits(AttentionGradOp)
-def emit_attention_grad(op: AttentionGradOp, names: Names) -> str:
-    return f"kernels.attention_backward({_attention_args(op, names)})"
-
-
-@emits(LinearCrossEntropyOp)
-def emit_linear_cross_entropy(op: LinearCrossEntropyOp, names: Names) -> str:
-    tensors = [names[v] for v in op.operands]
-    return f"kernels.linear_cross_entropy({', '.join(tensors)}, {literal(op.ignore_index)}, {literal(op.chunk)})"
-
-
-@emits(GatedMlpOp)
-def emit_gated_mlp(op: GatedMlpOp, names: Names) -> str:
-    tensors = ", ".join(names[v] for v in op.operands)
-    return f"kernels.gated_mlp_forward({tensors}, {literal(op.activation)}, {literal(op.chunk)})"
-
-
-@emits(GatedMlpGradOp)
-def emit_gated_mlp_grad(op: GatedMlpGradOp, names: Names) -> str:
-    tensors = ", ".join(names[v] for v in op.operands)
-    return f"kernels.gated_mlp_backward({tensors}, {literal(op.activation)}, {literal(op.chunk)})"
+    args = [text(v) for v in call.args] + [f"{k}={text(v)}" for k, v in call.kwargs.items()]
+    return f"{call.callee}({', '.join(args)})"
 
 
 # Ops that only carry values: not part of a kernel's name.
@@ -249,30 +231,6 @@ def emit_fused(op: FusedOp, names: Names) -> str:
     return f"{name}({', '.join(names[v] for v in op.inputs)})"
 
 
-COLLECTIVE_CALLS = {
-    AllToAllOp: "all_to_all",
-    AllReduceOp: "all_reduce",
-    AllGatherOp: "all_gather",
-    ReduceScatterOp: "reduce_scatter",
-    LocalShardOp: "local_shard",
-    PlaceShardOp: "place_shard",
-    ToPartialOp: "to_partial",
-}
-
-
-@emits(*COLLECTIVE_CALLS)
-def emit_collective(op: Operation, names: Names) -> str:
-    """collectives.<op>(x, <its properties>, group=...): the runtime takes them by name."""
-    args = [names[op.operands[0]]]
-    args += [f"{name}={literal(attr)}" for name, attr in op.properties.items() if name != "group"]
-    if isinstance(op, (AllToAllOp, AllGatherOp)):  # the whole gathered length (parts may differ by one)
-        dim = op.concat_dim.value.data if isinstance(op, AllToAllOp) else op.dim.value.data
-        outer = op.outer.value.data if isinstance(op, AllGatherOp) else 1
-        args.append(f"total={op.results[0].type.get_shape()[dim] // outer}")
-    args.append(f"group=GROUPS[{op.group.string_value()!r}]")
-    return f"collectives.{COLLECTIVE_CALLS[type(op)]}({', '.join(args)})"
-
-
 def emitter_for(op: Operation) -> Emitter:
     for cls in type(op).__mro__:
         if cls in EMITTERS:
@@ -301,6 +259,16 @@ MEASURED_HEADER = '''TRACK = None  # the runtime's memory tracker, set by TrainS
 NO_INDEX_CHECKS = "def index_inputs(*inputs):\n    return []\n"
 
 
+def source_of(op: Operation) -> str | None:
+    """The model module `op` came from (its location, frontends/source.py), for a comment above
+    each block of the program: a fused kernel's first located op's; a recomputation says so."""
+    for located in [op, *(op.block.ops if isinstance(op, FusedOp) else ())]:
+        if isinstance(located.location, NameLoc):
+            prefix = "recomputed: " if "autosp.recompute" in op.attributes else ""
+            return prefix + located.location.desc.data
+    return None
+
+
 def generate(module: ModuleOp, index_inputs: str = NO_INDEX_CHECKS, measured: bool = False) -> str:
     """The Python source of the per-rank program for `module`, with `index_inputs` (the index
     checks of compiler/input_checks.py, made before partitioning) beside `train_step`. The
@@ -312,10 +280,15 @@ def generate(module: ModuleOp, index_inputs: str = NO_INDEX_CHECKS, measured: bo
     names = Names()
     params = [names.define(arg) for arg in block.args]
     lines = [f"def train_step({', '.join(params)}):"]
+    last_source = None
     for index, op in enumerate(lv.ops):
         if isinstance(op, func.ReturnOp):
             lines.append(f"    return ({''.join(names[v] + ', ' for v in op.operands)})")
             break
+        source = source_of(op)
+        if source is not None and source != last_source:
+            lines.append(f"    # {source}")
+            last_source = source
         call = emitter_for(op)(op, names)
         targets = [names.define(r) for r in op.results]
         if len(targets) == 1:

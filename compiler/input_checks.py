@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+from torch._ops import OpOverload
 from xdsl.dialects.builtin import ModuleOp, StringAttr
 from xdsl.ir import BlockArgument, Operation, OpResult, SSAValue
 
@@ -25,6 +27,9 @@ from autosp.codegen import Names, emitter_for
 from autosp.ir.program import train_step_of
 from autosp.ir.autosp import LinearCrossEntropyOp
 from autosp.common.rules import registrar
+from autosp.ir.aten import overload_of
+
+aten = torch.ops.aten
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,7 @@ class IndexUse:
     reader: str  # what reads them, for the message
 
 
-INDEX_RULES: dict[str, Callable[[Operation], IndexUse]] = {}
+INDEX_RULES: dict[OpOverload, Callable[[Operation], IndexUse]] = {}
 index_rule = registrar(INDEX_RULES)
 
 
@@ -43,7 +48,7 @@ def _dim(value: SSAValue, dim: int) -> int:
     return value.type.get_shape()[dim]  # type: ignore[attr-defined]
 
 
-@index_rule("aten.embedding.default")
+@index_rule(aten.embedding.default)
 def _embedding(op: Operation) -> IndexUse:
     return IndexUse(op.operands[1], _dim(op.operands[0], 0), None, "the embedding table")
 
@@ -53,14 +58,14 @@ def _linear_cross_entropy(op: LinearCrossEntropyOp) -> IndexUse:
     return IndexUse(op.labels, _dim(op.weight, 0), op.ignore_index.value.data, "the loss's vocabulary")
 
 
-@index_rule("aten.nll_loss_forward.default", "aten.nll_loss2d_forward.default")
+@index_rule(aten.nll_loss_forward.default, aten.nll_loss2d_forward.default)
 def _nll_loss(op: Operation) -> IndexUse:
     logits = op.operands[0]
     classes = _dim(logits, 0 if len(logits.type.get_shape()) == 1 else 1)  # type: ignore[attr-defined]
     return IndexUse(op.operands[1], classes, op.properties["ignore_index"].value.data, "the loss's classes")  # type: ignore[attr-defined]
 
 
-@index_rule("aten.gather.default", "aten.index_select.default")
+@index_rule(aten.gather.default, aten.index_select.default)
 def _gather(op: Operation) -> IndexUse:
     source = op.operands[0]
     dim = op.properties["dim"].value.data  # type: ignore[attr-defined]
@@ -105,7 +110,7 @@ def index_checks(module: ModuleOp) -> str:
     uses: list[tuple[list[str], IndexUse]] = []
     needed: set[Operation] = set()
     for op in fn.body.block.ops:
-        rule = INDEX_RULES.get(op.name)
+        rule = INDEX_RULES.get(overload_of(op))
         sliced = rule and _slice(rule(op).indices, inputs)
         if sliced:
             uses.append((sliced[0], rule(op)))

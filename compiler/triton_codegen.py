@@ -24,6 +24,7 @@ import triton
 from xdsl.ir import SSAValue
 
 from autosp.ir.autosp import FusedOp
+from autosp.ir.aten import overload_of
 from autosp.passes.kernel_exprs import (
     COLUMN_EXPRS,
     ROW_REDUCTIONS,
@@ -65,7 +66,7 @@ def kernel_source(op: FusedOp, name: str) -> tuple[str, dict]:
     shape = list(op.shape.get_values())
     lead, width = shape[:-1], shape[-1]
     row_mode = any(
-        o.name in ROW_REDUCTIONS or (shape_of(o.results[0])[-1:] == [1] and width > 1)
+        overload_of(o) in ROW_REDUCTIONS or (shape_of(o.results[0])[-1:] == [1] and width > 1)
         for o in op.block.ops if o.results
     )
     block = triton.next_power_of_2(width) if row_mode else min(COLUMN_TILE, triton.next_power_of_2(width))
@@ -113,11 +114,11 @@ def kernel_source(op: FusedOp, name: str) -> tuple[str, dict]:
             lines.append(f"    {name} = tl.load({inputs[i]} + {offset}, mask={valid(k, value_width)}, other=0)")
         else:
             inner = value.owner
-            if inner.name in COLUMN_EXPRS:
-                expr = COLUMN_EXPRS[inner.name](inner, at, k)
+            if overload_of(inner) in COLUMN_EXPRS:
+                expr = COLUMN_EXPRS[overload_of(inner)](inner, at, k)
             else:
-                assert k == 0 or inner.name not in ROW_REDUCTIONS, "a row reduction is one value per row"
-                expr = TRITON_EXPRS[inner.name](inner, [_compute(v, at(v, k)) for v in inner.operands])
+                assert k == 0 or overload_of(inner) not in ROW_REDUCTIONS, "a row reduction is one value per row"
+                expr = TRITON_EXPRS[overload_of(inner)](inner, [_compute(v, at(v, k)) for v in inner.operands])
             name = f"t{len(emitted)}"
             lines.append(f"    {name} = {_rounded(inner, expr)}")
         emitted[(value, k)] = name

@@ -16,7 +16,7 @@ from torch.fx import Graph, Node
 
 import autosp.runtime.ops  # noqa: F401  (registers torch.ops.autosp.*)
 from autosp.common.errors import AutoSPError
-from autosp.frontends.fx import call_with_value, getitem_with_value
+from autosp.frontends.fx import call_with_value, getitem_with_value, replacing
 from autosp.frontends.mask import MaskNotUnderstood, bound_arguments, classify
 
 aten = torch.ops.aten
@@ -86,13 +86,13 @@ def rewrite_attention(graph: Graph) -> int:
                 ) from None
             causal, window = description.causal, description.window
             if description.documents is not None:
-                with graph.inserting_before(node):
+                with replacing(graph, node):
                     documents = _per_batch(graph, description.documents, description.documents_row, _shape(q)[0])
         k, v = unexpanded_kv(k), unexpanded_kv(v)
         if _shape(q)[1] % _shape(k)[1]:
             raise AutoSPError(f"{where}: {_shape(q)[1]} query heads is not a multiple of {_shape(k)[1]} kv heads")
         scale = args["scale"] if args["scale"] is not None else 1.0 / math.sqrt(_shape(q)[-1])
-        with graph.inserting_before(node):
+        with replacing(graph, node):
             fused = call_with_value(
                 graph, torch.ops.autosp.attention.default, (q, k, v, causal, window, float(scale), documents)
             )

@@ -11,6 +11,21 @@ from torch._guards import detect_fake_mode
 from torch.fx import Graph, Node
 
 
+@contextlib.contextmanager
+def replacing(graph: Graph, node: Node):
+    """Insert before `node`, which the new nodes replace: they carry its place in the model
+    (module stack, stack trace) for the generated code's comments (frontends/source.py)."""
+    last_before = node.prev
+    with graph.inserting_before(node):
+        yield
+    new = last_before.next
+    while new is not node:
+        for key in ("nn_module_stack", "stack_trace"):
+            if key in node.meta:
+                new.meta.setdefault(key, node.meta[key])
+        new = new.next
+
+
 def fake_value(node) -> torch.Tensor | None:
     return node.meta.get("val") if isinstance(node, Node) else None
 

@@ -14,7 +14,7 @@ import torch
 from torch.fx import Graph, Node
 
 import autosp.runtime.ops  # noqa: F401  (registers torch.ops.autosp.*)
-from autosp.frontends.fx import call_with_value, fake_value, getitem_with_value
+from autosp.frontends.fx import call_with_value, fake_value, getitem_with_value, replacing
 from autosp.frontends.mask import bound_arguments
 from autosp.common.precision import accumulation_dtype
 
@@ -86,7 +86,7 @@ def rewrite_linear_cross_entropy(graph: Graph) -> int:
         rows = fake_value(hidden).numel() // width
         chunk = chunk_rows(rows, fake_value(weight).shape[0])
         ignore_index = int(args["ignore_index"])
-        with graph.inserting_before(node):
+        with replacing(graph, node):
             flat = call_with_value(graph, aten.reshape.default, (hidden, [rows, width]))
             fused = call_with_value(graph, torch.ops.autosp.linear_cross_entropy.default, (flat, weight, labels, ignore_index, chunk))
             loss = getitem_with_value(graph, fused, 0)

@@ -13,7 +13,7 @@ import torch
 from torch.fx import Graph, Node
 
 import autosp.runtime.ops  # noqa: F401  (registers torch.ops.autosp.*)
-from autosp.frontends.fx import call_with_value, fake_value
+from autosp.frontends.fx import call_with_value, fake_value, replacing
 
 aten = torch.ops.aten
 # Rows per chunk: about this many bytes of one [rows, intermediate] value at a time.
@@ -60,7 +60,7 @@ def rewrite_gated_mlp(graph: Graph) -> int:
         intermediate = fake_value(w_gate).shape[0]
         rows = fake_value(x).numel() // fake_value(x).shape[-1]
         chunk = min(rows, max(1, CHUNK_BYTES // (intermediate * fake_value(x).element_size())))
-        with graph.inserting_before(node):
+        with replacing(graph, node):
             fused = call_with_value(graph, torch.ops.autosp.gated_mlp.default, (x, w_gate, w_up, w_down, act[0], chunk))
         node.replace_all_uses_with(fused)
         graph.erase_node(node)

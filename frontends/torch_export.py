@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 from torch.export import ExportedProgram
-from torch.export.graph_signature import InputKind, OutputKind
+from torch.export.graph_signature import InputKind, OutputKind, TensorArgument
 from torch.fx import Node
 from xdsl.builder import Builder
 from xdsl.dialects import func
@@ -36,6 +36,7 @@ from autosp.frontends.attention import rewrite_attention
 from autosp.frontends.loss import rewrite_linear_cross_entropy
 from autosp.frontends.mlp import rewrite_gated_mlp
 from autosp.frontends.mask import bound_arguments
+from autosp.frontends.source import forward_in_core_aten, joint_locations
 from autosp.ir.aten import (
     NONE_ARG,
     OPT_TENSOR,
@@ -56,6 +57,8 @@ SKIPPED_TARGETS = {
     torch.ops.aten._assert_scalar.default,
     torch.ops.aten.sym_constrain_range_for_size.default,
 }
+
+LOCATION = "autosp_location"  # node.meta key: the node's source location (frontends/source.py)
 
 KIND_NAMES = {
     InputKind.PARAMETER: "parameter",
@@ -167,6 +170,8 @@ class _Importer:
         else:
             raise AutoSPError(f"node {node.name}: cannot import {target} (not an ATen or AutoSP operator)")
         builder.insert(op)
+        if LOCATION in node.meta:
+            op.location = node.meta[LOCATION]
         for i, result in enumerate(op.results):
             result.name_hint = self.unique_name(node.name if len(op.results) == 1 else f"{node.name}_r{i}")
         self.values[node] = list(op.results) if isinstance(node.meta.get("val"), (tuple, list)) else op.results[0]
@@ -311,7 +316,8 @@ def _check_loss_output(ep: ExportedProgram) -> None:
 def joint_graph(ep: ExportedProgram, tile_mlp: bool = False) -> ExportedProgram:
     """The joint forward+backward ExportedProgram, attention kept as one op each way and the
     LM head + cross-entropy as one fused op (and with tile_mlp, each gated MLP as one op each
-    way, in chunks of rows)."""
+    way, in chunks of rows); each node that comes from a model module has its location in
+    `meta[LOCATION]`."""
     from torch.export.experimental import _export_forward_backward
 
     _check_static_shapes(ep)
@@ -327,14 +333,16 @@ def joint_graph(ep: ExportedProgram, tile_mlp: bool = False) -> ExportedProgram:
     if tile_mlp:
         rewrite_gated_mlp(graph)
     _drop_unused_parameters(ep)
+    _rename_outputs(ep)
     ep.graph_module.recompile()
     if not any(p.requires_grad for p in ep.state_dict.values()):
         raise AutoSPError(
             "no parameter of the exported model requires a gradient (all frozen with requires_grad=False?): "
             "AutoSP compiles training steps; unfreeze what should train"
         )
+    forward = forward_in_core_aten(_copy(ep))
     try:
-        return _export_forward_backward(ep, joint_loss_index=0)
+        joint = _export_forward_backward(ep, joint_loss_index=0)
     except RuntimeError as err:
         if "does not require gradients" not in str(err):
             raise
@@ -342,6 +350,9 @@ def joint_graph(ep: ExportedProgram, tile_mlp: bool = False) -> ExportedProgram:
             "the loss does not depend on any trainable parameter (a detached loss, or every parameter it reads "
             "is frozen): AutoSP compiles training steps; return the loss with its graph"
         ) from None
+    for node, location in joint_locations(forward, joint).items():
+        node.meta[LOCATION] = location
+    return joint
 
 
 def _drop_unused_parameters(ep: ExportedProgram) -> None:
@@ -357,6 +368,15 @@ def _drop_unused_parameters(ep: ExportedProgram) -> None:
             graph.erase_node(node)
             specs.remove(spec)
             del ep.state_dict[spec.target]
+
+
+def _rename_outputs(ep: ExportedProgram) -> None:
+    """The signature names the graph's outputs as they are after the rewrites (the loss is a
+    new node now), so that the program is valid again."""
+    outputs = ep.graph_module.graph.output_node().args[0]
+    for spec, node in zip(ep.graph_signature.output_specs, outputs):
+        if isinstance(spec.arg, TensorArgument) and isinstance(node, Node):
+            spec.arg = TensorArgument(name=node.name)
 
 
 def _copy(ep: ExportedProgram) -> ExportedProgram:

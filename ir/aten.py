@@ -33,7 +33,7 @@ from xdsl.dialects.builtin import (
     TensorType,
     UnitAttr,
 )
-from xdsl.ir import Attribute, Dialect, SSAValue
+from xdsl.ir import Attribute, Dialect, Operation, SSAValue
 from xdsl.irdl import (
     AnyOf,
     BaseAttr,
@@ -183,7 +183,7 @@ class AtenOp(IRDLOperation):
             printer.print_string(">")
         printer.print_op_attributes(self.attributes)
         printer.print_string(" : ")
-        printer.print_operation_type(self)
+        printer.print_function_type(self.operand_types, self.result_types)  # the printer adds the location
 
     @classmethod
     def parse(cls, parser: Parser) -> AtenOp:
@@ -303,7 +303,8 @@ def op_name_of(overload: torch._ops.OpOverload) -> str:
     return f"aten.{packet}.{overload_name or 'default'}"
 
 
-def overload_of(op_name: str) -> torch._ops.OpOverload | None:
+def _overload_named(op_name: str) -> torch._ops.OpOverload | None:
+    """`aten.<packet>.<overload>` as the OpOverload (None: no such overload)."""
     if not op_name.startswith("aten."):
         return None
     packet, _, overload_name = op_name.removeprefix("aten.").partition(".")
@@ -317,7 +318,7 @@ def overload_of(op_name: str) -> torch._ops.OpOverload | None:
 def aten_op_class(op_name: str) -> type[AtenOp] | None:
     """The generated class for `aten.<packet>.<overload>`, or None if there is no such
     overload or its schema needs the catch-all `aten.op`."""
-    overload = overload_of(op_name)
+    overload = _overload_named(op_name)
     if overload is None:
         return None
     try:
@@ -359,6 +360,27 @@ class AtenCallOp(IRDLOperation):
                 f"aten.op {self.target.data}: args reference operands {sorted(refs)}, "
                 f"but it has {len(self.inputs)}"
             )
+
+    @property
+    def overload(self) -> torch._ops.OpOverload:
+        return _resolve(self.target.data)
+
+
+@functools.cache
+def _resolve(target: str) -> torch._ops.OpOverload:
+    """`aten::foo.bar` (or `aten::foo` for the default overload) as the OpOverload."""
+    namespace, _, rest = target.partition("::")
+    packet, _, overload = rest.partition(".")
+    return getattr(getattr(getattr(torch.ops, namespace), packet), overload or "default")
+
+
+def overload_of(op: Operation) -> torch._ops.OpOverload | None:
+    """The ATen overload an op runs, the key of the per-op tables (None: not an ATen op)."""
+    if isinstance(op, AtenOp):
+        return op.OVERLOAD
+    if isinstance(op, AtenCallOp):
+        return op.overload
+    return None
 
 
 def operand_ref(index: int) -> IntegerAttr:

@@ -17,9 +17,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from enum import StrEnum
+from typing import ClassVar
 
 from xdsl.dialects.builtin import (
     BoolAttr,
@@ -56,95 +56,13 @@ from xdsl.traits import HasParent, IsTerminator, Pure
 from xdsl.utils.exceptions import VerifyException
 
 from autosp.ir.dist import GroupOp
+from autosp.ir.dtypes import BYTES, torch_dtype
+from autosp.ir.interfaces import CostInterface, RuleContext, RuntimeCall, RuntimeCallInterface, ShardingInterface, Strategy
+from autosp.ir.layout import Layout, LayoutKind
+from autosp.common.errors import AutoSPError
 from autosp.common.sizes import split_sizes
 
 # --- attributes ---------------------------------------------------------------------------
-
-class LayoutKind(StrEnum):
-    REPLICATED = "replicated"
-    SHARD = "shard"
-    HEADS = "heads"
-    PARTIAL = "partial"
-
-
-@dataclass(frozen=True)
-class Layout:
-    """How a value lies on the sequence-parallel mesh axis (the one layout type of the compiler:
-    the sharding rules compute with it, `LayoutAttr` carries it in the IR):
-    - replicated: every rank holds all of it;
-    - shard `dim`: `dim` carries the sequence and rank r holds its r-th part (parts differ by at
-      most one token when the length does not divide); with `outer` > 1, `dim` is outer x
-      sequence x inner (batch and sequence merged) and each of the outer slices is split;
-    - heads `dim`: `dim` (attention heads) split evenly, rank r holds block r; with `replicas`
-      > 1, sp/replicas blocks, each held by that many consecutive ranks (K/V heads when there
-      are fewer than sp);
-    - partial: each rank holds a summand of the value."""
-
-    kind: LayoutKind
-    dim: int | None = None  # only shard and heads layouts have one
-    replicas: int = 1
-    outer: int = 1
-
-    @staticmethod
-    def replicated() -> Layout:
-        return Layout(LayoutKind.REPLICATED)
-
-    @staticmethod
-    def partial() -> Layout:
-        return Layout(LayoutKind.PARTIAL)
-
-    @staticmethod
-    def shard(dim: int, outer: int = 1) -> Layout:
-        return Layout(LayoutKind.SHARD, dim, outer=outer)
-
-    @staticmethod
-    def heads(dim: int, replicas: int = 1) -> Layout:
-        return Layout(LayoutKind.HEADS, dim, replicas)
-
-    @property
-    def sharded(self) -> bool:
-        """Split along the sequence."""
-        return self.kind is LayoutKind.SHARD
-
-    @property
-    def blocked(self) -> bool:
-        """Split into blocks along `dim` (sequence or heads)."""
-        return self.kind in (LayoutKind.SHARD, LayoutKind.HEADS)
-
-    def is_shard(self, dim: int) -> bool:
-        return self.sharded and self.dim == dim
-
-    def at(self, dim: int) -> Layout:
-        """The same split, carried by another dim."""
-        return replace(self, dim=dim)
-
-    def blocks(self, sp: int) -> int:
-        return sp // self.replicas
-
-    def problem(self) -> str | None:
-        if self.blocked != (self.dim is not None and self.dim >= 0):
-            return "shard and heads layouts need a dim >= 0; other layouts have none"
-        if self.replicas < 1 or (self.replicas > 1 and self.kind is not LayoutKind.HEADS):
-            return "replicas must be >= 1, and only heads layouts have more than 1"
-        if self.outer < 1 or (self.outer > 1 and self.kind is not LayoutKind.SHARD):
-            return "outer must be >= 1, and only shard layouts have more than 1"
-        return None
-
-    def syntax(self) -> str:
-        """As in the IR: `shard 1 outer 2`, `heads 2 replicas 2`, `replicated`."""
-        words = [self.kind.value] + ([str(self.dim)] if self.blocked else [])
-        words += [f"replicas {self.replicas}"] if self.replicas != 1 else []
-        words += [f"outer {self.outer}"] if self.outer != 1 else []
-        return " ".join(words)
-
-    def __str__(self) -> str:
-        """Compact, for the report's tables: R, P, S(1), S(0/2), H(2x2)."""
-        letter = self.kind.value[0].upper()
-        if not self.blocked:
-            return letter
-        extra = f"x{self.replicas}" if self.replicas != 1 else f"/{self.outer}" if self.outer != 1 else ""
-        return f"{letter}({self.dim}{extra})"
-
 
 @irdl_attr_definition
 class LayoutAttr(Data[Layout]):
@@ -259,7 +177,32 @@ def verify_attention_shapes(op: IRDLOperation, q: SSAValue, k: SSAValue, v: SSAV
         raise VerifyException(f"{op.name}: q, k, v must have one element type")
 
 
-class _AttentionBase(IRDLOperation):
+R, P, S, H = Layout.replicated(), Layout.partial(), Layout.shard, Layout.heads
+
+
+def kv_layout(hq: int, hkv: int, sp: int) -> Layout | None:
+    """How K/V heads lie while each rank runs attention for its hq/sp query heads: split like
+    the query heads when kv_heads % sp == 0, else (fewer kv heads than sp) each rank holds the
+    one kv head its query heads use, shared by sp/kv_heads consecutive ranks. None: no exact
+    split exists."""
+    if hq % sp:
+        return None
+    if hkv % sp == 0:
+        return H(1)
+    group, local_q = hq // hkv, hq // sp
+    if sp % hkv == 0 and group % local_q == 0:
+        return H(1, sp // hkv)
+    return None
+
+
+class _AttentionBase(IRDLOperation, ShardingInterface, CostInterface, RuntimeCallInterface):
+    """Ulysses: q/k/v all-to-all from sequence- to head-sharded, attention on full sequences
+    for 1/sp of the heads, the output all-to-all back; lse stays head-sharded. With fewer kv
+    heads than sp, K/V are all-gathered along the sequence (kv_heads only, never expanded to
+    the query head count) and each rank keeps the kv head its query heads read. Document
+    numbers (packed sequences) are read whole, for every token of the sequence."""
+
+    ON_MATMUL_UNITS: ClassVar[bool] = True
     causal = prop_def(BoolAttr)
     window = prop_def(IntegerAttr)  # 0: unbounded; W: query i sees keys i-W+1 .. i
     scale = prop_def(FloatAttr)
@@ -281,6 +224,36 @@ class _AttentionBase(IRDLOperation):
             raise VerifyException(f"{self.name}: window must be >= 0")
         if self.window.value.data and not self.causal.value.data:
             raise VerifyException(f"{self.name}: a sliding window needs causal = true")
+
+    def kv_heads_layout(self, ctx: RuleContext) -> Layout:
+        hq, hkv = _shape(self.query)[1], _shape(self.key)[1]  # type: ignore[attr-defined]
+        layout = kv_layout(hq, hkv, ctx.sp)
+        if layout is None:
+            valid = [n for n in range(1, hq + 1) if kv_layout(hq, hkv, n) is not None]
+            raise AutoSPError(
+                f"{self.name}: {hq} query heads / {hkv} key-value heads do not split over sp={ctx.sp} "
+                f"(q {list(_shape(self.query))}); valid sp degrees: {valid}"  # type: ignore[attr-defined]
+            )
+        return layout
+
+    def documents_layouts(self) -> list[Layout]:
+        return [] if self.documents is None else [R]  # type: ignore[attr-defined]
+
+    def forward_flops(self) -> float:
+        b, hq, sq, d = _shape(self.query)  # type: ignore[attr-defined]
+        sk = _shape(self.key)[2]  # type: ignore[attr-defined]
+        # Average number of keys a query sees under the mask.
+        keys = float(sk)
+        if self.causal.value.data:
+            keys = (sk + 1) / 2 if sq == sk else sk - (sq - 1) / 2
+        if self.window.value.data:
+            keys = min(keys, float(self.window.value.data))
+        return 4.0 * b * hq * sq * keys * d  # QK^T and PV
+
+    def call(self, callee: str) -> RuntimeCall:
+        tensors = [v for v in self.operands if v is not self.documents]  # type: ignore[attr-defined]
+        documents = [] if self.documents is None else [self.documents]  # type: ignore[attr-defined]
+        return RuntimeCall(callee, [*tensors, self.causal, self.window, self.scale, *documents])
 
 
 @irdl_op_definition
@@ -325,6 +298,19 @@ class AttentionOp(_AttentionBase):
         if _shape(self.lse) != (b, hq, sq) or self.lse.type.element_type != lse_element:  # type: ignore[attr-defined]
             raise VerifyException(f"{self.name}: lse must be {lse_element} [{b}, {hq}, {sq}]")
 
+    def sharding(self, layouts: list[Layout], ctx: RuleContext) -> Strategy:
+        kv = self.kv_heads_layout(ctx)
+        return Strategy([H(1), kv, kv] + self.documents_layouts(), [S(2), H(1)], computed=[H(1), H(1)])
+
+    def flops(self, flops_of) -> float:
+        return self.forward_flops()
+
+    def workspace_bytes(self) -> int:
+        return 0  # flash attention's tiles stay on chip
+
+    def runtime_call(self) -> RuntimeCall:
+        return self.call("kernels.attention_forward")
+
 
 @irdl_op_definition
 class AttentionGradOp(_AttentionBase):
@@ -367,9 +353,37 @@ class AttentionGradOp(_AttentionBase):
             if grad.type != of.type:
                 raise VerifyException(f"{self.name}: {grad.type} does not match {of.type}")
 
+    def sharding(self, layouts: list[Layout], ctx: RuleContext) -> Strategy:
+        kv = self.kv_heads_layout(ctx)
+        return Strategy([H(1), H(1), kv, kv, H(1), H(1)] + self.documents_layouts(), [S(2)] * 3, computed=[H(1), kv, kv])
 
-class _LocalOp(GroupOp):
-    """A rank-local layout change (no communication; rank-dependent, so not Pure)."""
+    def flops(self, flops_of) -> float:
+        return 2.5 * self.forward_flops()  # 5 matmuls for the forward's 2
+
+    def workspace_bytes(self) -> int:
+        """The tiles stay on chip; the one buffer is delta = rowsum(dO·O), one fp32 per query row."""
+        b, hq, sq, _ = _shape(self.query)
+        return b * hq * sq * 4
+
+    def runtime_call(self) -> RuntimeCall:
+        return self.call("kernels.attention_backward")
+
+
+class _LocalOp(GroupOp, CostInterface, RuntimeCallInterface):
+    """A rank-local layout change (no communication; rank-dependent, so not Pure). It computes
+    nothing (its time is its bytes) and allocates only its result."""
+
+    CALLEE: ClassVar[str]
+
+    def flops(self, flops_of) -> float:
+        return 0.0
+
+    def workspace_bytes(self) -> int:
+        return 0
+
+    def runtime_call(self) -> RuntimeCall:
+        properties = {name: attr for name, attr in self.properties.items() if name != "group"}
+        return RuntimeCall(self.CALLEE, [self.input], {**properties, "group": self.group})
 
 
 class _BlockOp(_LocalOp):
@@ -404,6 +418,7 @@ class LocalShardOp(_BlockOp):
     every rank holds the whole value (e.g. global RoPE positions, shifted labels)."""
 
     name = "autosp.local_shard"
+    CALLEE: ClassVar[str] = "collectives.local_shard"
 
     def verify_(self) -> None:
         self.verify_blocks(_shape(self.input), _shape(self.output))
@@ -416,6 +431,7 @@ class PlaceShardOp(_BlockOp):
     gradient of a kv head shared by several ranks' query heads)."""
 
     name = "autosp.place_shard"
+    CALLEE: ClassVar[str] = "collectives.place_shard"
 
     def verify_(self) -> None:
         self.verify_blocks(_shape(self.output), _shape(self.input))
@@ -426,6 +442,7 @@ class ToPartialOp(_LocalOp):
     """A replicated value as a partial sum: rank 0 keeps it, the others hold zeros."""
 
     name = "autosp.to_partial"
+    CALLEE: ClassVar[str] = "collectives.to_partial"
 
     def verify_(self) -> None:
         super().verify_()
@@ -434,7 +451,7 @@ class ToPartialOp(_LocalOp):
 
 
 @irdl_op_definition
-class LinearCrossEntropyOp(IRDLOperation):
+class LinearCrossEntropyOp(IRDLOperation, ShardingInterface, CostInterface, RuntimeCallInterface):
     """loss_sum = Σ_i [label_i != ignore_index] · (logsumexp(h_i Wᵀ) - (h_i Wᵀ)[label_i]), with
     grad_hidden = ∂loss_sum/∂h (hidden's type) and grad_weight = ∂loss_sum/∂W (f32, or f64 for
     f64: it accumulates over the chunks). hidden [N, H], weight [V, H], labels [N] integer; the
@@ -482,11 +499,44 @@ class LinearCrossEntropyOp(IRDLOperation):
         if [r.type for r in self.results] != expected:
             raise VerifyException(f"{self.name}: results must be {', '.join(map(str, expected))}")
 
+    ON_MATMUL_UNITS: ClassVar[bool] = True
+
+    def sharding(self, layouts: list[Layout], ctx: RuleContext) -> Strategy | None:
+        """Rows (tokens) sharded, the head weight replicated: each rank sums the loss of its own
+        tokens and its tokens' share of the weight gradient (partials); hidden-state gradients
+        stay with their rows. The labels follow the rows (local_shard of replicated labels)."""
+        hidden, weight, labels = layouts
+        rows = hidden if hidden.is_shard(0) else labels if labels.is_shard(0) else None
+        if rows is None or weight != R:
+            return None
+        return Strategy([rows, R, rows], [P, rows, P])
+
+    def flops(self, flops_of) -> float:
+        """Three matmuls of N x H x V (logits, hidden gradient, weight gradient)."""
+        rows, width = _shape(self.hidden)
+        return 3 * 2.0 * rows * width * _shape(self.weight)[0]
+
+    def workspace_bytes(self) -> int:
+        """One chunk of logits in the model dtype (overwritten by its gradient), the chunk's per-row
+        losses, and, when the weight gradient accumulates in a wider dtype, one product in the
+        model dtype before it is added."""
+        rows, _ = _shape(self.hidden)
+        vocab, width = _shape(self.weight)
+        element = BYTES[torch_dtype(self.hidden.type.element_type)]  # type: ignore[attr-defined]
+        acc = BYTES[torch_dtype(self.grad_weight.type.element_type)]  # type: ignore[attr-defined]
+        chunk = min(rows, self.chunk.value.data)
+        return chunk * vocab * element + chunk * acc + (vocab * width * element if element != acc else 0)
+
+    def runtime_call(self) -> RuntimeCall:
+        return RuntimeCall("kernels.linear_cross_entropy", [*self.operands, self.ignore_index, self.chunk])
+
 
 MLP_ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
 
 
-class _GatedMlpBase(IRDLOperation):
+class _GatedMlpBase(IRDLOperation, ShardingInterface, CostInterface, RuntimeCallInterface):
+    ON_MATMUL_UNITS: ClassVar[bool] = True
+    CALLEE: ClassVar[str]
     activation = prop_def(StringAttr)
     chunk = prop_def(IntegerAttr)
 
@@ -505,6 +555,20 @@ class _GatedMlpBase(IRDLOperation):
         if self.chunk.value.data < 1:
             raise VerifyException(f"{self.name}: chunk must be >= 1")
 
+    def sizes(self) -> tuple[float, int, int, int]:
+        """rows, H, I, O."""
+        x, w_gate, w_down = self.x, self.w_gate, self.w_down  # type: ignore[attr-defined]
+        intermediate, width = _shape(w_gate)
+        return math.prod(_shape(x)) / _shape(x)[-1], width, intermediate, _shape(w_down)[0]
+
+    def chunk_values(self) -> tuple[int, int]:
+        """Rows of a chunk, bytes of an element."""
+        rows = int(self.sizes()[0])
+        return min(rows, self.chunk.value.data), BYTES[torch_dtype(self.x.type.element_type)]  # type: ignore[attr-defined]
+
+    def runtime_call(self) -> RuntimeCall:
+        return RuntimeCall(self.CALLEE, [*self.operands, self.activation, self.chunk])
+
 
 def _mlp_properties(activation: str, chunk: int) -> dict[str, Attribute]:
     return {"activation": StringAttr(activation), "chunk": IntegerAttr(chunk, IntegerType(64))}
@@ -516,6 +580,7 @@ class GatedMlpOp(_GatedMlpBase):
     [rows, I] value is ever whole. Its gradient recomputes the gate and up projections."""
 
     name = "autosp.gated_mlp"
+    CALLEE: ClassVar[str] = "kernels.gated_mlp_forward"
     x = operand_def(TensorType)
     w_gate = operand_def(TensorType)
     w_up = operand_def(TensorType)
@@ -534,6 +599,23 @@ class GatedMlpOp(_GatedMlpBase):
         if _shape(self.out) != expected or self.out.type.element_type != self.x.type.element_type:  # type: ignore[attr-defined]
             raise VerifyException(f"{self.name}: out must be {list(expected)} of x's element type")
 
+    def sharding(self, layouts: list[Layout], ctx: RuleContext) -> Strategy | None:
+        """Rows are independent: sharded rows in, sharded rows out, the weights replicated."""
+        x, *weights = layouts
+        if not (x.sharded and x.dim < len(_shape(self.x)) - 1) or any(w != R for w in weights):
+            return None
+        return Strategy([x, R, R, R], [x])
+
+    def flops(self, flops_of) -> float:
+        """gate, up (N x H x I each) and down (N x I x O)."""
+        rows, width, intermediate, out = self.sizes()
+        return 2.0 * rows * intermediate * (2 * width + out)
+
+    def workspace_bytes(self) -> int:
+        """One chunk's [chunk, I] gate, up, activation and product."""
+        chunk, element = self.chunk_values()
+        return 4 * chunk * self.sizes()[2] * element
+
 
 @irdl_op_definition
 class GatedMlpGradOp(_GatedMlpBase):
@@ -541,6 +623,7 @@ class GatedMlpGradOp(_GatedMlpBase):
     gradient and the op's inputs, `chunk` rows at a time."""
 
     name = "autosp.gated_mlp_grad"
+    CALLEE: ClassVar[str] = "kernels.gated_mlp_backward"
     grad_out = operand_def(TensorType)
     x = operand_def(TensorType)
     w_gate = operand_def(TensorType)
@@ -567,9 +650,33 @@ class GatedMlpGradOp(_GatedMlpBase):
         if [r.type for r in self.results] != [v.type for v in (self.x, self.w_gate, self.w_up, self.w_down)]:
             raise VerifyException(f"{self.name}: gradients must have the types of x and the weights")
 
+    def sharding(self, layouts: list[Layout], ctx: RuleContext) -> Strategy | None:
+        """Each rank's rows give its share of the weight gradients (partial sums) and the gradient
+        of its own rows."""
+        grad, x, *weights = layouts
+        sharded = grad if grad.sharded else x
+        if not (sharded.sharded and sharded.dim < len(_shape(self.x)) - 1) or any(w != R for w in weights):
+            return None
+        return Strategy([sharded, sharded, R, R, R], [sharded, P, P, P])
+
+    def flops(self, flops_of) -> float:
+        """gate and up recomputed, then the gradients: two matmuls per weight (input and weight)."""
+        rows, width, intermediate, out = self.sizes()
+        return 2.0 * rows * intermediate * (6 * width + 2 * out)
+
+    def workspace_bytes(self) -> int:
+        """One chunk's [chunk, I] values (gate, up, activation, product and the hidden, up and
+        gate gradients), its [chunk, H] input gradient before it is stored, and the weight
+        gradients' accumulators when they are wider than the weights."""
+        _, width, intermediate, out_width = self.sizes()
+        chunk, element = self.chunk_values()
+        acc = max(element, 4)
+        accumulators = (2 * intermediate * width + out_width * intermediate) * acc if acc != element else 0
+        return 7 * chunk * intermediate * element + chunk * width * element + accumulators
+
 
 @irdl_op_definition
-class FusedOp(IRDLOperation):
+class FusedOp(IRDLOperation, CostInterface):
     """One generated kernel: the region's ops computed elementwise over `shape` (rows of its last
     dim when a row reduction is inside), reading `inputs` (the block arguments, broadcast to
     `shape`) and materializing only what `autosp.yield` returns."""
@@ -596,6 +703,13 @@ class FusedOp(IRDLOperation):
     @property
     def block(self) -> Block:
         return self.body.block
+
+    def flops(self, flops_of) -> float:
+        """One kernel for the region: its ops' FLOPs together."""
+        return sum(flops_of(op) for op in self.block.ops if not isinstance(op, YieldOp))
+
+    def workspace_bytes(self) -> int:
+        return 0  # the region's values stay in registers
 
     def verify_(self) -> None:
         args = self.block.args

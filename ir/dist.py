@@ -9,6 +9,8 @@ ranks deadlock.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from xdsl.dialects.builtin import IntegerAttr, IntegerType, StringAttr, SymbolNameConstraint, SymbolRefAttr, TensorType
 from xdsl.ir import Dialect
 from xdsl.irdl import (
@@ -22,6 +24,9 @@ from xdsl.irdl import (
 )
 from xdsl.traits import SymbolOpInterface, SymbolTable
 from xdsl.utils.exceptions import VerifyException
+
+from autosp.ir.dtypes import tensor_bytes
+from autosp.ir.interfaces import CostInterface, RuntimeCall, RuntimeCallInterface
 
 REDUCE_OPS = ("sum", "max", "min")
 
@@ -69,7 +74,23 @@ class GroupOp(IRDLOperation):
         return decl.size.value.data
 
 
-class CollectiveOp(GroupOp):
+class CollectiveOp(GroupOp, CostInterface, RuntimeCallInterface):
+    """Computes nothing (its time is its bytes); `workspace_bytes` is the runtime's staging."""
+
+    CALLEE: ClassVar[str]
+
+    def flops(self, flops_of) -> float:
+        return 0.0
+
+    def runtime_call(self) -> RuntimeCall:
+        """collectives.<op>(x, <its properties>, group=...): the runtime takes them by name."""
+        properties = {name: attr for name, attr in self.properties.items() if name != "group"}
+        return RuntimeCall(self.CALLEE, [self.input], {**properties, **self.gathered_length(), "group": self.group})
+
+    def gathered_length(self) -> dict[str, int]:
+        """total=: the whole length of a gathered dim (parts may differ by one token)."""
+        return {}
+
     def expected_shapes(self, shape: list[int]) -> list[list[int]]:
         """The result shapes this op may have (a sequence dim split unevenly over the group
         gives parts that differ by one, so a rank's share is one of two sizes)."""
@@ -118,8 +139,17 @@ class AllToAllOp(CollectiveOp):
     received chunks along `concat_dim`. Chunks of a sequence dim may differ by one token."""
 
     name = "dist.all_to_all"
+    CALLEE: ClassVar[str] = "collectives.all_to_all"
     split_dim = prop_def(IntegerAttr)
     concat_dim = prop_def(IntegerAttr)
+
+    def gathered_length(self) -> dict[str, int]:
+        return {"total": self.output.type.get_shape()[self.concat_dim.value.data]}  # type: ignore[attr-defined]
+
+    def workspace_bytes(self) -> int:
+        """The runtime sends contiguous (padded) chunks of the input and receives into chunks as
+        large as the result, then concatenates them into the result: an input and a result more."""
+        return tensor_bytes(self.input) + tensor_bytes(self.output)
 
     def expected_shapes(self, shape: list[int]) -> list[list[int]]:
         split = self._dim("split_dim", shape)
@@ -130,6 +160,10 @@ class AllToAllOp(CollectiveOp):
 @irdl_op_definition
 class AllReduceOp(_ReducingOp):
     name = "dist.all_reduce"
+    CALLEE: ClassVar[str] = "collectives.all_reduce"
+
+    def workspace_bytes(self) -> int:
+        return 0  # in place, on a copy that is the result
 
     def expected_shapes(self, shape: list[int]) -> list[list[int]]:
         return [shape]
@@ -152,7 +186,15 @@ class _OuterOp(CollectiveOp):
 @irdl_op_definition
 class AllGatherOp(_OuterOp):
     name = "dist.all_gather"
+    CALLEE: ClassVar[str] = "collectives.all_gather"
     dim = prop_def(IntegerAttr)
+
+    def gathered_length(self) -> dict[str, int]:
+        return {"total": self.output.type.get_shape()[self.dim.value.data] // self.outer.value.data}  # type: ignore[attr-defined]
+
+    def workspace_bytes(self) -> int:
+        """Every rank's (padded) part is received, then concatenated into the result."""
+        return tensor_bytes(self.output)
 
     def expected_shapes(self, shape: list[int]) -> list[list[int]]:
         return self._per_outer(shape, self._dim("dim", shape), self._multiply)
@@ -161,7 +203,12 @@ class AllGatherOp(_OuterOp):
 @irdl_op_definition
 class ReduceScatterOp(_OuterOp, _ReducingOp):
     name = "dist.reduce_scatter"
+    CALLEE: ClassVar[str] = "collectives.reduce_scatter"
     dim = prop_def(IntegerAttr)
+
+    def workspace_bytes(self) -> int:
+        """gloo has none: the runtime all-reduces a whole copy of the input, then keeps its block."""
+        return tensor_bytes(self.input)
 
     def expected_shapes(self, shape: list[int]) -> list[list[int]]:
         return self._per_outer(shape, self._dim("dim", shape), self._divide)

@@ -3,10 +3,11 @@ a launch overhead. Used by `remat` to price recomputation and by the report.
 
 Long-context aware on purpose: an elementwise op moves ~8 bytes per FLOP, so it is priced by its
 bytes (a FLOP-only model would call it free), while attention does O(S^2) FLOPs on O(S) bytes and
-becomes the most expensive op to recompute as S grows. FLOP counts live in a rule table
-(`@flop_rule`); pointwise ops (by torch's tag) and views count one FLOP per element they touch;
-`flop_rule_of` says which rule an op gets (None: none; such an op is then counted the same way,
-and tests/unit/test_rule_coverage.py fails on it for every tested architecture).
+becomes the most expensive op to recompute as S grows. AutoSP's own ops count their FLOPs through
+their `CostInterface` (ir/interfaces.py); ATen ops through a rule table keyed by OpOverload
+(`@flop_rule`), where pointwise ops (by torch's tag) and views count one FLOP per element they
+touch; `flop_rule_of` says which rule an op gets (None: none; such an op is then counted the
+same way, and tests/unit/test_rule_coverage.py fails on it for every tested architecture).
 """
 
 from __future__ import annotations
@@ -17,13 +18,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
+from torch._ops import OpOverload
 from xdsl.dialects.builtin import TensorType
 from xdsl.ir import Operation, SSAValue
 
-from autosp.ir.autosp import AttentionGradOp, AttentionOp
+from autosp.ir.aten import overload_of
+from autosp.ir.interfaces import CostInterface
 from autosp.ir.dtypes import BYTES, tensor_bytes, torch_dtype
 from autosp.common.errors import AutoSPError
 from autosp.common.rules import registrar
+
+aten = torch.ops.aten
 
 GiB = 2**30
 
@@ -66,14 +71,14 @@ def numel(value: SSAValue) -> int:
 # --- FLOP rules -------------------------------------------------------------------------
 
 FlopRule = Callable[[Operation], float]
-FLOP_RULES: dict[str, FlopRule] = {}
-MATMUL_OPS: set[str] = set()  # ops that run on the matmul units
+FLOP_RULES: dict[OpOverload, FlopRule] = {}
+MATMUL_OPS: set[OpOverload] = set()  # ATen ops that run on the matmul units
 
 
-def flop_rule(*names: str, matmul: bool = False):
+def flop_rule(*overloads: OpOverload, matmul: bool = False):
     if matmul:
-        MATMUL_OPS.update(names)
-    return registrar(FLOP_RULES)(*names)
+        MATMUL_OPS.update(overloads)
+    return registrar(FLOP_RULES)(*overloads)
 
 
 def _shape(value: SSAValue) -> list[int]:
@@ -89,94 +94,41 @@ def _touched(op: Operation) -> float:
 
 # Copies, casts, fills, pads, gathers, normalizations and reductions: the elements they touch.
 flop_rule(
-    "aten._to_copy.default", "aten.clone.default", "aten.cat.default", "aten.constant_pad_nd.default",
-    "aten.embedding.default", "aten.empty_permuted.default", "aten.full.default", "aten.full_like.default",
-    "aten.zeros_like.default", "aten.arange.start_step", "aten.scalar_tensor.default", "aten.mean.dim",
-    "aten.sum.dim_IntList", "aten.sum.default", "aten.native_layer_norm.default", "aten.slice_scatter.default",
-    "aten::index_put", "aten.gather.default", "aten.index_select.default",
+    aten._to_copy.default, aten.clone.default, aten.cat.default, aten.constant_pad_nd.default,
+    aten.embedding.default, aten.empty_permuted.default, aten.full.default, aten.full_like.default,
+    aten.zeros_like.default, aten.arange.start_step, aten.scalar_tensor.default, aten.mean.dim,
+    aten.sum.dim_IntList, aten.sum.default, aten.native_layer_norm.default, aten.slice_scatter.default,
+    aten.index_put.default, aten.gather.default, aten.index_select.default,
 )(_touched)
 
 
-@flop_rule("autosp.local_shard", "autosp.place_shard", "autosp.to_partial", "dist.all_gather", "dist.all_reduce",
-           "dist.all_to_all", "dist.reduce_scatter")
-def _moves_data(op: Operation) -> float:
-    """Layout changes and collectives compute nothing: their time is their bytes."""
-    return 0.0
-
-
-@flop_rule("autosp.fused")
-def _fused(op: Operation) -> float:
-    """One kernel for the region: its ops' FLOPs together."""
-    return sum(op_flops(inner) for inner in op.regions[0].block.ops if inner.name != "autosp.yield")
-
-
-@flop_rule("aten.mm.default", "aten.bmm.default", matmul=True)
+@flop_rule(aten.mm.default, aten.bmm.default, matmul=True)
 def _matmul(op: Operation) -> float:
     a, b = _shape(op.operands[0]), _shape(op.operands[1])
     return 2.0 * math.prod(a) * b[-1]
 
 
-@flop_rule("aten.addmm.default", "aten.baddbmm.default", matmul=True)
+@flop_rule(aten.addmm.default, aten.baddbmm.default, matmul=True)
 def _matmul_bias(op: Operation) -> float:
     a, b = _shape(op.operands[1]), _shape(op.operands[2])
     return 2.0 * math.prod(a) * b[-1] + numel(op.results[0])
 
 
-def _attention_forward_flops(op: AttentionOp | AttentionGradOp) -> float:
-    b, hq, sq, d = _shape(op.query)
-    sk = _shape(op.key)[2]
-    # Average number of keys a query sees under the mask.
-    keys = float(sk)
-    if op.causal.value.data:
-        keys = (sk + 1) / 2 if sq == sk else sk - (sq - 1) / 2
-    if op.window.value.data:
-        keys = min(keys, float(op.window.value.data))
-    return 4.0 * b * hq * sq * keys * d  # QK^T and PV
-
-
-FLOP_RULES["autosp.attention"] = _attention_forward_flops
-FLOP_RULES["autosp.attention_grad"] = lambda op: 2.5 * _attention_forward_flops(op)  # 5 matmuls for 2
-MATMUL_OPS |= {"autosp.attention", "autosp.attention_grad"}
-
-
-@flop_rule("autosp.linear_cross_entropy", matmul=True)
-def _linear_cross_entropy_flops(op: Operation) -> float:
-    """Three matmuls of N x H x V (logits, hidden gradient, weight gradient)."""
-    rows, width = _shape(op.operands[0])
-    return 3 * 2.0 * rows * width * _shape(op.operands[1])[0]
-
-
-def _gated_mlp_sizes(op: Operation) -> tuple[float, int, int, int]:
-    x, w_gate, _, w_down = op.operands[-4:]
-    rows = numel(x) / _shape(x)[-1]
-    intermediate, width = _shape(w_gate)
-    return rows, width, intermediate, _shape(w_down)[0]
-
-
-@flop_rule("autosp.gated_mlp", matmul=True)
-def _gated_mlp_flops(op: Operation) -> float:
-    """gate, up (N x H x I each) and down (N x I x O)."""
-    rows, width, intermediate, out = _gated_mlp_sizes(op)
-    return 2.0 * rows * intermediate * (2 * width + out)
-
-
-@flop_rule("autosp.gated_mlp_grad", matmul=True)
-def _gated_mlp_grad_flops(op: Operation) -> float:
-    """gate and up recomputed, then the gradients: two matmuls per weight (input and weight)."""
-    rows, width, intermediate, out = _gated_mlp_sizes(op)
-    return 2.0 * rows * intermediate * (6 * width + 2 * out)
-
-
 def flop_rule_of(op: Operation) -> FlopRule | None:
-    from autosp.ir.aten import AtenCallOp, AtenOp
-
-    rule = FLOP_RULES.get(op.target.data if isinstance(op, AtenCallOp) else op.name)
-    if rule is None and isinstance(op, AtenOp):
-        schema = op.OVERLOAD._schema
-        pointwise = torch.Tag.pointwise in op.OVERLOAD.tags
+    if isinstance(op, CostInterface):
+        return lambda op: op.flops(op_flops)
+    overload = overload_of(op)
+    rule = FLOP_RULES.get(overload)
+    if rule is None and overload is not None:
+        schema = overload._schema
+        pointwise = torch.Tag.pointwise in overload.tags
         view = bool(schema.returns) and schema.returns[0].alias_info is not None
         rule = _touched if pointwise or view else None
     return rule
+
+
+def on_matmul_units(op: Operation) -> bool:
+    return op.ON_MATMUL_UNITS if isinstance(op, CostInterface) else overload_of(op) in MATMUL_OPS
 
 
 def op_flops(op: Operation) -> float:
@@ -189,7 +141,7 @@ def op_bytes(op: Operation) -> float:
 
 def op_seconds(op: Operation, profile: DeviceProfile) -> float:
     flops = op_flops(op)
-    if op.name in MATMUL_OPS:
+    if on_matmul_units(op):
         element = op.operands[0].type.element_type  # type: ignore[union-attr]
         rate = profile.matmul_flops_fp32 if BYTES[torch_dtype(element)] >= 4 else profile.matmul_flops
     else:

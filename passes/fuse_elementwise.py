@@ -32,6 +32,7 @@ from autosp.ir.dtypes import tensor_bytes
 from autosp.passes.memory_plan import liveness, workspace_bytes
 from autosp.passes.remat import RECOMPUTE
 from autosp.passes.kernel_exprs import MAX_ROW, ROW_REDUCTIONS, expressible
+from autosp.ir.aten import overload_of
 
 
 def _shape(value: SSAValue) -> tuple[int, ...]:
@@ -43,8 +44,8 @@ def iteration_shape(op: Operation) -> tuple[int, ...] | None:
     """The shape `op` iterates over if it can join a kernel (a reduction: its input's)."""
     if not expressible(op):
         return None
-    shape = _shape(op.operands[0]) if op.name in ROW_REDUCTIONS else _shape(op.results[0])
-    if op.name in ROW_REDUCTIONS and shape and shape[-1] > MAX_ROW:
+    shape = _shape(op.operands[0]) if overload_of(op) in ROW_REDUCTIONS else _shape(op.results[0])
+    if overload_of(op) in ROW_REDUCTIONS and shape and shape[-1] > MAX_ROW:
         return None  # a row must fit one tile
     return shape if shape and all(shape) else None
 
@@ -165,7 +166,7 @@ class FuseElementwise(ModulePass):
             if shape is None:
                 current = None
                 continue
-            reduction = inner.name in ROW_REDUCTIONS
+            reduction = overload_of(inner) in ROW_REDUCTIONS
             grown = current.grown(shape, reduction) if current is not None else None
             if grown is None:  # start a new run here, if this op can be in one at all
                 current = Run(shape[:-1])

@@ -13,11 +13,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import torch
+from torch._ops import OpOverload
 from xdsl.dialects.builtin import FloatAttr, IntegerAttr, StringAttr, TensorType
 from xdsl.ir import Operation, SSAValue
 
 from autosp.common.rules import registrar
 from autosp.ir.dtypes import torch_dtype
+from autosp.ir.aten import overload_of
+
+aten = torch.ops.aten
 
 # A row reduction keeps the whole row in registers: rows up to this long.
 MAX_ROW = 16384
@@ -29,8 +34,8 @@ TRITON_DTYPES = {
 
 # op -> expression from its tensor operands' expressions (None: this instance is not supported).
 Expr = Callable[[Operation, list[str]], "str | None"]
-TRITON_EXPRS: dict[str, Expr] = {}
-ROW_REDUCTIONS = {"aten.sum.dim_IntList", "aten.mean.dim"}
+TRITON_EXPRS: dict[OpOverload, Expr] = {}
+ROW_REDUCTIONS = {aten.sum.dim_IntList, aten.mean.dim}
 
 
 triton_expr = registrar(TRITON_EXPRS)
@@ -40,7 +45,7 @@ triton_expr = registrar(TRITON_EXPRS)
 # expression at column offset k'), or None when this instance is not supported.
 At = Callable[[SSAValue, int], str]
 ColumnExpr = Callable[[Operation, At, int], "str | None"]
-COLUMN_EXPRS: dict[str, ColumnExpr] = {}
+COLUMN_EXPRS: dict[OpOverload, ColumnExpr] = {}
 
 
 column_expr = registrar(COLUMN_EXPRS)
@@ -59,64 +64,64 @@ def _num(value) -> str:
     return repr(float(value)) if isinstance(value, float) else repr(int(value))
 
 
-@triton_expr("aten.add.Tensor", "aten.sub.Tensor")
+@triton_expr(aten.add.Tensor, aten.sub.Tensor)
 def _add_sub(op, a):
     alpha = _prop(op, "alpha", 1)
     other = a[1] if alpha == 1 else f"{_num(alpha)} * {a[1]}"
-    return f"{a[0]} {'+' if op.name == 'aten.add.Tensor' else '-'} {other}"
+    return f"{a[0]} {'+' if overload_of(op) == aten.add.Tensor else '-'} {other}"
 
 
-@triton_expr("aten.add.Scalar", "aten.sub.Scalar")
+@triton_expr(aten.add.Scalar, aten.sub.Scalar)
 def _add_sub_scalar(op, a):
     other = _prop(op, "other") * _prop(op, "alpha", 1)
-    return f"{a[0]} {'+' if op.name == 'aten.add.Scalar' else '-'} {_num(other)}"
+    return f"{a[0]} {'+' if overload_of(op) == aten.add.Scalar else '-'} {_num(other)}"
 
 
-@triton_expr("aten.mul.Tensor")
+@triton_expr(aten.mul.Tensor)
 def _mul(op, a):
     return f"{a[0]} * {a[1]}"
 
 
-@triton_expr("aten.div.Tensor")
+@triton_expr(aten.div.Tensor)
 def _div(op, a):
     return None if _prop(op, "rounding_mode") else f"{a[0]} / {a[1]}"
 
 
-@triton_expr("aten.mul.Scalar", "aten.div.Scalar")
+@triton_expr(aten.mul.Scalar, aten.div.Scalar)
 def _mul_div_scalar(op, a):
-    return f"{a[0]} {'*' if op.name == 'aten.mul.Scalar' else '/'} {_num(_prop(op, 'other'))}"
+    return f"{a[0]} {'*' if overload_of(op) == aten.mul.Scalar else '/'} {_num(_prop(op, 'other'))}"
 
 
 UNARY = {
-    "aten.neg.default": "-{0}",
-    "aten.exp.default": "tl.exp({0})",
-    "aten.log.default": "tl.log({0})",
-    "aten.sqrt.default": "tl.sqrt({0})",
-    "aten.rsqrt.default": "tl.math.rsqrt({0})",
-    "aten.reciprocal.default": "1.0 / {0}",
-    "aten.sigmoid.default": "1.0 / (1.0 + tl.exp(-{0}))",
-    "aten.silu.default": "{0} / (1.0 + tl.exp(-{0}))",
-    "aten.tanh.default": "2.0 / (1.0 + tl.exp(-2.0 * {0})) - 1.0",
-    "aten.cos.default": "tl.cos({0})",
-    "aten.sin.default": "tl.sin({0})",
-    "aten.abs.default": "tl.abs({0})",
-    "aten.relu.default": "tl.maximum({0}, 0.0)",
-    "aten.clone.default": "{0}",
+    aten.neg.default: "-{0}",
+    aten.exp.default: "tl.exp({0})",
+    aten.log.default: "tl.log({0})",
+    aten.sqrt.default: "tl.sqrt({0})",
+    aten.rsqrt.default: "tl.math.rsqrt({0})",
+    aten.reciprocal.default: "1.0 / {0}",
+    aten.sigmoid.default: "1.0 / (1.0 + tl.exp(-{0}))",
+    aten.silu.default: "{0} / (1.0 + tl.exp(-{0}))",
+    aten.tanh.default: "2.0 / (1.0 + tl.exp(-2.0 * {0})) - 1.0",
+    aten.cos.default: "tl.cos({0})",
+    aten.sin.default: "tl.sin({0})",
+    aten.abs.default: "tl.abs({0})",
+    aten.relu.default: "tl.maximum({0}, 0.0)",
+    aten.clone.default: "{0}",
 }
 
 
 @triton_expr(*UNARY)
 def _unary(op, a):
-    return UNARY[op.name].format(a[0])
+    return UNARY[overload_of(op)].format(a[0])
 
 
-@triton_expr("aten._to_copy.default")
+@triton_expr(aten._to_copy.default)
 def _cast(op, a):
     # Only a dtype change (the result dtype does the cast); layout/memory-format changes are not elementwise here.
     return a[0] if set(op.properties) <= {"dtype", "non_blocking"} else None
 
 
-@triton_expr("aten.pow.Tensor_Scalar")
+@triton_expr(aten.pow.Tensor_Scalar)
 def _pow(op, a):
     forms = {2: "{0} * {0}", 3: "{0} * {0} * {0}", 1: "{0}", 0.5: "tl.sqrt({0})", -0.5: "tl.math.rsqrt({0})", -1: "1.0 / {0}"}
     form = forms.get(_prop(op, "exponent"))
@@ -126,32 +131,32 @@ def _pow(op, a):
 COMPARE = {"ne": "!=", "eq": "==", "ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 
 
-@triton_expr(*(f"aten.{c}.Scalar" for c in COMPARE))
+@triton_expr(*(getattr(aten, c).Scalar for c in COMPARE))
 def _compare_scalar(op, a):
     return f"{a[0]} {COMPARE[op.name.split('.')[1]]} {_num(_prop(op, 'other'))}"
 
 
-@triton_expr(*(f"aten.{c}.Tensor" for c in COMPARE))
+@triton_expr(*(getattr(aten, c).Tensor for c in COMPARE))
 def _compare(op, a):
     return f"{a[0]} {COMPARE[op.name.split('.')[1]]} {a[1]}"
 
 
-@triton_expr("aten.bitwise_and.Tensor", "aten.bitwise_or.Tensor")
+@triton_expr(aten.bitwise_and.Tensor, aten.bitwise_or.Tensor)
 def _bitwise(op, a):
     return f"{a[0]} {'&' if 'and' in op.name else '|'} {a[1]}"
 
 
-@triton_expr("aten.bitwise_not.default")
+@triton_expr(aten.bitwise_not.default)
 def _bitwise_not(op, a):
     return f"({a[0]} == 0)" if is_bool(op.results[0]) else f"~{a[0]}"
 
 
-@triton_expr("aten.where.self")
+@triton_expr(aten.where.self)
 def _where(op, a):
     return f"tl.where({a[0]}, {a[1]}, {a[2]})"
 
 
-@triton_expr("aten.clamp.default")
+@triton_expr(aten.clamp.default)
 def _clamp(op, a):
     low, high = _prop(op, "min"), _prop(op, "max")
     expr = a[0]
@@ -162,7 +167,7 @@ def _clamp(op, a):
     return expr
 
 
-@triton_expr("aten.gelu.default")
+@triton_expr(aten.gelu.default)
 def _gelu(op, a):
     x = a[0]
     if _prop(op, "approximate", "none") == "tanh":
@@ -171,7 +176,7 @@ def _gelu(op, a):
     return f"0.5 * {x} * (1.0 + tl.math.erf({x} * {1 / math.sqrt(2)!r}))"
 
 
-@triton_expr("aten.full.default")
+@triton_expr(aten.full.default)
 def _full(op, a):
     fill = _prop(op, "fill_value")
     dtype = TRITON_DTYPES.get(dtype_of(op.results[0]))
@@ -185,7 +190,7 @@ def _row_reduction(op, a):
     if dims != [len(shape) - 1] or not _prop(op, "keepdim", 0) or "dtype" in op.properties:
         return None
     total = f"tl.sum(tl.where(cmask, {a[0]}, 0.0), 0)"
-    return total if op.name == "aten.sum.dim_IntList" else f"{total} / {shape[-1]}.0"
+    return total if overload_of(op) == aten.sum.dim_IntList else f"{total} / {shape[-1]}.0"
 
 
 # --- ops that move values along the last dim ---------------------------------------------------
@@ -212,7 +217,7 @@ def _narrow(*values: SSAValue) -> bool:
     return any(width_of(v) in (0, 1) for v in values)
 
 
-@column_expr("aten.slice.Tensor")
+@column_expr(aten.slice.Tensor)
 def _slice(op, at, k):
     span = _last_dim_span(op, shape_of(op.operands[0])[-1])
     if span is None or _narrow(op.operands[0], op.results[0]):
@@ -220,7 +225,7 @@ def _slice(op, at, k):
     return at(op.operands[0], k + span[0])
 
 
-@column_expr("aten.slice_scatter.default")
+@column_expr(aten.slice_scatter.default)
 def _slice_scatter(op, at, k):
     base, src = op.operands
     span = _last_dim_span(op, shape_of(base)[-1])
@@ -231,7 +236,7 @@ def _slice_scatter(op, at, k):
     return f"tl.where(({c} >= {start}) & ({c} < {end}), {at(src, k - start)}, {at(base, k)})"
 
 
-@column_expr("aten.cat.default")
+@column_expr(aten.cat.default)
 def _cat(op, at, k):
     pieces = list(op.operands)
     rank = len(shape_of(op.results[0]))
@@ -273,11 +278,11 @@ def is_float(value: SSAValue) -> bool:
 
 def expressible(op: Operation) -> bool:
     """Whether `op` can be one expression of a generated kernel."""
-    if len(op.results) != 1 or not (op.name in TRITON_EXPRS or op.name in COLUMN_EXPRS):
+    if len(op.results) != 1 or not (overload_of(op) in TRITON_EXPRS or overload_of(op) in COLUMN_EXPRS):
         return False
     values = [*op.operands, *op.results]
     if not all(isinstance(v.type, TensorType) and dtype_of(v) in TRITON_DTYPES for v in values):
         return False
-    if op.name in COLUMN_EXPRS:
-        return COLUMN_EXPRS[op.name](op, lambda value, k: "x", 0) is not None
-    return TRITON_EXPRS[op.name](op, ["x"] * len(op.operands)) is not None
+    if overload_of(op) in COLUMN_EXPRS:
+        return COLUMN_EXPRS[overload_of(op)](op, lambda value, k: "x", 0) is not None
+    return TRITON_EXPRS[overload_of(op)](op, ["x"] * len(op.operands)) is not None

@@ -6,7 +6,7 @@ e.g. view, permute, expand, slice), which share their input's storage for free. 
 from the op that makes it until the last use of any of its views (the program deletes each value
 after its last use). Arguments (parameters, buffers, inputs) are held by the caller for the
 whole step; returned values (the loss and gradients) live to the end. Kernels add their
-workspace while they run (`@workspace_rule`).
+workspace while they run (`workspace_rule_of`: their `CostInterface`).
 
 The pass records `autosp.peak_bytes` and `autosp.peak_op` on the module; `plan_memory` returns
 the whole plan for reports.
@@ -14,11 +14,10 @@ the whole plan for reports.
 
 from __future__ import annotations
 
-import math
-
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import IntegerAttr, ModuleOp, StringAttr
@@ -26,14 +25,15 @@ from xdsl.ir import Operation, OpResult, SSAValue
 from xdsl.passes import ModulePass
 
 from autosp.ir.program import train_step_of
-from autosp.ir.aten import AtenCallOp, AtenOp
-from autosp.ir.autosp import AttentionGradOp, GatedMlpGradOp, GatedMlpOp, LinearCrossEntropyOp
-from autosp.ir.dtypes import BYTES, tensor_bytes, torch_dtype
+from autosp.ir.aten import AtenOp, overload_of
+from autosp.ir.dtypes import tensor_bytes, torch_dtype
+from autosp.ir.interfaces import CostInterface
 from autosp.common.errors import AutoSPError
-from autosp.common.rules import registrar
+
+aten = torch.ops.aten
 
 # Views whose schema carries no alias annotation.
-EXTRA_VIEWS = {"aten._unsafe_view.default"}
+EXTRA_VIEWS = {aten._unsafe_view.default}
 
 
 def human_bytes(n: float, digits: int = 1) -> str:
@@ -48,24 +48,18 @@ def is_view(op: Operation) -> bool:
     if not isinstance(op, AtenOp):
         return False
     returns = op.OVERLOAD._schema.returns
-    return op.name in EXTRA_VIEWS or bool(returns) and returns[0].alias_info is not None
-
-
-WorkspaceRule = Callable[[Operation], int]
-WORKSPACE_RULES: dict[str, WorkspaceRule] = {}
-
-
-workspace_rule = registrar(WORKSPACE_RULES)
+    return overload_of(op) in EXTRA_VIEWS or bool(returns) and returns[0].alias_info is not None
 
 
 def workspace_rule_of(op: Operation) -> Callable[[Operation], int] | None:
-    """AutoSP's own ops each declare their scratch; an ATen op allocates only its results (its
-    internal scratch, e.g. a matmul library's workspace, is not planned). None: an AutoSP op
-    without a rule (tests/unit/test_rule_coverage.py fails on it)."""
-    rule = WORKSPACE_RULES.get(op.name)
-    if rule is None and isinstance(op, (AtenOp, AtenCallOp)):
-        rule = _no_scratch
-    return rule
+    """AutoSP's own ops declare their scratch (`CostInterface.workspace_bytes`); an ATen op
+    allocates only its results (its internal scratch, e.g. a matmul library's workspace, is not
+    planned). None: an op that is neither (tests/unit/test_rule_coverage.py fails on it)."""
+    if isinstance(op, CostInterface):
+        return lambda op: op.workspace_bytes()
+    if overload_of(op) is not None:
+        return lambda op: 0
+    return None
 
 
 def workspace_bytes(op: Operation) -> int:
@@ -73,72 +67,6 @@ def workspace_bytes(op: Operation) -> int:
     CPU reference kernels use more, which CPU runs do not measure."""
     rule = workspace_rule_of(op)
     return rule(op) if rule else 0
-
-
-@workspace_rule("autosp.attention", "autosp.fused", "autosp.local_shard", "autosp.place_shard", "autosp.to_partial",
-                "dist.all_reduce")
-def _no_scratch(op: Operation) -> int:
-    """Flash attention's tiles and a fused kernel's values stay on chip; the layout changes and
-    the all-reduce (in place on a copy that is the result) allocate only their results."""
-    return 0
-
-
-@workspace_rule("dist.all_to_all")
-def _all_to_all_workspace(op: Operation) -> int:
-    """The runtime sends contiguous (padded) chunks of the input and receives into chunks as
-    large as the result, then concatenates them into the result: an input and a result more."""
-    return tensor_bytes(op.operands[0]) + tensor_bytes(op.results[0])
-
-
-@workspace_rule("dist.all_gather")
-def _all_gather_workspace(op: Operation) -> int:
-    """Every rank's (padded) part is received, then concatenated into the result."""
-    return tensor_bytes(op.results[0])
-
-
-@workspace_rule("dist.reduce_scatter")
-def _reduce_scatter_workspace(op: Operation) -> int:
-    """gloo has none: the runtime all-reduces a whole copy of the input, then keeps its block."""
-    return tensor_bytes(op.operands[0])
-
-
-@workspace_rule("autosp.attention_grad")
-def _attention_grad_workspace(op: AttentionGradOp) -> int:
-    """Flash attention keeps its tiles on chip; the backward's one buffer is delta = rowsum(dO·O),
-    one fp32 per query row (the forward needs nothing beyond out and lse)."""
-    b, hq, sq, _ = op.query.type.get_shape()
-    return b * hq * sq * 4
-
-
-@workspace_rule("autosp.linear_cross_entropy")
-def _linear_cross_entropy_workspace(op: LinearCrossEntropyOp) -> int:
-    """One chunk of logits in the model dtype (overwritten by its gradient), the chunk's per-row
-    losses, and, when the weight gradient accumulates in a wider dtype, one product in the
-    model dtype before it is added."""
-    rows, _ = op.hidden.type.get_shape()
-    vocab, width = op.weight.type.get_shape()
-    element = BYTES[torch_dtype(op.hidden.type.element_type)]
-    acc = BYTES[torch_dtype(op.grad_weight.type.element_type)]
-    chunk = min(rows, op.chunk.value.data)
-    return chunk * vocab * element + chunk * acc + (vocab * width * element if element != acc else 0)
-
-
-@workspace_rule("autosp.gated_mlp", "autosp.gated_mlp_grad")
-def _gated_mlp_workspace(op: GatedMlpOp | GatedMlpGradOp) -> int:
-    """One chunk's [chunk, I] values (forward: gate, up, activation, product; gradient: also the
-    hidden, up and gate gradients), plus, for the gradient, its [chunk, H] input gradient before
-    it is stored and the weight gradients' accumulators when they are wider than the weights."""
-    x_shape = op.x.type.get_shape()
-    rows = math.prod(x_shape[:-1])
-    intermediate, width = op.w_gate.type.get_shape()
-    out_width = op.w_down.type.get_shape()[0]
-    element = BYTES[torch_dtype(op.x.type.element_type)]
-    chunk = min(rows, op.chunk.value.data)
-    if isinstance(op, GatedMlpOp):
-        return 4 * chunk * intermediate * element
-    acc = max(element, 4)
-    accumulators = (2 * intermediate * width + out_width * intermediate) * acc if acc != element else 0
-    return 7 * chunk * intermediate * element + chunk * width * element + accumulators
 
 
 @dataclass

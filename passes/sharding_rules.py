@@ -1,6 +1,7 @@
 """Sharding rules: for each op, the layouts its operands must have and the layouts of its results,
-given the layouts its operands have. One rule per op family, registered with `@sharding_rule`
-(by op name) or found by torch's `pointwise` tag; like DTensor's op strategies.
+given the layouts its operands have, like DTensor's op strategies. AutoSP's own ops answer
+through their `ShardingInterface` (ir/interfaces.py); ATen ops through one rule per op family,
+registered with `@sharding_rule` by OpOverload or found by torch's `pointwise` tag.
 
 Layouts are on the sequence-parallel axis: `R` replicated, `P` partial sum, `S(d)` dim d carries
 the sequence and rank r holds its r-th part, `H(d)` dim d (attention heads) split evenly. A rule returns None when it has no sharded strategy for the
@@ -11,16 +12,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import torch
+from torch._ops import OpOverload
 from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, TensorType
 from xdsl.ir import Operation, SSAValue
 
-from autosp.ir.aten import AtenCallOp, AtenOp
-from autosp.ir.autosp import AttentionGradOp, AttentionOp, Layout
-from autosp.common.errors import AutoSPError
+from autosp.ir.aten import AtenCallOp, overload_of
+from autosp.ir.interfaces import RuleContext, ShardingInterface, Strategy
+from autosp.ir.layout import Layout
 from autosp.common.rules import registrar
+
+aten = torch.ops.aten
 
 
 # The rules' vocabulary.
@@ -30,26 +33,8 @@ S = Layout.shard
 H = Layout.heads
 
 
-@dataclass
-class Strategy:
-    inputs: list[Layout]  # what each operand must be (conversions are inserted)
-    outputs: list[Layout]  # the layout each result is declared with
-    computed: list[Layout] | None = None  # what the local op produces, if not `outputs`
-    # No rule shards this op for its operands' layouts: it runs replicated on gathered inputs
-    # (exact, but whole-sequence values; the report flags the gathers this causes).
-    fallback: bool = False
-
-
-@dataclass
-class RuleContext:
-    sp: int
-    token_values: set[SSAValue] = field(default_factory=set)
-    seq_dim: int = 1
-    seq_len: int = 1  # the global sequence length: a sharded dim's size is a multiple of it
-
-
 Rule = Callable[[Operation, list[Layout], RuleContext], Strategy | None]
-RULES: dict[str, Rule] = {}
+RULES: dict[OpOverload, Rule] = {}
 
 
 sharding_rule = registrar(RULES)
@@ -75,16 +60,20 @@ def replicated(op: Operation, fallback: bool = False) -> Strategy:
 
 
 def rule_of(op: Operation) -> Rule | None:
-    """The op's sharding rule: its own, or the pointwise one by torch's tag; None: it has none."""
-    rule = RULES.get(op.target.data if isinstance(op, AtenCallOp) else op.name)
-    if rule is None and isinstance(op, AtenOp) and torch.Tag.pointwise in op.OVERLOAD.tags:
+    """The op's sharding rule: its interface's, its ATen overload's, or the pointwise one by
+    torch's tag; None: it has none."""
+    if isinstance(op, ShardingInterface):
+        return lambda op, layouts, ctx: op.sharding(layouts, ctx)
+    overload = overload_of(op)
+    rule = RULES.get(overload)
+    if rule is None and overload is not None and torch.Tag.pointwise in overload.tags:
         rule = _pointwise
     return rule
 
 
 def strategy_for(op: Operation, layouts: list[Layout], ctx: RuleContext) -> Strategy:
     rule = rule_of(op)
-    if all(l == R for l in layouts) and op.name not in SEEDS:
+    if all(l == R for l in layouts) and overload_of(op) not in SEEDS:
         return replicated(op)
     strategy = rule(op, layouts, ctx) if rule is not None else None
     return strategy or replicated(op, fallback=True)
@@ -93,8 +82,8 @@ def strategy_for(op: Operation, layouts: list[Layout], ctx: RuleContext) -> Stra
 # --- made from nothing ------------------------------------------------------------------
 
 
-@sharding_rule("aten.arange.start_step", "aten.arange.default", "aten.full.default", "aten.scalar_tensor.default",
-               "aten.empty_permuted.default", "aten.empty.memory_format", "aten.zeros.default", "aten.ones.default")
+@sharding_rule(aten.arange.start_step, aten.arange.default, aten.full.default, aten.scalar_tensor.default,
+               aten.empty_permuted.default, aten.empty.memory_format, aten.zeros.default, aten.ones.default)
 def _factory(op, layouts, ctx):
     """No operands: every rank makes the whole value (sp-partition makes a fill used only
     sharded at its local size)."""
@@ -112,9 +101,9 @@ def _long_enough(value: SSAValue, dim: int, ctx: RuleContext) -> bool:
 
 # --- pointwise --------------------------------------------------------------------------
 
-LINEAR_IN_ALL = {"aten.add.Tensor", "aten.sub.Tensor"}  # partial + partial = partial
-LINEAR_IN_FIRST = {"aten.div.Tensor", "aten.mul.Tensor"}  # partial * replicated = partial
-LINEAR_UNARY = {"aten.mul.Scalar", "aten.div.Scalar", "aten.neg.default"}
+LINEAR_IN_ALL = {aten.add.Tensor, aten.sub.Tensor}  # partial + partial = partial
+LINEAR_IN_FIRST = {aten.div.Tensor, aten.mul.Tensor}  # partial * replicated = partial
+LINEAR_UNARY = {aten.mul.Scalar, aten.div.Scalar, aten.neg.default}
 
 
 def _pointwise(op: Operation, layouts: list[Layout], ctx: RuleContext) -> Strategy | None:
@@ -135,13 +124,13 @@ def _pointwise(op: Operation, layouts: list[Layout], ctx: RuleContext) -> Strate
                 inputs.append(out.at(local_dim))  # a replicated operand: take the local block
         return Strategy(inputs, [out] * len(op.results))
     partial = [l == P for l in layouts]
-    if op.name in LINEAR_IN_ALL and all(partial):
+    if overload_of(op) in LINEAR_IN_ALL and all(partial):
         return Strategy([P] * len(layouts), [P])
-    if op.name in LINEAR_IN_FIRST and partial[0] and not any(partial[1:]):
+    if overload_of(op) in LINEAR_IN_FIRST and partial[0] and not any(partial[1:]):
         return Strategy([P] + [R] * (len(layouts) - 1), [P])
-    if op.name == "aten.mul.Tensor" and partial == [False, True]:
+    if overload_of(op) == aten.mul.Tensor and partial == [False, True]:
         return Strategy([R, P], [P])
-    if op.name in LINEAR_UNARY and partial == [True]:
+    if overload_of(op) in LINEAR_UNARY and partial == [True]:
         return Strategy([P], [P])
     return None
 
@@ -185,32 +174,32 @@ def view_rule(*op_names: str):
     return register
 
 
-@view_rule("aten.view.default", "aten._unsafe_view.default", "aten.reshape.default",
-           "aten.unsqueeze.default", "aten.squeeze.dims", "aten.squeeze.dim", "aten.squeeze.default")
+@view_rule(aten.view.default, aten._unsafe_view.default, aten.reshape.default,
+           aten.unsqueeze.default, aten.squeeze.dims, aten.squeeze.dim, aten.squeeze.default)
 def _reshape(op, layout, ctx):
     return reshape_layout(shape(op.operands[0]), shape(op.results[0]), layout, ctx.seq_len)
 
 
-@view_rule("aten.permute.default")
+@view_rule(aten.permute.default)
 def _permute(op, layout, ctx):
     dims = [_norm(d, len(shape(op.operands[0]))) for d in prop_ints(op, "dims")]
     return layout.at(dims.index(layout.dim))
 
 
-@view_rule("aten.transpose.int", "aten.t.default")
+@view_rule(aten.transpose.int, aten.t.default)
 def _transpose(op, layout, ctx):
     rank = len(shape(op.operands[0]))
-    a, b = (_norm(prop_int(op, "dim0"), rank), _norm(prop_int(op, "dim1"), rank)) if op.name != "aten.t.default" else (0, 1)
+    a, b = (_norm(prop_int(op, "dim0"), rank), _norm(prop_int(op, "dim1"), rank)) if overload_of(op) != aten.t.default else (0, 1)
     d = layout.dim
     return layout.at(b if d == a else a if d == b else d)
 
 
-@view_rule("aten.expand.default")
+@view_rule(aten.expand.default)
 def _expand(op, layout, ctx):
     return layout.at(layout.dim + len(shape(op.results[0])) - len(shape(op.operands[0])))
 
 
-@sharding_rule("aten.split_with_sizes.default", "aten.split.Tensor")
+@sharding_rule(aten.split_with_sizes.default, aten.split.Tensor)
 def _split(op, layouts, ctx):
     """Pieces along a dim other than the sequence's keep its sharding; a split is linear."""
     layout = layouts[0]
@@ -222,7 +211,7 @@ def _split(op, layouts, ctx):
     return Strategy([layout], [layout] * len(op.results))
 
 
-@sharding_rule("aten.native_layer_norm.default")
+@sharding_rule(aten.native_layer_norm.default)
 def _layer_norm(op, layouts, ctx):
     """Each token is normalized on its own (over the trailing normalized dims): a sequence shard
     before them stays one, for the output and the per-token mean and rstd; weight and bias
@@ -234,9 +223,9 @@ def _layer_norm(op, layouts, ctx):
     return Strategy([x] + [R] * (len(op.operands) - 1), [x] * len(op.results))
 
 
-@sharding_rule("aten.clone.default", "aten._to_copy.default", "aten.alias.default", "aten.contiguous.default")
+@sharding_rule(aten.clone.default, aten._to_copy.default, aten.alias.default, aten.contiguous.default)
 def _same_layout(op, layouts, ctx):
-    if layouts[0] == P and op.name == "aten._to_copy.default":
+    if layouts[0] == P and overload_of(op) == aten._to_copy.default:
         return None  # rounding each summand differs from rounding the sum
     return Strategy([layouts[0]], [layouts[0]])
 
@@ -245,16 +234,16 @@ def _dim_prop(op, name="dim") -> int:
     return _norm(prop_int(op, name, 0), len(shape(op.operands[0])))
 
 
-@sharding_rule("aten.slice.Tensor", "aten._log_softmax.default", "aten._softmax.default")
+@sharding_rule(aten.slice.Tensor, aten._log_softmax.default, aten._softmax.default)
 def _along_other_dim(op, layouts, ctx):
-    if layouts[0] == P and op.name == "aten.slice.Tensor":
+    if layouts[0] == P and overload_of(op) == aten.slice.Tensor:
         return Strategy([P], [P])
     if layouts[0].sharded and layouts[0].dim != _dim_prop(op):
         return Strategy([layouts[0]], [layouts[0]])
     return None
 
 
-@sharding_rule("aten._log_softmax_backward_data.default", "aten._softmax_backward_data.default")
+@sharding_rule(aten._log_softmax_backward_data.default, aten._softmax_backward_data.default)
 def _softmax_backward(op, layouts, ctx):
     shard = _one_shard(layouts)
     dim = _norm(prop_int(op, "dim"), len(shape(op.operands[0])))
@@ -269,7 +258,7 @@ def _one_shard(layouts: list[Layout]) -> Layout | None:
     return shards.pop() if len(shards) == 1 and P not in layouts else None
 
 
-@sharding_rule("aten.select.int")
+@sharding_rule(aten.select.int)
 def _select(op, layouts, ctx):
     dim = _dim_prop(op)
     if layouts[0].sharded and layouts[0].dim != dim:
@@ -278,7 +267,7 @@ def _select(op, layouts, ctx):
     return None
 
 
-@sharding_rule("aten.cat.default")
+@sharding_rule(aten.cat.default)
 def _cat(op, layouts, ctx):
     ranks = {len(shape(v)) for v in op.operands}
     shard = _one_shard(layouts)
@@ -287,7 +276,7 @@ def _cat(op, layouts, ctx):
     return Strategy([shard] * len(layouts), [shard])
 
 
-@sharding_rule("aten.slice_scatter.default")
+@sharding_rule(aten.slice_scatter.default)
 def _slice_scatter(op, layouts, ctx):
     shard = _one_shard(layouts)
     if shard is None or shard.dim == _dim_prop(op):
@@ -295,7 +284,7 @@ def _slice_scatter(op, layouts, ctx):
     return Strategy([shard, shard], [shard])
 
 
-@sharding_rule("aten.constant_pad_nd.default")
+@sharding_rule(aten.constant_pad_nd.default)
 def _pad(op, layouts, ctx):
     rank = len(shape(op.operands[0]))
     padded = {rank - 1 - i // 2 for i in range(len(prop_ints(op, "pad")))}
@@ -304,7 +293,7 @@ def _pad(op, layouts, ctx):
     return None
 
 
-@sharding_rule("aten.full_like.default", "aten.zeros_like.default", "aten.ones_like.default", "aten.empty_like.default")
+@sharding_rule(aten.full_like.default, aten.zeros_like.default, aten.ones_like.default, aten.empty_like.default)
 def _like(op, layouts, ctx):
     # Only the shape of the operand matters: a sharded operand gives a sharded (local) result.
     return Strategy([layouts[0]], [layouts[0] if layouts[0].sharded else R])
@@ -313,22 +302,22 @@ def _like(op, layouts, ctx):
 # --- reductions -------------------------------------------------------------------------
 
 
-@sharding_rule("aten.sum.dim_IntList", "aten.mean.dim", "aten.amax.default", "aten.amin.default")
+@sharding_rule(aten.sum.dim_IntList, aten.mean.dim, aten.amax.default, aten.amin.default)
 def _reduce(op, layouts, ctx):
     layout = layouts[0]
-    if layout == P and op.name == "aten.sum.dim_IntList":
+    if layout == P and overload_of(op) == aten.sum.dim_IntList:
         return Strategy([P], [P])
     if not layout.sharded:
         return None
     rank = len(shape(op.operands[0]))
     dims = {_norm(d, rank) for d in prop_ints(op, "dim")} or set(range(rank))
     if layout.dim in dims:
-        return Strategy([layout], [P]) if op.name == "aten.sum.dim_IntList" else None
+        return Strategy([layout], [P]) if overload_of(op) == aten.sum.dim_IntList else None
     keepdim = bool(prop_int(op, "keepdim", 0))
     return Strategy([layout], [layout.at(layout.dim - (0 if keepdim else sum(d < layout.dim for d in dims)))])
 
 
-@sharding_rule("aten.sum.default")
+@sharding_rule(aten.sum.default)
 def _sum_all(op, layouts, ctx):
     return Strategy([layouts[0]], [P]) if layouts[0] != R else None
 
@@ -336,7 +325,7 @@ def _sum_all(op, layouts, ctx):
 # --- contractions -----------------------------------------------------------------------
 
 
-@sharding_rule("aten.mm.default")
+@sharding_rule(aten.mm.default)
 def _mm(op, layouts, ctx):
     a, b = layouts
     if a.is_shard(0) and not b.is_shard(0):
@@ -353,7 +342,7 @@ def _mm(op, layouts, ctx):
     return None
 
 
-@sharding_rule("aten.addmm.default")
+@sharding_rule(aten.addmm.default)
 def _addmm(op, layouts, ctx):
     """bias + a @ b: the bias follows the product's layout, broadcast like a pointwise add."""
     inner = _mm(op, layouts[1:], ctx)
@@ -373,10 +362,10 @@ def _addmm(op, layouts, ctx):
 
 # --- embeddings, gathers and scatters ---------------------------------------------------
 
-SEEDS = {"aten.embedding.default"}
+SEEDS = {aten.embedding.default}
 
 
-@sharding_rule("aten.embedding.default")
+@sharding_rule(aten.embedding.default)
 def _embedding(op, layouts, ctx):
     indices = op.operands[1]
     layout = layouts[1]
@@ -387,7 +376,7 @@ def _embedding(op, layouts, ctx):
     return Strategy([R, layout], [layout])
 
 
-@sharding_rule("aten.gather.default")
+@sharding_rule(aten.gather.default)
 def _gather(op, layouts, ctx):
     shard = _one_shard(layouts)
     if shard is None or shard.dim == _dim_prop(op):
@@ -395,7 +384,7 @@ def _gather(op, layouts, ctx):
     return Strategy([shard, shard], [shard])
 
 
-@sharding_rule("aten.scatter.value", "aten.scatter.src", "aten.scatter_add.default")
+@sharding_rule(aten.scatter.value, aten.scatter.src, aten.scatter_add.default)
 def _scatter(op, layouts, ctx):
     shard = _one_shard(layouts)
     if shard is None or shard.dim == _dim_prop(op):
@@ -403,7 +392,7 @@ def _scatter(op, layouts, ctx):
     return Strategy([shard] * len(layouts), [shard])
 
 
-@sharding_rule("aten::index_put")
+@sharding_rule(aten.index_put.default)
 def _index_put_accumulate(op: AtenCallOp, layouts, ctx):
     """index_put(self, [index], values, accumulate=True) with values sharded along one of the
     index's dims: each rank scatters its own rows, so the result is a partial sum (the embedding
@@ -417,94 +406,3 @@ def _index_put_accumulate(op: AtenCallOp, layouts, ctx):
     if not values.sharded or values.dim >= len(shape(op.operands[1])):
         return None  # rows of `values` are the index's entries only along the index's dims
     return Strategy([P, values, values], [P])
-
-
-# --- attention (Ulysses) ---------------------------------------------------------------
-
-
-def kv_layout(hq: int, hkv: int, sp: int) -> Layout | None:
-    """How K/V heads lie while each rank runs attention for its hq/sp query heads: split like
-    the query heads when kv_heads % sp == 0, else (fewer kv heads than sp) each rank holds the
-    one kv head its query heads use, shared by sp/kv_heads consecutive ranks. None: no exact
-    split exists."""
-    if hq % sp:
-        return None
-    if hkv % sp == 0:
-        return H(1)
-    group, local_q = hq // hkv, hq // sp
-    if sp % hkv == 0 and group % local_q == 0:
-        return H(1, sp // hkv)
-    return None
-
-
-def _heads_check(op: Operation, q: SSAValue, k: SSAValue, ctx: RuleContext) -> Layout:
-    hq, hkv = shape(q)[1], shape(k)[1]
-    layout = kv_layout(hq, hkv, ctx.sp)
-    if layout is None:
-        valid = [n for n in range(1, hq + 1) if kv_layout(hq, hkv, n) is not None]
-        raise AutoSPError(
-            f"{op.name}: {hq} query heads / {hkv} key-value heads do not split over sp={ctx.sp} "
-            f"(q {list(shape(q))}); valid sp degrees: {valid}"
-        )
-    return layout
-
-
-@sharding_rule("autosp.attention")
-def _attention(op: AttentionOp, layouts, ctx):
-    """Ulysses: q/k/v all-to-all from sequence- to head-sharded, attention on full sequences
-    for 1/sp of the heads, the output all-to-all back. lse stays head-sharded. With fewer kv
-    heads than sp, K/V are all-gathered along the sequence (kv_heads only, never expanded to
-    the query head count) and each rank keeps the kv head its query heads read. Document
-    numbers (packed sequences) are read whole, for every token of the sequence."""
-    kv = _heads_check(op, op.query, op.key, ctx)
-    return Strategy([H(1), kv, kv] + _documents(op), [S(2), H(1)], computed=[H(1), H(1)])
-
-
-@sharding_rule("autosp.attention_grad")
-def _attention_grad(op: AttentionGradOp, layouts, ctx):
-    kv = _heads_check(op, op.query, op.key, ctx)
-    return Strategy([H(1), H(1), kv, kv, H(1), H(1)] + _documents(op), [S(2)] * 3, computed=[H(1), kv, kv])
-
-
-def _documents(op: AttentionOp | AttentionGradOp) -> list[Layout]:
-    return [] if op.documents is None else [R]
-
-
-# --- gated MLP in row chunks -------------------------------------------------------------
-
-
-@sharding_rule("autosp.gated_mlp")
-def _gated_mlp(op, layouts, ctx):
-    """Rows are independent: sharded rows in, sharded rows out, the weights replicated."""
-    x, *weights = layouts
-    rows = len(shape(op.x)) - 1
-    if not (x.sharded and x.dim < rows) or any(w != R for w in weights):
-        return None
-    return Strategy([x, R, R, R], [x])
-
-
-@sharding_rule("autosp.gated_mlp_grad")
-def _gated_mlp_grad(op, layouts, ctx):
-    """Each rank's rows give its share of the weight gradients (partial sums) and the gradient
-    of its own rows."""
-    grad, x, *weights = layouts
-    rows = len(shape(op.x)) - 1
-    sharded = grad if grad.sharded else x
-    if not (sharded.sharded and sharded.dim < rows) or any(w != R for w in weights):
-        return None
-    return Strategy([sharded, sharded, R, R, R], [sharded, P, P, P])
-
-
-# --- fused LM head + loss ---------------------------------------------------------------
-
-
-@sharding_rule("autosp.linear_cross_entropy")
-def _linear_cross_entropy(op, layouts, ctx):
-    """Rows (tokens) sharded, the head weight replicated: each rank sums the loss of its own
-    tokens and its tokens' share of the weight gradient (partials); hidden-state gradients
-    stay with their rows. The labels follow the rows (local_shard of replicated labels)."""
-    hidden, weight, labels = layouts
-    rows = hidden if hidden.is_shard(0) else labels if labels.is_shard(0) else None
-    if rows is None or weight != R:
-        return None
-    return Strategy([rows, R, rows], [P, rows, P])

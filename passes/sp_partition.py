@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import torch
 from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import (
@@ -42,17 +43,19 @@ from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
 
 from autosp.ir.program import partition_of, train_step_of
-from autosp.ir.aten import AtenOp
-from autosp.ir.autosp import LayoutKind, LocalShardOp, PlaceShardOp, ToPartialOp
+from autosp.ir.aten import AtenOp, overload_of
+from autosp.ir.autosp import LocalShardOp, PlaceShardOp, ToPartialOp
 from autosp.ir.dist import AllGatherOp, AllReduceOp, AllToAllOp, GroupDeclOp, ReduceScatterOp
-from autosp.ir.autosp import Layout
+from autosp.ir.layout import Layout, LayoutKind
 from autosp.passes.sharding_rules import P, R
 from autosp.passes.sp_propagate import COMPUTED, IN_LAYOUTS, LAYOUTS, read_layouts
 from autosp.common.sizes import split_sizes
 from autosp.common.errors import AutoSPError
 
+aten = torch.ops.aten
+
 GROUP = SymbolRefAttr("sp")
-LIKE_OPS = {"aten.full_like.default", "aten.zeros_like.default", "aten.ones_like.default", "aten.empty_like.default"}
+LIKE_OPS = {aten.full_like.default, aten.zeros_like.default, aten.ones_like.default, aten.empty_like.default}
 SHAPE_PROPERTIES = ("size", "shape")
 
 
@@ -121,7 +124,7 @@ class _Partitioner:
         if not owner.operands and "size" in owner.properties:
             local = self.local_type(value.type, dst, owner.name)
             owner.properties["size"] = DenseArrayBase.from_list(IntegerType(64), list(local.get_shape()))
-        elif owner.name in LIKE_OPS and self.shrink_factory(owner.operands[0], dst):
+        elif overload_of(owner) in LIKE_OPS and self.shrink_factory(owner.operands[0], dst):
             local = owner.operands[0].type
         else:
             return False

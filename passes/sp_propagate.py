@@ -18,7 +18,8 @@ from xdsl.dialects import func
 from xdsl.dialects.builtin import ArrayAttr, IntAttr, IntegerType, ModuleOp, StringAttr, TensorType, UnitAttr
 from xdsl.passes import ModulePass
 
-from autosp.ir.autosp import Layout, LayoutAttr, PartitionAttr
+from autosp.ir.autosp import LayoutAttr, PartitionAttr
+from autosp.ir.layout import Layout
 from autosp.ir.program import PARTITION, partition_of, train_step_of
 from autosp.passes.sharding_rules import R, RuleContext, strategy_for
 from autosp.common.errors import AutoSPError

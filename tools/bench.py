@@ -124,7 +124,7 @@ def check_remat_args(args: argparse.Namespace) -> None:
     from autosp.frontends.presets import preset_config
     from autosp.passes.cost_model import device_profile
     from autosp.passes.remat import parse_budget
-    from autosp.passes.sharding_rules import kv_layout
+    from autosp.ir.autosp import kv_layout
     from autosp.common.errors import AutoSPError
 
     if args.min_seq < 1 or args.max_seq < args.min_seq:

@@ -33,3 +33,18 @@ def test_a_deeper_model_compiles_no_more_kernels(shallow_and_deep):
 def test_the_program_has_no_tracking_lines(shallow_and_deep):
     shallow, _ = shallow_and_deep
     assert "TRACK" not in shallow
+
+
+def test_each_block_names_the_model_module_it_came_from(shallow_and_deep):
+    _, deep = shallow_and_deep
+    comments = re.findall(r"^    # (.*)$", deep, re.M)
+    for layer in (0, 15):
+        for module in (f"layers.{layer}.self_attn (LlamaAttention)", f"layers.{layer}.mlp.down_proj (Linear)"):
+            assert f"model.model.{module}" in comments
+            assert f"backward of model.model.{module}" in comments
+    # Blocks follow the model: the forward runs layer 0 to 15, the backward 15 to 0.
+    layers = [int(m) for c in comments for m in re.findall(r"layers\.(\d+)\.", c)]
+    turn = layers.index(15)
+    assert layers[: turn + 1] == sorted(layers[: turn + 1])
+    backward = [int(m) for c in comments if c.startswith("backward of") for m in re.findall(r"layers\.(\d+)\.", c)]
+    assert backward == sorted(backward, reverse=True) and backward[0] == 15 and backward[-1] == 0
