@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import weakref
 from pathlib import Path
 
 import torch
 from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType
+from xdsl.parser import Parser
+from xdsl.printer import Printer
 
 from autosp.codegen import generate
 from autosp.ir.program import train_step_of
-from autosp.frontends import import_program, import_settings
+from autosp.frontends import import_key, import_program, import_settings
+from autosp.ir import autosp_context
 from autosp.input_checks import index_checks
 from autosp.ir.dtypes import torch_dtype
 from autosp.passes.memory_plan import plan_memory
@@ -31,6 +35,14 @@ def default_cache_dir() -> Path:
     return Path(root)
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` by `text` so that a reader (another rank) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def write_programs(sources: dict[str, str], cache_dir: Path) -> dict[str, Path]:
     """Keep generated sources (file stem -> source) in the cache, one folder per distinct set. A
     cached file that differs (corrupt, truncated) is written again; it is replaced atomically,
@@ -41,9 +53,7 @@ def write_programs(sources: dict[str, str], cache_dir: Path) -> dict[str, Path]:
         folder.mkdir(parents=True, exist_ok=True)
         for stem, path in paths.items():
             if not path.exists() or path.read_bytes() != sources[stem].encode():
-                tmp = path.with_suffix(f".tmp{os.getpid()}")
-                tmp.write_text(sources[stem])
-                tmp.replace(path)
+                write_atomically(path, sources[stem])
     except OSError as err:
         raise AutoSPError(
             f"cannot write the generated program to {folder}: {err.strerror or err}; set AUTOSP_CACHE_DIR "
@@ -95,25 +105,49 @@ def remat_options(ep, memory_budget, cost_model) -> tuple[str, str]:
 _IMPORTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def imported(ep, tile_mlp: bool) -> tuple[ModuleOp, str]:
+def imported(ep, tile_mlp: bool, cache_dir: Path | None = None) -> tuple[ModuleOp, str]:
     """A fresh copy of `ep`'s imported module and its index checks."""
+    cache_dir = cache_dir or default_cache_dir()
     by_settings = _IMPORTED.setdefault(ep, {})
     key = import_settings(tile_mlp)
     if key not in by_settings:
-        module = import_program(ep, tile_mlp=tile_mlp)
+        module = cached_import(ep, tile_mlp, cache_dir)
         by_settings[key] = (module, index_checks(module))
     module, checks = by_settings[key]
     return module.clone(), checks
 
 
-def compile_module(ep, spec: str, tile_mlp="auto") -> tuple[ModuleOp, str]:
+def cached_import(ep, tile_mlp: bool, cache_dir: Path) -> ModuleOp:
+    """`ep`'s imported module, from `cache_dir/imports` when an earlier process imported the same
+    program with the same AutoSP and torch (`import_key`): the other ranks of a job and the next
+    launch skip the joint export. The IR is kept with its locations; an entry that does not parse
+    or verify is imported again and replaced (atomically, as programs are)."""
+    path = cache_dir / "imports" / f"{import_key(ep, tile_mlp)}.mlir"
+    if path.exists():
+        try:
+            module = Parser(autosp_context(), path.read_text(), str(path)).parse_module()
+            module.verify()
+            return module
+        except Exception:  # noqa: BLE001 (a damaged entry is rebuilt, never trusted)
+            pass
+    module = import_program(ep, tile_mlp=tile_mlp)
+    text = io.StringIO()
+    Printer(text, print_debuginfo=True).print_op(module)
+    try:
+        write_atomically(path, text.getvalue())
+    except OSError:
+        pass  # an unwritable cache only costs the next process the import
+    return module
+
+
+def compile_module(ep, spec: str, tile_mlp="auto", cache_dir: Path | None = None) -> tuple[ModuleOp, str]:
     """Import and run the pipeline; with tile_mlp="auto", import again with gated MLPs in row
     chunks when remat finds no plan that fits without. Returns the module and the source of its
     index checks (made from the imported module, before partitioning)."""
     from autosp.passes.remat import RematInfeasible
 
     def attempt(tiled: bool) -> tuple[ModuleOp, str]:
-        module, checks = imported(ep, tiled)
+        module, checks = imported(ep, tiled, cache_dir)
         return run_pipeline(module, spec), checks
 
     try:
@@ -188,9 +222,10 @@ def _compile(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir
         budget, model = remat_options(ep, memory_budget, cost_model)
         options.update(memory_budget=budget, cost_model=model)
     pipeline_spec(**options)  # bad options fail before the (slow) import
-    module, checks = compile_module(ep, pipeline_spec(**options, rank=rank), tile_mlp)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    module, checks = compile_module(ep, pipeline_spec(**options, rank=rank), tile_mlp, cache)
     sources = {"program": generate(module, checks), "measured": generate(module, checks, measured=True)}
-    paths = write_programs(sources, Path(cache_dir) if cache_dir else default_cache_dir())
+    paths = write_programs(sources, cache)
     inputs, grad_of = signature(module)
     state = {**ep.constants, **ep.state_dict}
     report = comm_report(module)

@@ -16,7 +16,6 @@ routing) are checked only inside the step (the fused loss still checks its label
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch._ops import OpOverload
@@ -25,23 +24,22 @@ from xdsl.ir import BlockArgument, Operation, OpResult, SSAValue
 
 from autosp.codegen import Names, emitter_for
 from autosp.ir.program import train_step_of
-from autosp.ir.autosp import LinearCrossEntropyOp
+from autosp.ir.interfaces import IndexReaderInterface, IndexUse
 from autosp.common.rules import registrar
 from autosp.ir.aten import overload_of
 
 aten = torch.ops.aten
 
 
-@dataclass(frozen=True)
-class IndexUse:
-    indices: SSAValue
-    size: int  # valid indices are 0 .. size-1
-    ignore: int | None  # a value that is skipped, not read (ignore_index)
-    reader: str  # what reads them, for the message
-
-
 INDEX_RULES: dict[OpOverload, Callable[[Operation], IndexUse]] = {}
 index_rule = registrar(INDEX_RULES)
+
+
+def index_rule_of(op: Operation) -> Callable[[Operation], IndexUse] | None:
+    """AutoSP's own ops say what they read as indices (`IndexReaderInterface`); ATen ops by table."""
+    if isinstance(op, IndexReaderInterface):
+        return lambda op: op.index_use()
+    return INDEX_RULES.get(overload_of(op))
 
 
 def _dim(value: SSAValue, dim: int) -> int:
@@ -51,11 +49,6 @@ def _dim(value: SSAValue, dim: int) -> int:
 @index_rule(aten.embedding.default)
 def _embedding(op: Operation) -> IndexUse:
     return IndexUse(op.operands[1], _dim(op.operands[0], 0), None, "the embedding table")
-
-
-@index_rule("autosp.linear_cross_entropy")
-def _linear_cross_entropy(op: LinearCrossEntropyOp) -> IndexUse:
-    return IndexUse(op.labels, _dim(op.weight, 0), op.ignore_index.value.data, "the loss's vocabulary")
 
 
 @index_rule(aten.nll_loss_forward.default, aten.nll_loss2d_forward.default)
@@ -110,7 +103,7 @@ def index_checks(module: ModuleOp) -> str:
     uses: list[tuple[list[str], IndexUse]] = []
     needed: set[Operation] = set()
     for op in fn.body.block.ops:
-        rule = INDEX_RULES.get(overload_of(op))
+        rule = index_rule_of(op)
         sliced = rule and _slice(rule(op).indices, inputs)
         if sliced:
             uses.append((sliced[0], rule(op)))

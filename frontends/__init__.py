@@ -1,5 +1,5 @@
 """Importers into AutoSP IR: torch.export programs, and HF model presets."""
 
-from autosp.frontends.torch_export import import_program, import_settings, joint_graph
+from autosp.frontends.torch_export import import_key, import_program, import_settings, joint_graph
 
-__all__ = ["import_program", "import_settings", "joint_graph"]
+__all__ = ["import_key", "import_program", "import_settings", "joint_graph"]

@@ -9,8 +9,11 @@ are the loss, then one gradient per trainable parameter tagged with `autosp.grad
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch.export import ExportedProgram
@@ -29,7 +32,7 @@ from xdsl.dialects.builtin import (
     ModuleOp,
     StringAttr,
 )
-from xdsl.ir import Attribute, Block, Region, SSAValue
+from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
 from xdsl.rewriter import InsertPoint
 
 from autosp.frontends.attention import rewrite_attention
@@ -50,6 +53,7 @@ from autosp.ir.aten import (
 from autosp.ir.autosp import AttentionGradOp, AttentionOp, GatedMlpGradOp, GatedMlpOp, LinearCrossEntropyOp
 from autosp.ir.dtypes import UnsupportedDtype, element_type, tensor_type
 from autosp.common.errors import AutoSPError
+from autosp.common.rules import registrar
 
 # Ops that only check metadata at trace time and produce nothing.
 SKIPPED_TARGETS = {
@@ -108,6 +112,46 @@ def list_attr(values: Sequence[object], kind: str) -> Attribute:
     return DenseArrayBase.from_list(element, [int(v) for v in values])
 
 
+# AutoSP's custom ops (frontends/attention.py, loss.py, mlp.py rewrite the graph into them), by
+# OpOverload: the IR op each becomes, from its bound arguments (`value` maps a node to its SSA value).
+CustomImporter = Callable[[Callable[[Node], SSAValue], dict], Operation]
+CUSTOM_OPS: dict[torch._ops.OpOverload, CustomImporter] = {}
+custom_op = registrar(CUSTOM_OPS)
+
+
+@custom_op(torch.ops.autosp.attention.default)
+def _attention(value, args) -> Operation:
+    documents = None if args["documents"] is None else value(args["documents"])
+    mask = dict(causal=args["causal"], window=args["window"], scale=args["scale"])
+    return AttentionOp(value(args["q"]), value(args["k"]), value(args["v"]), documents, **mask)
+
+
+@custom_op(torch.ops.autosp.attention_backward.default)
+def _attention_backward(value, args) -> Operation:
+    documents = None if args["documents"] is None else value(args["documents"])
+    mask = dict(causal=args["causal"], window=args["window"], scale=args["scale"])
+    tensors = (value(args[n]) for n in ("grad_out", "q", "k", "v", "out", "lse"))
+    return AttentionGradOp(*tensors, documents, **mask)
+
+
+@custom_op(torch.ops.autosp.gated_mlp.default)
+def _gated_mlp(value, args) -> Operation:
+    tensors = (value(args[n]) for n in ("x", "w_gate", "w_up", "w_down"))
+    return GatedMlpOp(*tensors, activation=args["activation"], chunk=args["chunk"])
+
+
+@custom_op(torch.ops.autosp.gated_mlp_backward.default)
+def _gated_mlp_backward(value, args) -> Operation:
+    tensors = (value(args[n]) for n in ("grad_out", "x", "w_gate", "w_up", "w_down"))
+    return GatedMlpGradOp(*tensors, activation=args["activation"], chunk=args["chunk"])
+
+
+@custom_op(torch.ops.autosp.linear_cross_entropy.default)
+def _linear_cross_entropy(value, args) -> Operation:
+    tensors = (value(args[n]) for n in ("hidden", "weight", "labels"))
+    return LinearCrossEntropyOp(*tensors, ignore_index=args["ignore_index"], chunk=args["chunk"])
+
+
 class _Importer:
     def __init__(self, graph_module: torch.fx.GraphModule):
         self.graph_module = graph_module
@@ -140,29 +184,8 @@ class _Importer:
             source, index = node.args
             self.values[node] = self.value(source, index)  # type: ignore[arg-type]
             return
-        if target in (torch.ops.autosp.attention.default, torch.ops.autosp.attention_backward.default):
-            args = bound_arguments(node)
-            if target == torch.ops.autosp.attention.default:
-                cls, names = AttentionOp, ("q", "k", "v")
-            else:
-                cls, names = AttentionGradOp, ("grad_out", "q", "k", "v", "out", "lse")
-            documents = None if args["documents"] is None else self.value(args["documents"])
-            op = cls(
-                *(self.value(args[n]) for n in names), documents,
-                causal=args["causal"], window=args["window"], scale=args["scale"],
-            )
-        elif target in (torch.ops.autosp.gated_mlp.default, torch.ops.autosp.gated_mlp_backward.default):
-            args = bound_arguments(node)
-            forward = target == torch.ops.autosp.gated_mlp.default
-            names = ("x", "w_gate", "w_up", "w_down") if forward else ("grad_out", "x", "w_gate", "w_up", "w_down")
-            op = (GatedMlpOp if forward else GatedMlpGradOp)(
-                *(self.value(args[n]) for n in names), activation=args["activation"], chunk=args["chunk"]
-            )
-        elif target == torch.ops.autosp.linear_cross_entropy.default:
-            hidden, weight, labels, ignore_index, chunk = node.args
-            op = LinearCrossEntropyOp(
-                self.value(hidden), self.value(weight), self.value(labels), ignore_index=ignore_index, chunk=chunk
-            )
+        if target in CUSTOM_OPS:
+            op = CUSTOM_OPS[target](self.value, bound_arguments(node))
         elif isinstance(target, torch._ops.OpOverload) and target.namespace == "aten":
             op = self.aten_op(node, target)
         elif isinstance(target, torch._ops.OpOverload):
@@ -392,6 +415,58 @@ def import_settings(tile_mlp: bool) -> tuple:
     from autosp.frontends import loss, mlp
 
     return (tile_mlp, loss.CHUNK_BYTES, mlp.CHUNK_BYTES if tile_mlp else None)
+
+
+@functools.cache
+def _autosp_source_digest() -> str:
+    """AutoSP's own code that an import runs (a changed rewrite must not reuse a cached import)."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for folder in ("common", "ir", "frontends", "runtime"):
+        for path in sorted((root / folder).glob("*.py")):
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _value_key(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"{tuple(value.shape)}/{tuple(value.stride())}/{value.dtype}/{value.requires_grad}"
+    if isinstance(value, (list, tuple)):
+        return "(" + ",".join(_value_key(v) for v in value) + ")"
+    return repr(value)
+
+
+def _bytes_of(tensor: torch.Tensor) -> bytes:
+    if tensor.is_meta:
+        return b""  # a program exported on the meta device: no values
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def import_key(ep: ExportedProgram, tile_mlp: bool = False) -> str:
+    """A digest of everything `import_program(ep, tile_mlp)` depends on, to reuse an import
+    across processes (every rank of a job, the next launch): AutoSP's source, torch's version,
+    the import settings, the graph (its code, each node's value metadata and place in the
+    model), the signature, the state's shapes, dtypes and trainability, and the values of
+    constants and buffers."""
+    digest = hashlib.sha256()
+
+    def add(*parts: object) -> None:
+        for part in parts:
+            digest.update(str(part).encode() + b"\0")
+
+    add(_autosp_source_digest(), torch.__version__, import_settings(tile_mlp), ep.graph_module.code, ep.graph_signature)
+    for node in ep.graph.nodes:
+        add(node.name, _value_key(node.meta.get("val")), node.meta.get("nn_module_stack"), node.meta.get("stack_trace"))
+    buffers = set(ep.graph_signature.buffers)
+    for name, tensor in sorted(ep.state_dict.items()):
+        add(name, _value_key(tensor), isinstance(tensor, torch.nn.Parameter) and tensor.requires_grad)
+        if name in buffers:
+            digest.update(_bytes_of(tensor))
+    for name, tensor in sorted(ep.constants.items()):
+        add(name, _value_key(tensor) if isinstance(tensor, torch.Tensor) else type(tensor).__name__)
+        if isinstance(tensor, torch.Tensor):
+            digest.update(_bytes_of(tensor))
+    return digest.hexdigest()[:32]
 
 
 def import_program(ep: ExportedProgram, tile_mlp: bool = False) -> ModuleOp:

@@ -57,7 +57,7 @@ from xdsl.utils.exceptions import VerifyException
 
 from autosp.ir.dist import GroupOp
 from autosp.ir.dtypes import BYTES, torch_dtype
-from autosp.ir.interfaces import CostInterface, RuleContext, RuntimeCall, RuntimeCallInterface, ShardingInterface, Strategy
+from autosp.ir.interfaces import CostInterface, IndexReaderInterface, IndexUse, RuleContext, RuntimeCall, RuntimeCallInterface, ShardingInterface, Strategy
 from autosp.ir.layout import Layout, LayoutKind
 from autosp.common.errors import AutoSPError
 from autosp.common.sizes import split_sizes
@@ -451,7 +451,7 @@ class ToPartialOp(_LocalOp):
 
 
 @irdl_op_definition
-class LinearCrossEntropyOp(IRDLOperation, ShardingInterface, CostInterface, RuntimeCallInterface):
+class LinearCrossEntropyOp(IRDLOperation, ShardingInterface, CostInterface, RuntimeCallInterface, IndexReaderInterface):
     """loss_sum = Σ_i [label_i != ignore_index] · (logsumexp(h_i Wᵀ) - (h_i Wᵀ)[label_i]), with
     grad_hidden = ∂loss_sum/∂h (hidden's type) and grad_weight = ∂loss_sum/∂W (f32, or f64 for
     f64: it accumulates over the chunks). hidden [N, H], weight [V, H], labels [N] integer; the
@@ -529,6 +529,9 @@ class LinearCrossEntropyOp(IRDLOperation, ShardingInterface, CostInterface, Runt
 
     def runtime_call(self) -> RuntimeCall:
         return RuntimeCall("kernels.linear_cross_entropy", [*self.operands, self.ignore_index, self.chunk])
+
+    def index_use(self) -> IndexUse:
+        return IndexUse(self.labels, _shape(self.weight)[0], self.ignore_index.value.data, "the loss's vocabulary")
 
 
 MLP_ACTIVATIONS = ("silu", "gelu", "gelu_tanh")

@@ -8,6 +8,7 @@ concern, keyed by `OpOverload` (ARCHITECTURE.md lists every table).
 - `CostInterface`: its FLOPs (and whether the matmul units run them) and the scratch memory of
   the kernel that runs it.
 - `RuntimeCallInterface`: the one runtime call it becomes in the generated program.
+- `IndexReaderInterface`: an operand it reads as indices, checked before the step.
 """
 
 from __future__ import annotations
@@ -70,3 +71,17 @@ class RuntimeCallInterface(ABC):
     @abstractmethod
     def runtime_call(self) -> RuntimeCall:
         """The op in the generated program: one call, its results the op's results."""
+
+
+@dataclass(frozen=True)
+class IndexUse:
+    indices: SSAValue
+    size: int  # valid indices are 0 .. size-1
+    ignore: int | None  # a value that is skipped, not read (ignore_index)
+    reader: str  # what reads them, for the message
+
+
+class IndexReaderInterface(ABC):
+    @abstractmethod
+    def index_use(self) -> IndexUse:
+        """The operand the op reads as indices, and their valid range."""

@@ -105,6 +105,28 @@ def _key_range(m0, SK, CAUSAL: tl.constexpr, WINDOW, BLOCK_M: tl.constexpr, BLOC
 
 
 @triton.jit
+def _query_tile(
+    Q, K, V, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_vb, stride_vh, HQ, GROUP, SQ, D,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """The query rows of this program (grid: row tiles x batch*query heads): their first row,
+    batch*head, batch, head, row/key/dim offsets, mask and q tile, and where its kv head's K and
+    V start (query head h reads kv head h // GROUP)."""
+    m0 = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // HQ, bh % HQ
+    hkv = h // GROUP
+    rows = m0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_mask = (rows[:, None] < SQ) & (offs_d[None, :] < D)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qs + offs_d[None, :], mask=row_mask, other=0.0)
+    k_base = K + b * stride_kb + hkv * stride_kh
+    v_base = V + b * stride_vb + hkv * stride_vh
+    return m0, bh, b, h, rows, offs_n, offs_d, row_mask, q, k_base, v_base
+
+
+@triton.jit
 def _forward_tiles(
     acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
     start, stop, qk_scale, SK, D, WINDOW, doc_base, doc_q, doc_lo, doc_hi,
@@ -141,17 +163,10 @@ def _attention_forward(
     CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    m0 = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1).to(tl.int64)
-    b, h = bh // HQ, bh % HQ
-    hkv = h // GROUP
-    rows = m0 + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    q_mask = (rows[:, None] < SQ) & (offs_d[None, :] < D)
-    q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qs + offs_d[None, :], mask=q_mask, other=0.0)
-    k_base = K + b * stride_kb + hkv * stride_kh
-    v_base = V + b * stride_vb + hkv * stride_vh
+    m0, bh, b, h, rows, offs_n, offs_d, q_mask, q, k_base, v_base = _query_tile(
+        Q, K, V, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_vb, stride_vh, HQ, GROUP, SQ, D,
+        BLOCK_M, BLOCK_N, BLOCK_D,
+    )
     m_i = tl.full([BLOCK_M], _NEG_BIG, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -331,20 +346,13 @@ def _attention_dq(
     CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    m0 = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1).to(tl.int64)
-    b, h = bh // HQ, bh % HQ
-    hkv = h // GROUP
-    rows = m0 + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_mask = (rows[:, None] < SQ) & (offs_d[None, :] < D)
-    q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qs + offs_d[None, :], mask=row_mask, other=0.0)
+    m0, bh, b, h, rows, offs_n, offs_d, row_mask, q, k_base, v_base = _query_tile(
+        Q, K, V, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_vb, stride_vh, HQ, GROUP, SQ, D,
+        BLOCK_M, BLOCK_N, BLOCK_D,
+    )
     do = tl.load(DO + b * stride_dob + h * stride_doh + rows[:, None] * stride_dos + offs_d[None, :], mask=row_mask, other=0.0)
     lse = tl.load(LSE + bh * SQ + rows, mask=rows < SQ, other=0.0) * _LOG2E
     delta = tl.load(DELTA + bh * SQ + rows, mask=rows < SQ, other=0.0)
-    k_base = K + b * stride_kb + hkv * stride_kh
-    v_base = V + b * stride_vb + hkv * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     doc_base = DOCS + b * SK
     doc_q, doc_lo, doc_hi = _load_documents(doc_base, rows, SQ, HAS_DOCS)
