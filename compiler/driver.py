@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import os
@@ -120,24 +121,32 @@ def imported(ep, tile_mlp: bool, cache_dir: Path | None = None) -> tuple[ModuleO
 def cached_import(ep, tile_mlp: bool, cache_dir: Path) -> ModuleOp:
     """`ep`'s imported module, from `cache_dir/imports` when an earlier process imported the same
     program with the same AutoSP and torch (`import_key`): the other ranks of a job and the next
-    launch skip the joint export. The IR is kept with its locations; an entry that does not parse
-    or verify is imported again and replaced (atomically, as programs are)."""
+    launch skip the joint export. Processes that miss together take turns (a file lock): the
+    first imports, the others read its result. The IR is kept with its locations; an entry that
+    does not parse or verify is imported again and replaced (atomically, as programs are)."""
     path = cache_dir / "imports" / f"{import_key(ep, tile_mlp)}.mlir"
-    if path.exists():
-        try:
-            module = Parser(autosp_context(), path.read_text(), str(path)).parse_module()
-            module.verify()
-            return module
-        except Exception:  # noqa: BLE001 (a damaged entry is rebuilt, never trusted)
-            pass
-    module = import_program(ep, tile_mlp=tile_mlp)
-    text = io.StringIO()
-    Printer(text, print_debuginfo=True).print_op(module)
     try:
-        write_atomically(path, text.getvalue())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_suffix(".lock"), "a")  # noqa: SIM115 (held across the import)
     except OSError:
-        pass  # an unwritable cache only costs the next process the import
-    return module
+        return import_program(ep, tile_mlp=tile_mlp)  # an unwritable cache only costs the import
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        if path.exists():
+            try:
+                module = Parser(autosp_context(), path.read_text(), str(path)).parse_module()
+                module.verify()
+                return module
+            except Exception:  # noqa: BLE001 (a damaged entry is rebuilt, never trusted)
+                pass
+        module = import_program(ep, tile_mlp=tile_mlp)
+        text = io.StringIO()
+        Printer(text, print_debuginfo=True).print_op(module)
+        try:
+            write_atomically(path, text.getvalue())
+        except OSError:
+            pass
+        return module
 
 
 def compile_module(ep, spec: str, tile_mlp="auto", cache_dir: Path | None = None) -> tuple[ModuleOp, str]:

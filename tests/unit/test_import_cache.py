@@ -74,3 +74,29 @@ def test_buffer_values_are_part_of_the_key(buffer_value):
     base = import_key(torch.export.export(module, (x,)))
     module.scale.fill_(buffer_value)
     assert import_key(torch.export.export(module, (x,))) != base
+
+
+def test_processes_that_miss_together_import_once(tmp_cache, monkeypatch):
+    """While one process holds an entry's lock (importing), another waits for it and then
+    reads its result instead of importing the same program again."""
+    import fcntl
+    import threading
+
+    model = tiny_causal_lm("Llama")
+    ep, ids = export(model)
+    expected = autosp.compile(ep).source
+    (entry,) = (tmp_cache / "imports").glob("*.mlir")
+    text = entry.read_text()
+    entry.unlink()
+
+    monkeypatch.setattr(driver, "import_program", lambda *a, **k: (_ for _ in ()).throw(AssertionError("imported again")))
+    with open(entry.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # "another process" is importing
+        result = {}
+        waiter = threading.Thread(target=lambda: result.update(source=autosp.compile(export(model)[0]).source))
+        waiter.start()
+        waiter.join(timeout=2)
+        assert waiter.is_alive()  # it waits for the lock
+        entry.write_text(text)  # the other process's import lands
+    waiter.join(timeout=60)
+    assert result["source"] == expected
