@@ -45,9 +45,23 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 @pytest.fixture
-def tmp_cache(tmp_path, monkeypatch):
+def isolated_cache(tmp_path, monkeypatch):
+    """A cache of its own: generated programs and imports."""
     monkeypatch.setenv("AUTOSP_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    """Generated programs in a folder of the test's own; imports shared with the whole session
+    (they are keyed by everything they depend on), since the joint export is most of the time."""
+    shared = os.path.join(os.environ["AUTOSP_CACHE_DIR"], "imports")
+    os.makedirs(shared, exist_ok=True)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "imports").symlink_to(shared, target_is_directory=True)
+    monkeypatch.setenv("AUTOSP_CACHE_DIR", str(cache))
+    return cache
 
 
 class SmoothedLoss(torch.nn.Module):

@@ -17,11 +17,11 @@ def export(model, seq=16):
     return torch.export.export(model, (ids, ids.clone())), ids
 
 
-def test_a_second_process_reuses_the_import_and_gets_the_same_program(tmp_cache, monkeypatch):
+def test_a_second_process_reuses_the_import_and_gets_the_same_program(isolated_cache, monkeypatch):
     model = tiny_causal_lm("Llama")
     first_ep, ids = export(model)
     first = autosp.compile(first_ep)
-    assert len(list((tmp_cache / "imports").glob("*.mlir"))) == 1
+    assert len(list((isolated_cache / "imports").glob("*.mlir"))) == 1
 
     def no_import(*args, **kwargs):
         raise AssertionError("imported again")
@@ -34,11 +34,11 @@ def test_a_second_process_reuses_the_import_and_gets_the_same_program(tmp_cache,
     assert torch.equal(second(ids, ids), first(ids, ids))
 
 
-def test_a_damaged_entry_is_imported_again(tmp_cache):
+def test_a_damaged_entry_is_imported_again(isolated_cache):
     model = tiny_causal_lm("Llama")
     ep, ids = export(model)
     fresh = autosp.compile(ep).source
-    (entry,) = (tmp_cache / "imports").glob("*.mlir")
+    (entry,) = (isolated_cache / "imports").glob("*.mlir")
     entry.write_text(entry.read_text()[:-200])  # a truncated file
     again_ep, _ = export(model)
     assert autosp.compile(again_ep).source == fresh
@@ -76,7 +76,7 @@ def test_buffer_values_are_part_of_the_key(buffer_value):
     assert import_key(torch.export.export(module, (x,))) != base
 
 
-def test_processes_that_miss_together_import_once(tmp_cache, monkeypatch):
+def test_processes_that_miss_together_import_once(isolated_cache, monkeypatch):
     """While one process holds an entry's lock (importing), another waits for it and then
     reads its result instead of importing the same program again."""
     import fcntl
@@ -85,7 +85,7 @@ def test_processes_that_miss_together_import_once(tmp_cache, monkeypatch):
     model = tiny_causal_lm("Llama")
     ep, ids = export(model)
     expected = autosp.compile(ep).source
-    (entry,) = (tmp_cache / "imports").glob("*.mlir")
+    (entry,) = (isolated_cache / "imports").glob("*.mlir")
     text = entry.read_text()
     entry.unlink()
 
