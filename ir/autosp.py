@@ -13,6 +13,9 @@
   gradient recomputing the gate and up projections chunk by chunk (used when memory needs it).
 - `autosp.fused` / `autosp.yield`: a chain of elementwise ops (and last-dim row reductions) that
   the backend turns into one generated Triton kernel; the region holds the original ops.
+
+Each op carries what the compiler knows about it (op interfaces, ir/interfaces.py): how it is
+sharded on the SP axis, its FLOPs and kernel scratch, the runtime call it becomes.
 """
 
 from __future__ import annotations
