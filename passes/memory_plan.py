@@ -130,14 +130,15 @@ def liveness(module: ModuleOp, *, workspace: bool = True, fn: func.FuncOp | None
         last_use[root[value]] = max(index, last_use.get(root[value], -1))
     returned_values = set(ops[-1].operands) if isinstance(ops[-1], func.ReturnOp) else set()
     returned = {root[v] for v in returned_values}
+    args = set(block.args)
     dead_after: dict[int, list[SSAValue]] = {}
     for value, index in value_last_use.items():
-        if value not in returned_values and value not in block.args:
+        if value not in returned_values and value not in args:
             dead_after.setdefault(index, []).append(value)
     held = sum(tensor_bytes(arg) for arg in block.args)
     frees: dict[int, list[SSAValue]] = {}
     for storage, index in last_use.items():
-        if storage not in returned and storage not in block.args:
+        if storage not in returned and storage not in args:
             frees.setdefault(index, []).append(storage)
 
     live, profile = held, []
