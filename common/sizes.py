@@ -1,7 +1,15 @@
-"""How a length is cut into parts: the one rule the IR (local shapes), the passes and the
-runtime's collectives must share exactly."""
+"""How a length is cut into parts: the rules the IR (local shapes), the passes and the
+runtime's collectives must share exactly. The sequence is cut as torch.tensor_split cuts it
+(parts differ by at most one); sharded parameters as DTensor's Shard(0) cuts them (torch.chunk)."""
 
 
 def split_sizes(total: int, parts: int) -> list[int]:
     """torch.tensor_split's part sizes: the first total % parts parts get one more."""
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def chunk_sizes(total: int, parts: int) -> list[int]:
+    """torch.chunk's part sizes, which DTensor's Shard placement uses: ceil(total / parts) each
+    until the length runs out (the last parts may be shorter, or empty)."""
+    size = -(-total // parts)
+    return [max(0, min(size, total - i * size)) for i in range(parts)]

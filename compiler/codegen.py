@@ -53,6 +53,7 @@ class Names:
     def __init__(self):
         self.of: dict[SSAValue, str] = {}
         self.taken: set[str] = set()
+        self.next_suffix: dict[str, int] = {}  # base name -> the first suffix that may be free
         self.definitions: list[str] = []
         self.kernels: dict[str, str] = {}  # kernel code (named KERNEL) -> its name
         self.kernel_names: dict[str, int] = {}  # base name -> how many kernels have it
@@ -61,10 +62,13 @@ class Names:
         base = re.sub(r"\W", "_", value.name_hint or "v")
         if not base or base[0].isdigit() or keyword.iskeyword(base):
             base = "v_" + base
-        name, i = base, 0
-        while name in self.taken:
-            i += 1
+        name, i = base, self.next_suffix.get(base, 0)
+        if i or name in self.taken:
+            i = max(i, 1)
+            while f"{base}_{i}" in self.taken:
+                i += 1
             name = f"{base}_{i}"
+        self.next_suffix[base] = i + 1 if i else 1
         self.taken.add(name)
         self.of[value] = name
         return name
@@ -269,10 +273,15 @@ def source_of(op: Operation) -> str | None:
     return None
 
 
-def generate(module: ModuleOp, index_inputs: str = NO_INDEX_CHECKS, measured: bool = False) -> str:
+def generate(module: ModuleOp, index_inputs: str = NO_INDEX_CHECKS) -> str:
     """The Python source of the per-rank program for `module`, with `index_inputs` (the index
-    checks of compiler/input_checks.py, made before partitioning) beside `train_step`. The
-    `measured` variant hands every value it makes to TRACK (runtime/memory.py) for
+    checks of compiler/input_checks.py, made before partitioning) beside `train_step`."""
+    return generate_programs(module, index_inputs)[0]
+
+
+def generate_programs(module: ModuleOp, index_inputs: str = NO_INDEX_CHECKS) -> tuple[str, str]:
+    """(the program that trains, its measured variant), from one walk of the IR. The measured
+    variant hands every value it makes to TRACK (runtime/memory.py) for
     `TrainStep.measure_memory`; the program that trains has no such lines."""
     block = train_step_of(module).body.block
     lv = liveness(module, workspace=False)  # each value is deleted right after its last use
@@ -280,6 +289,7 @@ def generate(module: ModuleOp, index_inputs: str = NO_INDEX_CHECKS, measured: bo
     names = Names()
     params = [names.define(arg) for arg in block.args]
     lines = [f"def train_step({', '.join(params)}):"]
+    tracked: dict[int, str] = {}  # line index -> the values it makes, for the measured variant
     last_source = None
     for index, op in enumerate(lv.ops):
         if isinstance(op, func.ReturnOp):
@@ -297,11 +307,19 @@ def generate(module: ModuleOp, index_inputs: str = NO_INDEX_CHECKS, measured: bo
             lines.append(f"    {', '.join(targets)} = {call}")
         else:
             lines.append(f"    {call}")
-        if targets and measured:
-            lines.append(f"    TRACK({', '.join(targets)})")
+        if targets:
+            tracked[len(lines) - 1] = ", ".join(targets)
         freed = [names[v] for v in lv.dead_after.get(index, [])]
         if freed:
             lines.append(f"    del {', '.join(freed)}")
+    measured_lines = []
+    for i, line in enumerate(lines):
+        measured_lines.append(line)
+        if i in tracked:
+            measured_lines.append(f"    TRACK({tracked[i]})")
     definitions = "".join(f"\n\n{d}\n" for d in names.definitions)
-    header = HEADER + (MEASURED_HEADER if measured else "")
-    return header + definitions + "\n\n" + index_inputs + "\n\n" + "\n".join(lines) + "\n"
+    body = definitions + "\n\n" + index_inputs + "\n\n"
+    return (
+        HEADER + body + "\n".join(lines) + "\n",
+        HEADER + MEASURED_HEADER + body + "\n".join(measured_lines) + "\n",
+    )

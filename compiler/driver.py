@@ -14,7 +14,7 @@ from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType
 from xdsl.parser import Parser
 from xdsl.printer import Printer
 
-from autosp.codegen import generate
+from autosp.codegen import generate_programs
 from autosp.ir.program import train_step_of
 from autosp.frontends import import_key, import_program, import_settings
 from autosp.ir import autosp_context
@@ -233,7 +233,8 @@ def _compile(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir
     pipeline_spec(**options)  # bad options fail before the (slow) import
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     module, checks = compile_module(ep, pipeline_spec(**options, rank=rank), tile_mlp, cache)
-    sources = {"program": generate(module, checks), "measured": generate(module, checks, measured=True)}
+    program, measured = generate_programs(module, checks)
+    sources = {"program": program, "measured": measured}
     paths = write_programs(sources, cache)
     inputs, grad_of = signature(module)
     state = {**ep.constants, **ep.state_dict}

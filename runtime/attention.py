@@ -1,6 +1,9 @@
-"""Reference attention kernels in PyTorch: exact, GQA-native, and blockwise over queries so no
-S x S tensor is ever held (one [B, Hq, block, Sk] score tile at a time). Every result is
-contiguous: the joint graph was traced with that layout and its views rely on it.
+"""Reference attention kernels in PyTorch: exact and GQA-native. On CPU tensors they call
+torch's own CPU flash attention (what SDPA runs there, with its log-sum-exp; K/V repeated per
+query head, the mask as an additive [S, S] tile): 5-8x faster than the blockwise loop, which
+the tests' CPU steps spend most of their time in. Elsewhere (fp64 on a GPU) they run blockwise
+over queries so no S x S tensor is ever held (one [B, Hq, block, Sk] score tile at a time). Every
+result is contiguous: the joint graph was traced with that layout and its views rely on it.
 
 Layout: q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv]; query head h reads kv head
 h // (Hq / Hkv). The mask is a description evaluated per tile: `causal` keeps key j <= query i,
@@ -42,6 +45,40 @@ def _masked_scores(q_tile, kf, scale: float, start: int, causal: bool, window: i
     return scores
 
 
+def _flash_mask(q, sk: int, causal: bool, window: int, documents) -> tuple[torch.Tensor | None, bool]:
+    """(additive mask for torch's CPU flash attention, whether every query row sees a key)."""
+    keep = _mask_tile(0, q.shape[-2], sk, causal, window, documents, q.device)
+    if keep is None:
+        return None, True
+    keep = keep[:, :, 0] if keep.dim() == 5 else keep  # [B, 1, Sq, Sk] or [Sq, Sk]
+    mask = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill_(~keep, float("-inf"))
+    return mask, bool(keep.any(-1).all())
+
+
+def _repeated(x: torch.Tensor, hq: int) -> torch.Tensor:
+    """[B, Hkv, S, D] -> [B, Hq, S, D]: kv head h // (Hq / Hkv) for query head h."""
+    return x.repeat_interleave(hq // x.shape[1], dim=1) if x.shape[1] != hq else x
+
+
+def _kv_grad(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per query head [B, Hq, S, D] -> per kv head, summed over each group in fp32."""
+    b, hkv, s, d = like.shape
+    if grad.shape[1] != hkv:
+        grad = grad.to(accumulation_dtype(like.dtype)).view(b, hkv, -1, s, d).sum(2)
+    return grad.to(like.dtype).contiguous()
+
+
+def _flash_cpu(q, k, v, causal: bool, window: int, documents):
+    """The arguments of torch's CPU flash attention, or None where it cannot run the case (rows
+    that see no key: it leaves them NaN, the kernels give 0)."""
+    if q.device.type != "cpu":
+        return None
+    mask, every_row_sees_a_key = _flash_mask(q, k.shape[-2], causal, window, documents)
+    if not every_row_sees_a_key:
+        return None
+    return _repeated(k, q.shape[1]), _repeated(v, q.shape[1]), mask
+
+
 def _grouped(x: torch.Tensor, hkv: int) -> torch.Tensor:
     """[B, Hq, S, D] -> [B, Hkv, G, S, D] (a view)."""
     b, hq, s, d = x.shape
@@ -52,6 +89,15 @@ def attention_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: int, scale: float,
     documents: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    flash = _flash_cpu(q, k, v, causal, window, documents)
+    if flash is None:
+        return blockwise_forward(q, k, v, causal, window, scale, documents)
+    kr, vr, mask = flash
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, kr, vr, 0.0, False, attn_mask=mask, scale=scale)
+    return out.contiguous(), lse.contiguous()
+
+
+def blockwise_forward(q, k, v, causal: bool, window: int, scale: float, documents=None):
     b, hq, sq, _ = q.shape
     hkv, dv = k.shape[1], v.shape[3]
     out = torch.empty(b, hq, sq, dv, dtype=q.dtype, device=q.device)
@@ -86,6 +132,17 @@ def attention_backward(
     scale: float,
     documents: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    flash = _flash_cpu(q, k, v, causal, window, documents)
+    if flash is None:
+        return blockwise_backward(grad_out, q, k, v, out, lse, causal, window, scale, documents)
+    kr, vr, mask = flash
+    dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        grad_out, q, kr, vr, out, lse, 0.0, False, attn_mask=mask, scale=scale
+    )
+    return dq.contiguous(), _kv_grad(dk, k), _kv_grad(dv, v)
+
+
+def blockwise_backward(grad_out, q, k, v, out, lse, causal: bool, window: int, scale: float, documents=None):
     b, hq, sq, _ = q.shape
     hkv = k.shape[1]
     acc = accumulation_dtype(q.dtype)

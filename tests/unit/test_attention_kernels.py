@@ -3,6 +3,7 @@ attention written as plain math in fp64 (scores, mask, softmax, autograd): forwa
 and dQ/dK/dV."""
 
 import math
+import types
 
 import pytest
 import torch
@@ -14,7 +15,9 @@ from tests.conftest import relative_error
 # On a GPU machine the same tests run the kernels compiled; on CPU, in Triton's interpreter.
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-KERNELS = {"reference": reference, "triton": triton_attention}
+# The reference runs torch's CPU flash attention on CPU tensors and blockwise elsewhere: both.
+BLOCKWISE = types.SimpleNamespace(attention_forward=reference.blockwise_forward, attention_backward=reference.blockwise_backward)
+KERNELS = {"reference": reference, "blockwise": BLOCKWISE, "triton": triton_attention}
 
 
 def _math(q, k, v, causal, window, scale, grad_out, documents=None):
@@ -53,7 +56,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("kernel", ["triton", "reference"])
+@pytest.mark.parametrize("kernel", ["triton", "reference", "blockwise"])
 @pytest.mark.parametrize("b,hq,hkv,sq,sk,d,causal,window", CASES)
 def test_forward_and_backward_match_math(kernel, b, hq, hkv, sq, sk, d, causal, window):
     q, k, v, grad_out = _inputs(b, hq, hkv, sq, sk, d, torch.float32)
@@ -107,7 +110,7 @@ DOCUMENT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("kernel", ["triton", "reference"])
+@pytest.mark.parametrize("kernel", ["triton", "reference", "blockwise"])
 @pytest.mark.parametrize("b,hq,hkv,s,causal,window,lengths", DOCUMENT_CASES)
 def test_documents_match_math(kernel, b, hq, hkv, s, causal, window, lengths):
     """Packed sequences: only keys of the query's document. Document boundaries fall inside
