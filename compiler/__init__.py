@@ -8,28 +8,45 @@ from autosp.common.errors import AutoSPError
 
 
 def compile(ep, *, sp: int = 1, remat: bool = False, memory_budget=None, cost_model=None, fuse: bool = True, tile_mlp="auto",  # noqa: A001
-            cache_dir=None, timeout=None, check_every: int = 0):
+            cache_dir=None, timeout=None, check_every: int = 0, shard: str = "none", optimizer=None, mesh=None):
     """Import `ep`, run the pipeline, generate the per-rank program; returns a `TrainStep`.
 
     remat=True recomputes what it must to fit `memory_budget` per rank (bytes, "70GiB", or
-    "auto" = the parameters' device memory less a margin) at the least time estimated by
-    `cost_model` ("h100", "mi300x", "cpu"; default: the parameters' device). fuse=False keeps
-    elementwise chains as separate ATen calls (no generated kernels). tile_mlp=True computes
-    gated MLPs in chunks of rows and recomputes their gate/up projections chunk by chunk in the
-    backward; "auto" (default) does so only when remat finds no plan that fits otherwise.
+    "auto" = the parameters' device memory less a margin, less what other allocations already
+    hold there) at the least time estimated by `cost_model` ("h100", "mi300x", "cpu"; default:
+    the parameters' device). fuse=False keeps elementwise chains as separate ATen calls (no
+    generated kernels). tile_mlp=True computes gated MLPs in chunks of rows and recomputes their
+    gate/up projections chunk by chunk in the backward; "auto" (default) does so only when remat
+    finds no plan that fits otherwise.
 
-    With torch.distributed initialized and several processes, world = sp x dp: SP groups of
-    contiguous ranks, gradients averaged over the dp replicas. `timeout` (seconds; default
+    With torch.distributed initialized and several processes, world = sp x dp (`mesh`: your
+    DeviceMesh with dims ("dp", "sp"), else one is built: SP groups of contiguous ranks),
+    gradients averaged over the dp replicas. `shard` shards the training state over every rank
+    (ZeRO): "optimizer" (the optimizer's state), "gradients" (and the gradients during the
+    backward), "parameters" (and the parameters, gathered per layer when needed); the model's
+    parameters then become DTensors (Shard(0) on the flattened mesh): create the optimizer after
+    compile. `optimizer` ("adamw", "sgd", a torch.optim class or instance, or bytes of state per
+    parameter element) is the state the memory plan counts. `timeout` (seconds; default
     $AUTOSP_TIMEOUT or 300) bounds how long compile and the first step wait for every rank.
     Before each step the ranks agree on their inputs' validity and fingerprints (one small
-    all-gather); `check_every=N` also compares the parameters' fingerprints every N steps (0:
-    the first step only)."""
+    all-gather); `check_every=N` also compares the replicated parameters' fingerprints every N
+    steps (0: the first step only)."""
     from autosp.driver import compile_program
 
     return compile_program(
         ep, sp=sp, remat=remat, memory_budget=memory_budget, cost_model=cost_model, fuse=fuse, tile_mlp=tile_mlp,
-        cache_dir=cache_dir, timeout=timeout, check_every=check_every,
+        cache_dir=cache_dir, timeout=timeout, check_every=check_every, shard=shard, optimizer=optimizer, mesh=mesh,
     )
 
 
-__all__ = ["AutoSPError", "compile"]
+def full_state_dict(model, *, cpu_offload: bool = False) -> dict:
+    """The model's state dict with whole tensors (sharded parameters gathered), e.g. for HF's
+    `save_pretrained(folder, state_dict=...)`. Collective: call it on every rank. With
+    cpu_offload=True the tensors go to CPU and only rank 0 gets them (the others an empty dict).
+    torch's own get_model_state_dict, which also serves torch.distributed.checkpoint."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=cpu_offload))
+
+
+__all__ = ["AutoSPError", "compile", "full_state_dict"]

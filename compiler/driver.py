@@ -24,7 +24,9 @@ from autosp.passes.memory_plan import plan_memory
 from autosp.pipeline import pipeline_spec, run_pipeline
 from autosp.common.errors import AutoSPError
 from autosp.report import comm_report
-from autosp.runtime.agreement import StepAgreement, error_text, rendezvous, timeout_seconds
+from autosp.runtime.agreement import (
+    StepAgreement, agree_on_state, collective_device, error_text, rendezvous, timeout_seconds,
+)
 from autosp.runtime.mesh import check_world, make_mesh
 from autosp.runtime.train_step import InputSpec, TrainStep
 
@@ -88,15 +90,29 @@ def signature(module: ModuleOp) -> tuple[list[InputSpec], list[str]]:
 
 def remat_options(ep, memory_budget, cost_model) -> tuple[str, str]:
     """The budget in bytes ("auto": the memory of the device holding the parameters, less a
-    margin) and the cost model (by default the preset for that device)."""
+    margin, less what is already allocated there besides the exported program's own state, which
+    the plan counts itself) and the cost model (by default the preset for that device)."""
     from autosp.passes.cost_model import device_profile, profile_for
+    from autosp.passes.memory_plan import human_bytes
     from autosp.passes.remat import parse_budget
 
     tensors = [*ep.state_dict.values(), *ep.constants.values()]
-    profile = profile_for(tensors[0].device if tensors else "cpu")
+    device = tensors[0].device if tensors else torch.device("cpu")
+    profile = profile_for(device)
     if cost_model is not None:
         profile = device_profile(cost_model, memory_bytes=profile.memory_bytes)
+    auto = memory_budget is None or isinstance(memory_budget, str) and memory_budget.strip().lower() == "auto"
     budget = parse_budget(memory_budget if memory_budget is not None else "auto", profile)
+    if auto and device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if t.device == device}
+        others = max(0, total - free - sum(storages.values()))
+        if budget - others <= 0:
+            raise AutoSPError(
+                f"memory budget 'auto': {human_bytes(others, 2)} of {device} is held by other allocations (other processes, "
+                "tensors besides the model's), leaving nothing to plan; free them or give memory_budget in bytes"
+            )
+        budget -= others
     return str(budget), profile.name
 
 
@@ -173,8 +189,10 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, check_every) -> None:
+def check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, check_every, shard, mesh) -> None:
     """compile's arguments, each refused by name (before any slow work)."""
+    from autosp.ir.autosp import SHARD_LEVELS
+
     if not isinstance(ep, torch.export.ExportedProgram):
         raise AutoSPError(
             f"autosp.compile takes a torch.export.ExportedProgram, got {type(ep).__name__}; "
@@ -193,40 +211,70 @@ def check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cach
         raise AutoSPError(f"tile_mlp={tile_mlp!r}: use True, False or 'auto'")
     if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 0:
         raise AutoSPError(f"check_every={check_every!r}: give a number of steps >= 0 (0: the first step only)")
+    if shard not in SHARD_LEVELS:
+        raise AutoSPError(
+            f"shard={shard!r}: choose one of {', '.join(map(repr, SHARD_LEVELS))} (ZeRO-1: optimizer state, "
+            "ZeRO-2: and gradients, ZeRO-3: and parameters)"
+        )
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized()
+    if (shard != "none" or mesh is not None) and not distributed:
+        what = f"shard={shard!r}" if shard != "none" else "mesh="
+        raise AutoSPError(
+            f"{what} works over the ranks of torch.distributed: initialize it first (launch with torchrun and call "
+            "torch.distributed.init_process_group())"
+        )
+    if mesh is not None:
+        from autosp.runtime.mesh import check_mesh
+
+        check_mesh(mesh, sp)
 
 
 def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=None, fuse=True, tile_mlp="auto",
-                    cache_dir=None, timeout=None, check_every=0) -> TrainStep:
-    check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, check_every)
+                    cache_dir=None, timeout=None, check_every=0, shard="none", optimizer=None, mesh=None) -> TrainStep:
+    from autosp.passes.optimizers import optimizer_kind
+    from autosp.runtime.mesh import place
+
+    check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, check_every, shard, mesh)
+    kind = optimizer_kind(optimizer)
     seconds = timeout_seconds(timeout)
-    if sp > 1:
+    if sp > 1 and mesh is None:
         check_world(sp)
-    if _world_size() == 1:
-        return _compile(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, rank=0)
+    options = dict(sp=sp, remat=remat, memory_budget=memory_budget, cost_model=cost_model, fuse=fuse,
+                   tile_mlp=tile_mlp, cache_dir=cache_dir, shard=shard, optimizer=kind)
+    if _world_size() == 1 and mesh is None and shard == "none":
+        return _compile(ep, **options, world=1, world_rank=0, rank=0)
     # Several processes: sp x dp. Every rank compiles its own program, then all agree (through
     # the store, so a rank that failed or never came cannot block the others) before the
     # collective group creation.
-    import torch.distributed as dist
-
+    world, world_rank, sp_rank = place(sp, mesh)
     step, error, cause = None, None, None
     try:
-        step = _compile(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, rank=dist.get_rank() % sp)
+        step = _compile(ep, **options, world=world, world_rank=world_rank, rank=sp_rank)
     except Exception as err:  # noqa: BLE001 (posted to the other ranks, then raised here too)
         error, cause = error_text(err), err
     try:
         rendezvous("autosp.compile", error, seconds)
     except AutoSPError as agreed:
         raise agreed from cause
-    mesh = make_mesh(sp)
+    layout = make_mesh(sp, step.device.type, mesh)
+    if shard != "none":
+        # The whole weights are seen for the last time here: every rank must hold the same ones.
+        names, tensors = zip(*step.named_parameters()) if step.named_parameters() else ((), ())
+        agree_on_state(list(names), list(tensors), collective_device())
+        step.shard_parameters(layout.world_mesh, world_rank)
     step.distribute(
-        groups={"sp": mesh.sp_group}, dp_group=mesh.dp_group, dp_size=mesh.dp,
-        agreement=StepAgreement(sp, [s.name for s in step.user_inputs], step.state_names, seconds, check_every),
+        groups={"sp": layout.sp_group, "world": layout.world_mesh.get_group()}, dp_group=layout.dp_group, dp_size=layout.dp,
+        agreement=StepAgreement(layout.sp_groups, [s.name for s in step.user_inputs],
+                                [s.name for s, _ in step.replicated_state], seconds, check_every),
     )
     return step
 
 
-def _compile(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, rank) -> TrainStep:
-    options = dict(sp=sp, remat=remat, fuse=fuse)
+def _compile(ep, *, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, shard, optimizer, world, world_rank,
+             rank) -> TrainStep:
+    options = dict(sp=sp, remat=remat, fuse=fuse, shard=shard, world=world, world_rank=world_rank, optimizer=optimizer)
     if remat:
         budget, model = remat_options(ep, memory_budget, cost_model)
         options.update(memory_budget=budget, cost_model=model)
@@ -234,8 +282,7 @@ def _compile(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     module, checks = compile_module(ep, pipeline_spec(**options, rank=rank), tile_mlp, cache)
     program, measured = generate_programs(module, checks)
-    sources = {"program": program, "measured": measured}
-    paths = write_programs(sources, cache)
+    paths = write_programs({"program": program, "measured": measured}, cache)
     inputs, grad_of = signature(module)
     state = {**ep.constants, **ep.state_dict}
     report = comm_report(module)
@@ -243,5 +290,5 @@ def _compile(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir
         paths["program"], inputs, grad_of, state, measured_path=paths["measured"],
         report=report.table(),
         predicted_peak_bytes=report.memory.peak_bytes,
-        predicted_tracked_bytes=plan_memory(module, workspace=False).peak_bytes,
+        predicted_tracked_bytes=plan_memory(module, workspace=False, optimizer_state=False).peak_bytes,
     )

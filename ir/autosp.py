@@ -156,6 +156,50 @@ class RematAttr(ParametrizedAttribute):
             printer.print_string(f" seconds {self.seconds.data!r}")
 
 
+SHARD_LEVELS = ("none", "optimizer", "gradients", "parameters")  # ZeRO 0..3
+
+
+@irdl_attr_definition
+class ZeroAttr(ParametrizedAttribute):
+    """`#autosp.zero<parameters world 4 dp 2 optimizer "adamw" state 1048576>` on a module: how the
+    zero pass sharded the training state (`level`, one of SHARD_LEVELS) over `world` ranks, of
+    which `dp` data-parallel replicas, and the optimizer state this rank holds between steps
+    (bytes, for the memory plan: the optimizer allocates it, not the program)."""
+
+    name = "autosp.zero"
+    level: StringAttr = param_def()
+    world: IntAttr = param_def()
+    dp: IntAttr = param_def()
+    optimizer: StringAttr = param_def()
+    state_bytes: IntAttr = param_def()
+
+    @classmethod
+    def parse_parameters(cls, parser: AttrParser) -> Sequence[Attribute]:
+        with parser.in_angle_brackets():
+            level = parser.parse_identifier()
+            parser.parse_keyword("world")
+            world = parser.parse_integer()
+            parser.parse_keyword("dp")
+            dp = parser.parse_integer()
+            parser.parse_keyword("optimizer")
+            optimizer = parser.parse_str_literal()
+            parser.parse_keyword("state")
+            state = parser.parse_integer()
+        return (StringAttr(level), IntAttr(world), IntAttr(dp), StringAttr(optimizer), IntAttr(state))
+
+    def print_parameters(self, printer: Printer) -> None:
+        with printer.in_angle_brackets():
+            printer.print_string(f"{self.level.data} world {self.world.data} dp {self.dp.data} optimizer ")
+            printer.print_string_literal(self.optimizer.data)
+            printer.print_string(f" state {self.state_bytes.data}")
+
+    def verify(self) -> None:
+        if self.level.data not in SHARD_LEVELS:
+            raise VerifyException(f"zero: level must be one of {', '.join(SHARD_LEVELS)}")
+        if self.world.data < 1 or self.dp.data < 1 or self.world.data % self.dp.data or self.state_bytes.data < 0:
+            raise VerifyException(f"zero: world {self.world.data} must be a multiple of dp {self.dp.data} >= 1, state >= 0")
+
+
 # --- ops ----------------------------------------------------------------------------------
 
 
@@ -753,4 +797,4 @@ def mask_properties(causal: bool, window: int, scale: float) -> dict[str, Attrib
     }
 
 
-AutoSP = Dialect("autosp", [AttentionOp, AttentionGradOp, LinearCrossEntropyOp, GatedMlpOp, GatedMlpGradOp, FusedOp, YieldOp, LocalShardOp, PlaceShardOp, ToPartialOp], [LayoutAttr, PartitionAttr, RematAttr])
+AutoSP = Dialect("autosp", [AttentionOp, AttentionGradOp, LinearCrossEntropyOp, GatedMlpOp, GatedMlpGradOp, FusedOp, YieldOp, LocalShardOp, PlaceShardOp, ToPartialOp], [LayoutAttr, PartitionAttr, RematAttr, ZeroAttr])

@@ -1,10 +1,17 @@
 """The `dist` dialect: explicit collectives over a named process group.
 
 `dist.group @sp {size = 4 : i64, axis = "sequence"}` declares a group in the module: its size and
-the mesh axis it spans. Every collective names its group by symbol, and its verifier checks the
-shapes it moves against that group's size. None of the collectives is Pure: dead-code
+the mesh axis it spans ("sequence": an SP group; "world": every rank of sp x dp, over which the
+training state is sharded). Every collective names its group by symbol, and its verifier checks
+the shapes it moves against that group's size. None of the collectives is Pure: dead-code
 elimination, CSE and reordering must never change which collectives run or their order, or
 ranks deadlock.
+
+The bucket collectives move several parameters' tensors in one call (ZeRO, passes/zero.py):
+`dist.gather_params` makes whole parameters of their shards, `dist.reduce_scatter_grads` makes
+gradient shards of whole (partial) gradients. A parameter is cut along dim 0 as DTensor's
+Shard(0) cuts it (torch.chunk: ceil(n / size) rows per rank, the last ranks may hold fewer or
+none); a 0-dim parameter is replicated (every rank holds it; its gradient is summed over the group).
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from xdsl.dialects.builtin import IntegerAttr, IntegerType, StringAttr, SymbolNameConstraint, SymbolRefAttr, TensorType
-from xdsl.ir import Dialect
+from xdsl.ir import Dialect, SSAValue
 from xdsl.irdl import (
     IRDLOperation,
     ParsePropInAttrDict,
@@ -21,14 +28,18 @@ from xdsl.irdl import (
     prop_def,
     result_def,
     traits_def,
+    var_operand_def,
+    var_result_def,
 )
 from xdsl.traits import SymbolOpInterface, SymbolTable
 from xdsl.utils.exceptions import VerifyException
 
-from autosp.ir.dtypes import tensor_bytes
+from autosp.common.sizes import chunk_sizes
+from autosp.ir.dtypes import BYTES, tensor_bytes, torch_dtype
 from autosp.ir.interfaces import CostInterface, RuntimeCall, RuntimeCallInterface
 
 REDUCE_OPS = ("sum", "max", "min")
+AXES = ("sequence", "world")
 
 
 @irdl_op_definition
@@ -47,6 +58,19 @@ class GroupDeclOp(IRDLOperation):
     def verify_(self) -> None:
         if self.size.value.data < 1:
             raise VerifyException(f"dist.group @{self.sym_name.data}: size must be >= 1")
+        if self.axis.data not in AXES:
+            raise VerifyException(f"dist.group @{self.sym_name.data}: axis must be one of {', '.join(AXES)}")
+
+
+def group_size(op: IRDLOperation, group: SymbolRefAttr) -> int:
+    """The size of the `dist.group` that `op` names, from its declaration in the module."""
+    try:
+        decl = SymbolTable.lookup_symbol(op, group)
+    except ValueError:
+        decl = None
+    if not isinstance(decl, GroupDeclOp):
+        raise VerifyException(f"{op.name}: {group} is not a dist.group of the module")
+    return decl.size.value.data
 
 
 class GroupOp(IRDLOperation):
@@ -65,13 +89,7 @@ class GroupOp(IRDLOperation):
     @property
     def group_size(self) -> int:
         """The size of the group this op names, from its declaration."""
-        try:
-            decl = SymbolTable.lookup_symbol(self, self.group)
-        except ValueError:
-            decl = None
-        if not isinstance(decl, GroupDeclOp):
-            raise VerifyException(f"{self.name}: {self.group} is not a dist.group of the module")
-        return decl.size.value.data
+        return group_size(self, self.group)
 
 
 class CollectiveOp(GroupOp, CostInterface, RuntimeCallInterface):
@@ -214,4 +232,126 @@ class ReduceScatterOp(_OuterOp, _ReducingOp):
         return self._per_outer(shape, self._dim("dim", shape), self._divide)
 
 
-Dist = Dialect("dist", [GroupDeclOp, AllToAllOp, AllReduceOp, AllGatherOp, ReduceScatterOp], [])
+# --- bucket collectives (ZeRO) ---------------------------------------------------------------
+
+
+def _rows(value) -> int:
+    """A parameter's length along dim 0; 1 for a 0-dim (replicated) one."""
+    shape = value.type.get_shape()
+    return shape[0] if shape else 1
+
+
+class BucketOp(IRDLOperation, CostInterface, RuntimeCallInterface):
+    """Whole parameters (or gradients) and their shards, several in one collective over `group`
+    (a `dist.group` of the module). In the runtime each rank contributes one flat segment: every
+    member padded to ceil(rows / size) rows (a 0-dim member: itself), so the ranks' segments have
+    one length. `bucket` numbers the parameter group; its forward and backward gathers share it."""
+
+    group = prop_def(SymbolRefAttr)
+    bucket = prop_def(IntegerAttr)
+
+    irdl_options = (ParsePropInAttrDict(),)
+
+    @property
+    def group_size(self) -> int:
+        return group_size(self, self.group)
+
+    def whole_and_shards(self) -> tuple[list[SSAValue], list[SSAValue]]:
+        raise NotImplementedError
+
+    def segment_bytes(self) -> int:
+        """One rank's padded segment."""
+        n = self.group_size
+        total = 0
+        for whole in self.whole_and_shards()[0]:
+            shape = whole.type.get_shape()
+            rows = -(-shape[0] // n) if shape else 1
+            inner = 1
+            for d in shape[1:]:
+                inner *= d
+            total += rows * inner * BYTES[torch_dtype(whole.type.element_type)]
+        return total
+
+    def flops(self, flops_of) -> float:
+        return 0.0
+
+    def verify_(self) -> None:
+        n = self.group_size
+        wholes, shards = self.whole_and_shards()
+        if len(wholes) != len(shards) or not wholes:
+            raise VerifyException(f"{self.name}: one shard per whole tensor, at least one")
+        element = wholes[0].type.element_type
+        for whole, shard in zip(wholes, shards):
+            if whole.type.element_type != element or shard.type.element_type != element:
+                raise VerifyException(f"{self.name}: a bucket holds one element type")
+            w, s = list(whole.type.get_shape()), list(shard.type.get_shape())
+            if not w:
+                if s:
+                    raise VerifyException(f"{self.name}: a 0-dim member is replicated: its shard is itself")
+                continue
+            if len(s) != len(w) or s[1:] != w[1:] or s[0] not in chunk_sizes(w[0], n):
+                raise VerifyException(
+                    f"{self.name}: {s} is not a dim-0 shard of {w} over {n} ranks (row counts {sorted(set(chunk_sizes(w[0], n)))})"
+                )
+
+
+@irdl_op_definition
+class GatherParamsOp(BucketOp):
+    """The whole parameters from every rank's shards (an all-gather of the flat segments, then
+    each parameter copied out). `phase` says whether the forward or the backward reads them:
+    with sharded parameters each is gathered before its first forward use and again before its
+    first backward use, and held in between by neither."""
+
+    name = "dist.gather_params"
+    shards = var_operand_def(TensorType)
+    params = var_result_def(TensorType)
+    phase = prop_def(StringAttr)
+
+    assembly_format = "$shards attr-dict `:` functional-type($shards, $params)"
+
+    def whole_and_shards(self):
+        return list(self.params), list(self.shards)
+
+    def verify_(self) -> None:
+        super().verify_()
+        if self.phase.data not in ("forward", "backward"):
+            raise VerifyException(f"{self.name}: phase must be forward or backward")
+
+    def workspace_bytes(self) -> int:
+        """This rank's segment and the gathered segments of every rank."""
+        return (1 + self.group_size) * self.segment_bytes()
+
+    def runtime_call(self) -> RuntimeCall:
+        return RuntimeCall("collectives.gather_params", list(self.shards), {
+            "rows": [_rows(p) for p in self.params], "group": self.group,
+        })
+
+
+@irdl_op_definition
+class ReduceScatterGradsOp(BucketOp):
+    """Each rank's shard of the gradients summed over the group, divided by `divide` (the number
+    of data-parallel replicas: their mean, as DDP takes it); a 0-dim gradient comes back whole."""
+
+    name = "dist.reduce_scatter_grads"
+    grads = var_operand_def(TensorType)
+    shards = var_result_def(TensorType)
+    divide = prop_def(IntegerAttr)
+
+    assembly_format = "$grads attr-dict `:` functional-type($grads, $shards)"
+
+    def whole_and_shards(self):
+        return list(self.grads), list(self.shards)
+
+    def workspace_bytes(self) -> int:
+        """Every rank's segment of the padded gradients, and the reduced segment."""
+        return (1 + self.group_size) * self.segment_bytes()
+
+    def runtime_call(self) -> RuntimeCall:
+        return RuntimeCall("collectives.reduce_scatter_grads", list(self.grads), {
+            "divide": self.divide, "group": self.group,
+        })
+
+
+Dist = Dialect(
+    "dist", [GroupDeclOp, AllToAllOp, AllReduceOp, AllGatherOp, ReduceScatterOp, GatherParamsOp, ReduceScatterGradsOp], []
+)

@@ -6,9 +6,9 @@ from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp
 
 from autosp.common.errors import AutoSPError
-from autosp.ir.autosp import PartitionAttr, RematAttr
+from autosp.ir.autosp import PartitionAttr, RematAttr, ZeroAttr
 
-PARTITION, REMAT = "autosp.partition", "autosp.remat"  # the module attributes that carry them
+PARTITION, REMAT, ZERO = "autosp.partition", "autosp.remat", "autosp.zero"  # the module attributes that carry them
 
 
 def train_step_of(module: ModuleOp) -> func.FuncOp:
@@ -28,3 +28,9 @@ def remat_of(module: ModuleOp) -> RematAttr | None:
     """The remat pass's plan, if it ran."""
     attr = module.attributes.get(REMAT)
     return attr if isinstance(attr, RematAttr) else None
+
+
+def zero_of(module: ModuleOp) -> ZeroAttr | None:
+    """How the zero pass sharded the training state, if it ran."""
+    attr = module.attributes.get(ZERO)
+    return attr if isinstance(attr, ZeroAttr) else None

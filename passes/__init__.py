@@ -23,6 +23,12 @@ def _sp_partition() -> type[ModulePass]:
     return SPPartition
 
 
+def _zero() -> type[ModulePass]:
+    from autosp.passes.zero import Zero
+
+    return Zero
+
+
 def _memory_plan() -> type[ModulePass]:
     from autosp.passes.memory_plan import MemoryPlanPass
 
@@ -45,6 +51,7 @@ PASSES: dict[str, Callable[[], type[ModulePass]]] = {
     "drop-aliases": _drop_aliases,
     "sp-propagate": _sp_propagate,
     "sp-partition": _sp_partition,
+    "zero": _zero,
     "remat": _remat,
     "memory-plan": _memory_plan,
     "fuse-elementwise": _fuse_elementwise,

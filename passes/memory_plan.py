@@ -24,7 +24,7 @@ from xdsl.dialects.builtin import IntegerAttr, ModuleOp, StringAttr
 from xdsl.ir import Operation, OpResult, SSAValue
 from xdsl.passes import ModulePass
 
-from autosp.ir.program import train_step_of
+from autosp.ir.program import train_step_of, zero_of
 from autosp.ir.aten import AtenOp, overload_of
 from autosp.ir.dtypes import tensor_bytes, torch_dtype
 from autosp.ir.interfaces import CostInterface
@@ -71,7 +71,7 @@ def workspace_bytes(op: Operation) -> int:
 
 @dataclass
 class MemoryPlan:
-    held_bytes: int  # arguments: parameters, buffers, inputs
+    held_bytes: int  # arguments (parameters, buffers, inputs) and the optimizer's state
     peak_bytes: int  # everything the rank holds at the worst moment, held_bytes included
     peak_op: str  # the op (and its result name) where the peak happens
     peak_index: int
@@ -110,8 +110,9 @@ class Liveness:
     dead_after: dict[int, list[SSAValue]]
 
 
-def liveness(module: ModuleOp, *, workspace: bool = True, fn: func.FuncOp | None = None) -> Liveness:
-    """Lifetimes in @train_step (or in `fn`)."""
+def liveness(module: ModuleOp, *, workspace: bool = True, optimizer_state: bool = True, fn: func.FuncOp | None = None) -> Liveness:
+    """Lifetimes in @train_step (or in `fn`). The bytes held count the optimizer's state
+    (`#autosp.zero`: it is on the device for the whole step) unless `optimizer_state` is False."""
     block = (fn or train_step_of(module)).body.block
     ops = list(block.ops)
     root: dict[SSAValue, SSAValue] = {arg: arg for arg in block.args}
@@ -135,7 +136,7 @@ def liveness(module: ModuleOp, *, workspace: bool = True, fn: func.FuncOp | None
     for value, index in value_last_use.items():
         if value not in returned_values and value not in args:
             dead_after.setdefault(index, []).append(value)
-    held = sum(tensor_bytes(arg) for arg in block.args)
+    held = sum(tensor_bytes(arg) for arg in block.args) + (optimizer_state_bytes(module) if optimizer_state else 0)
     frees: dict[int, list[SSAValue]] = {}
     for storage, index in last_use.items():
         if storage not in returned and storage not in args:
@@ -147,6 +148,12 @@ def liveness(module: ModuleOp, *, workspace: bool = True, fn: func.FuncOp | None
         profile.append(live + (workspace_bytes(op) if workspace else 0))
         live -= sum(tensor_bytes(s) for s in frees.get(index, []))
     return Liveness(ops, root, last_use, returned, held, profile, dead_after)
+
+
+def optimizer_state_bytes(module: ModuleOp) -> int:
+    """What the user's optimizer holds on this rank between steps, as the zero pass recorded it."""
+    zero = zero_of(module)
+    return zero.state_bytes.data if zero is not None else 0
 
 
 def peak_breakdown(module: ModuleOp, seq: int | None = None) -> list[tuple[str, int]]:
@@ -177,8 +184,10 @@ def peak_breakdown(module: ModuleOp, seq: int | None = None) -> list[tuple[str, 
     return sorted(kinds.items(), key=lambda item: -item[1])
 
 
-def plan_memory(module: ModuleOp, *, workspace: bool = True) -> MemoryPlan:
-    lv = liveness(module, workspace=workspace)
+def plan_memory(module: ModuleOp, *, workspace: bool = True, optimizer_state: bool = True) -> MemoryPlan:
+    """The peak and what makes it. Without `workspace` and `optimizer_state`: what the program
+    itself holds (what TrainStep.measure_memory measures)."""
+    lv = liveness(module, workspace=workspace, optimizer_state=optimizer_state)
     peak, peak_index = lv.held_bytes, -1
     for index, now in enumerate(lv.live):
         if now > peak:

@@ -51,7 +51,9 @@ from xdsl.traits import Pure
 from autosp.ir.autosp import RematAttr
 from autosp.ir.program import REMAT, partition_of, train_step_of
 from autosp.ir.autosp import AttentionOp
-from autosp.ir.dist import CollectiveOp, GroupOp
+from autosp.ir.dist import CollectiveOp, GatherParamsOp, GroupOp
+from autosp.passes.segments import forward_segments
+from autosp.passes.views import rebased
 from autosp.passes.cost_model import GiB, DeviceProfile, device_profile, op_seconds
 from autosp.ir.dtypes import tensor_bytes
 from autosp.passes.memory_plan import (
@@ -168,8 +170,9 @@ class RematProblem:
         self.forward = forward = forward_ops(ops)
         returned = lv.returned
         self.units: dict[Operation, Unit] = {}
+        regathered = {twin.owner for twin in backward_twins(ops)}  # their values are free to the backward
         for i, op in enumerate(ops):
-            if op not in forward or is_view(op) or not op.results:
+            if op not in forward or is_view(op) or not op.results or op in regathered:
                 continue
             can = recomputable(op)
             pinned = any(r in returned for r in op.results)
@@ -213,14 +216,8 @@ class RematProblem:
 
     # Segments between attention ops with the same op sequence share their decision slots.
     def _assign_slots(self) -> None:
-        depth: dict[SSAValue, int] = {}
         segments: dict[int, list[Operation]] = {}
-        for op in self.lv.ops:
-            if op not in self.forward:
-                continue
-            d = max((depth.get(o, 0) for o in op.operands), default=0)
-            for r in op.results:
-                depth[r] = d + isinstance(op, AttentionOp)  # an attention op ends its segment
+        for op, d in forward_segments(self.lv.ops, self.forward).items():
             segments.setdefault(d, []).append(op)
             if op in self.units:
                 self.units[op].segment = d
@@ -441,6 +438,17 @@ def apply_recompute(module: ModuleOp, recompute: frozenset[int]) -> list[Operati
 
     clones: dict[SSAValue, SSAValue] = {}
     made: list[Operation] = []
+    # Whole parameters gathered again for the backward (ZeRO-3): clones read that copy (or their
+    # views of it) once it exists, not the forward's, which then dies after the forward.
+    twins = backward_twins(ops)
+    regathered: dict[SSAValue, SSAValue] = {}
+    seen: set[Operation] = set()
+
+    def operand_of_clone(value: SSAValue, before: Operation) -> SSAValue:
+        if value in clones:
+            return clones[value]
+        ready = {v: t for v, t in twins.items() if t.owner in seen}
+        return rebased(value, ready, regathered, lambda op: block.insert_op_before(op, before)) or value
 
     def materialize(value: SSAValue, before: Operation) -> SSAValue:
         # Iterative post-order: recompute chains can be as long as the forward.
@@ -456,7 +464,7 @@ def apply_recompute(module: ModuleOp, recompute: frozenset[int]) -> list[Operati
             if pending:
                 stack.extend(pending)
                 continue
-            clone = owner.clone(value_mapper={o: clones.get(o, o) for o in owner.operands})
+            clone = owner.clone(value_mapper={o: operand_of_clone(o, before) for o in owner.operands})
             clone.attributes[RECOMPUTE] = UnitAttr()
             for old, new in zip(owner.results, clone.results):
                 new.name_hint = f"{old.name_hint or 'v'}_re"
@@ -467,12 +475,25 @@ def apply_recompute(module: ModuleOp, recompute: frozenset[int]) -> list[Operati
         return clones.get(value, value)
 
     for op in ops:
-        if op in forward or isinstance(op, func.ReturnOp):
-            continue
-        new = [materialize(o, op) for o in op.operands]
-        if any(a is not b for a, b in zip(new, op.operands)):
-            op.operands = new
+        if op not in forward and not isinstance(op, func.ReturnOp):
+            new = [materialize(o, op) for o in op.operands]
+            if any(a is not b for a, b in zip(new, op.operands)):
+                op.operands = new
+        seen.add(op)
     return made
+
+
+def backward_twins(ops: list[Operation]) -> dict[SSAValue, SSAValue]:
+    """Each whole parameter the forward gathered -> the same parameter gathered again for the
+    backward (`dist.gather_params` phase forward / backward of one bucket, passes/zero.py)."""
+    phases: dict[int, dict[str, GatherParamsOp]] = {}
+    for op in ops:
+        if isinstance(op, GatherParamsOp):
+            phases.setdefault(op.bucket.value.data, {})[op.phase.data] = op
+    return {
+        f: b for gathers in phases.values() if len(gathers) == 2
+        for f, b in zip(gathers["forward"].results, gathers["backward"].results)
+    }
 
 
 # --- the pass -----------------------------------------------------------------------------

@@ -140,17 +140,22 @@ def fingerprint(tensor: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def collective_device() -> torch.device:
+    """Where the default group's collectives take tensors (NCCL: the current GPU)."""
+    return torch.device("cuda", torch.cuda.current_device()) if str(dist.get_backend()) == "nccl" else torch.device("cpu")
+
+
 class StepAgreement:
     """The per-step check of a multi-process step (see the module docstring). `check_every`:
     compare parameter fingerprints every that many steps (0: the first step only)."""
 
-    def __init__(self, sp: int, input_names: list[str], parameter_names: list[str], timeout: float, check_every: int = 0):
-        self.sp, self.timeout, self.check_every = sp, timeout, check_every
+    def __init__(self, sp_groups: list[list[int]], input_names: list[str], parameter_names: list[str], timeout: float,
+                 check_every: int = 0):
+        self.sp_groups, self.timeout, self.check_every = sp_groups, timeout, check_every
         self.input_names, self.parameter_names = input_names, parameter_names
         self.world, self.rank = dist.get_world_size(), dist.get_rank()
         self.steps = 0  # steps agreed on; failed steps do not count, identically on every rank
-        backend = str(dist.get_backend())
-        self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        self.device = collective_device()
 
     def __call__(self, error: str | None, inputs: list[torch.Tensor], parameters: list[torch.Tensor]) -> None:
         first = self.steps == 0
@@ -182,23 +187,39 @@ class StepAgreement:
         self.steps += 1
 
     def _compare_inputs(self, prints: torch.Tensor) -> None:
-        for group_start in range(0, self.world, self.sp):
-            for rank in range(group_start + 1, group_start + self.sp):
-                differs = (prints[rank] != prints[group_start]).view(-1, 2).any(1).nonzero().flatten().tolist()
+        for group in self.sp_groups:
+            first = group[0]
+            for rank in group[1:]:
+                differs = (prints[rank] != prints[first]).view(-1, 2).any(1).nonzero().flatten().tolist()
                 if differs:
                     names = ", ".join(f"'{self.input_names[i]}'" for i in differs)
                     raise AutoSPError(
-                        f"ranks {group_start} and {rank} of one SP group were given different {names}: every rank "
-                        f"of an SP group (ranks {group_start}..{group_start + self.sp - 1}) must get the same full "
+                        f"ranks {first} and {rank} of one SP group were given different {names}: every rank "
+                        f"of an SP group (ranks {', '.join(map(str, group))}) must get the same full "
                         "batch and takes its own part of the sequence"
                     )
 
     def _compare_parameters(self, prints: torch.Tensor) -> None:
-        for rank in range(1, self.world):
-            differs = (prints[rank] != prints[0]).view(-1, 2).any(1).nonzero().flatten().tolist()
-            if differs:
-                more = f" (and {len(differs) - 1} more)" if len(differs) > 1 else ""
-                raise AutoSPError(
-                    f"parameter '{self.parameter_names[differs[0]]}'{more} differs between rank 0 and rank {rank}: "
-                    "every rank must hold the same weights (same seed or checkpoint on every rank before the step)"
-                )
+        compare_state(prints, self.parameter_names)
+
+
+def compare_state(prints: torch.Tensor, names: list[str]) -> None:
+    """Raises (on every rank alike) if a rank's fingerprints ([world, 2 * len(names)]) differ from rank 0's."""
+    for rank in range(1, prints.shape[0]):
+        differs = (prints[rank] != prints[0]).view(-1, 2).any(1).nonzero().flatten().tolist()
+        if differs:
+            more = f" (and {len(differs) - 1} more)" if len(differs) > 1 else ""
+            raise AutoSPError(
+                f"parameter '{names[differs[0]]}'{more} differs between rank 0 and rank {rank}: "
+                "every rank must hold the same weights (same seed or checkpoint on every rank before the step)"
+            )
+
+
+def agree_on_state(names: list[str], tensors: list[torch.Tensor], device: torch.device) -> None:
+    """Collective over the world: every rank holds the same `tensors` (fingerprints compared), or
+    every rank raises the same error. Before the parameters are sharded, when no later check can
+    see a rank's whole weights again."""
+    row = torch.cat([fingerprint(t).to(device) for t in tensors]) if tensors else torch.zeros(0, dtype=torch.int64, device=device)
+    rows = [torch.empty_like(row) for _ in range(dist.get_world_size())]
+    dist.all_gather(rows, row)
+    compare_state(torch.stack(rows).cpu(), names)

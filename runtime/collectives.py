@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from autosp.common.sizes import split_sizes
+from autosp.common.sizes import chunk_sizes, split_sizes
 
 _REDUCE = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 
@@ -123,3 +123,114 @@ def place_shard(x: torch.Tensor, dim: int, replicas: int, outer: int, group) -> 
 def to_partial(x: torch.Tensor, group) -> torch.Tensor:
     """A replicated tensor as a partial sum: rank 0 keeps it, the others contribute zeros."""
     return x.clone() if dist.get_rank(group) == 0 else torch.zeros_like(x)
+
+
+# --- bucket collectives (ZeRO: ir/dist.py's gather_params, reduce_scatter_grads) -----------------
+#
+# Each rank's flat segment holds every member of the bucket in turn, padded to ceil(rows / n) rows
+# (DTensor's Shard(0) chunk; a 0-dim member: one element). Under torch.chunk's cut, the first
+# `full` ranks hold whole chunks, the next one the `rest` rows, the others none: so the padded
+# segments, end to end, hold a member's rows in order.
+
+
+def _cut(rows: int, n: int) -> tuple[int, int, int]:
+    """(rows per chunk, ranks holding a whole chunk, rows of the next rank)."""
+    size = -(-rows // n)
+    full = rows // size if size else 0
+    return size, full, rows - full * size
+
+
+def _layout(shapes: list[torch.Size], n: int) -> tuple[list[int], list[int]]:
+    """Each member's offset in a rank's flat segment, and its length there."""
+    lengths = [_cut(s[0], n)[0] * s[1:].numel() if len(s) else 1 for s in shapes]
+    offsets = [0]
+    for length in lengths[:-1]:
+        offsets.append(offsets[-1] + length)
+    return offsets, lengths
+
+
+def _copy_chunks(member: torch.Tensor, segments: torch.Tensor, to_segments: bool) -> None:
+    """Copy a member's rows (`member`: [rows, ...], any strides) to or from its columns of every
+    rank's segment (`segments`: [n, length]): one strided copy per run of whole chunks, no temporary."""
+    n = segments.shape[0]
+    rows, inner = member.shape[0], member.shape[1:]
+    size, full, rest = _cut(rows, n)
+    pieces = [(member[: full * size].unflatten(0, (full, size)), segments[:full].view(full, size, *inner))]
+    if rest:
+        pieces.append((member[full * size :], segments[full, : rest * inner.numel()].view(rest, *inner)))
+    for mine, theirs in pieces:
+        (theirs if to_segments else mine).copy_(mine if to_segments else theirs)
+
+
+_NO_BASE_COLLECTIVES: set[str] = set()  # backends without all_gather_into_tensor / reduce_scatter_tensor
+
+
+def _unsupported(err: RuntimeError, names: tuple[str, ...]) -> bool:
+    return any(name in str(err) for name in names)
+
+
+def gather_params(*shards: torch.Tensor, rows: list[int], group):
+    """The whole parameters from every rank's shards (`rows`: their lengths along dim 0; a 0-dim
+    member is replicated: it comes back as this rank holds it). One all-gather of the flat
+    segments, then each parameter copied out once (new contiguous tensors). A tensor for one
+    shard, a tuple for several."""
+    n = dist.get_world_size(group)
+    wholes = [torch.Size([r, *s.shape[1:]]) if s.dim() else s.shape for s, r in zip(shards, rows)]
+    offsets, lengths = _layout(wholes, n)
+    segment = shards[0].new_zeros(sum(lengths))
+    for shard, offset in zip(shards, offsets):
+        segment[offset : offset + shard.numel()].copy_(shard.reshape(-1))
+    gathered = segment.new_empty(n, segment.numel())
+    backend = str(dist.get_backend(group))
+    if backend not in _NO_BASE_COLLECTIVES:
+        try:
+            dist.all_gather_into_tensor(_handed(gathered.view(-1)), _handed(segment), group=group)
+        except RuntimeError as err:
+            if not _unsupported(err, ("all_gather_into_tensor", "allgather_into_tensor", "_allgather_base")):
+                raise
+            _NO_BASE_COLLECTIVES.add(backend)
+    if backend in _NO_BASE_COLLECTIVES:
+        dist.all_gather([_handed(g) for g in gathered.unbind(0)], _handed(segment), group=group)
+    out = []
+    for whole, offset, length in zip(wholes, offsets, lengths):
+        if not len(whole):
+            out.append(gathered[0, offset].clone())
+            continue
+        param = gathered.new_empty(whole)
+        _copy_chunks(param, gathered[:, offset : offset + length], to_segments=False)
+        out.append(param)
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def reduce_scatter_grads(*grads: torch.Tensor, divide: int, group):
+    """This rank's Shard(0) rows of each gradient summed over the group, divided by `divide` (a
+    0-dim gradient: the whole sum, on every rank). One reduce-scatter of the flat segments. A
+    tensor for one gradient, a tuple for several."""
+    n, rank = dist.get_world_size(group), dist.get_rank(group)
+    offsets, lengths = _layout([g.shape for g in grads], n)
+    flat = grads[0].new_zeros(n, sum(lengths))
+    for grad, offset, length in zip(grads, offsets, lengths):
+        if grad.dim() == 0:  # in every rank's segment: every rank receives the sum
+            flat[:, offset] = grad
+        else:
+            _copy_chunks(grad, flat[:, offset : offset + length], to_segments=True)
+    reduced = flat.new_empty(flat.shape[1])
+    backend = str(dist.get_backend(group))
+    if backend not in _NO_BASE_COLLECTIVES:
+        try:
+            dist.reduce_scatter_tensor(_handed(reduced), _handed(flat.view(-1)), group=group)
+        except RuntimeError as err:
+            if not _unsupported(err, ("reduce_scatter_tensor", "_reduce_scatter_base")):
+                raise
+            _NO_BASE_COLLECTIVES.add(backend)
+    if backend in _NO_BASE_COLLECTIVES:
+        dist.all_reduce(_handed(flat), group=group)
+        reduced.copy_(flat[rank])
+    shards = []
+    for grad, offset in zip(grads, offsets):
+        if grad.dim() == 0:
+            shards.append(reduced[offset] / divide)
+            continue
+        local = chunk_sizes(grad.shape[0], n)[rank]
+        shards.append(reduced[offset : offset + local * grad.shape[1:].numel()].view(local, *grad.shape[1:]) / divide)
+    return shards[0] if len(shards) == 1 else tuple(shards)

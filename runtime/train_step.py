@@ -3,7 +3,10 @@
     loss = step(input_ids, labels)   # forward + backward; grads accumulate into param.grad
 
 The parameters are the very tensors of the exported program's state_dict (the user's model
-parameters), so `torch.optim` optimizers built on the model work unchanged.
+parameters), so `torch.optim` optimizers built on the model work unchanged. With a sharded
+training state (ZeRO, `shard_parameters`), the step replaces them in the model by DTensors
+(Shard(0) over the world mesh, as FSDP2's fully_shard does): the program takes their local
+shards and gives back gradient shards, stored as DTensor `.grad`s.
 
 Before the program runs, the step checks what it is given (inputs, the parameters' shapes,
 dtypes and identity, the autograd/autocast mode, index inputs against their tables) and, on
@@ -105,6 +108,7 @@ class TrainStep:
         self.grad_of = grad_of
         self.report = report
         self.dp_group, self.dp_size, self.agreement = None, 1, None
+        self.sharded = False  # parameters are DTensors holding this rank's shard
         self._failed_mid_step: str | None = None
         missing = [s.name for s in inputs if s.kind != "input" and s.name not in state]
         if missing:
@@ -128,6 +132,53 @@ class TrainStep:
         whose replicas' gradients are averaged, and the per-step agreement of all ranks."""
         self.program.GROUPS.update(groups)  # the measured program shares this dict
         self.dp_group, self.dp_size, self.agreement = dp_group, dp_size, agreement
+
+    def shard_parameters(self, world_mesh, world_rank: int) -> None:
+        """Replace every parameter, in each module slot that holds it, by an nn.Parameter DTensor:
+        Shard(0) over `world_mesh` (a 0-dim one Replicate()) with this rank's rows, cut as the
+        program was compiled (DTensor's own cut, torch.chunk). No communication: every rank holds
+        the same weights (checked before), so each takes its own rows."""
+        from torch.distributed.tensor import DTensor, Replicate, Shard
+
+        from autosp.common.sizes import chunk_sizes
+
+        world = world_mesh.size()
+        shards: dict[int, torch.nn.Parameter] = {}  # id(whole) -> its DTensor (tied weights: one)
+        state_index = [i for i, t in enumerate(self._state) if t is not None]
+        for j, ((spec, tensor), slots) in enumerate(zip(self._state_specs, self._slots)):
+            if spec.kind != "parameter":
+                continue
+            if id(tensor) not in shards:
+                if tensor.dim():
+                    sizes = chunk_sizes(tensor.shape[0], world)
+                    local = tensor.detach().narrow(0, sum(sizes[:world_rank]), sizes[world_rank])
+                    placements = [Shard(0)]
+                else:
+                    local, placements = tensor.detach(), [Replicate()]
+                whole = DTensor.from_local(
+                    local.clone(memory_format=torch.contiguous_format), world_mesh, placements, run_check=False,
+                    shape=tensor.shape, stride=torch.empty(tensor.shape, device="meta").stride(),
+                )
+                shards[id(tensor)] = torch.nn.Parameter(whole, requires_grad=tensor.requires_grad)
+            new = shards[id(tensor)]
+            for owner, kind, name in slots:
+                module = owner()
+                if module is not None:
+                    getattr(module, kind)[name] = new
+            self._state[state_index[j]] = new
+        self._state_specs = [(s, t) for s, t in zip(self.inputs, self._state) if t is not None]
+        by_name = {s.name: t for s, t in self._state_specs if s.kind == "parameter"}
+        self.parameters = [by_name[name] for name in self.grad_of]
+        self.sharded = True
+
+    def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
+        """(state_dict name, tensor) of every parameter the program takes."""
+        return [(s.name, t) for s, t in self._state_specs if s.kind == "parameter"]
+
+    @property
+    def replicated_state(self) -> list[tuple[InputSpec, torch.Tensor]]:
+        """The state every rank holds whole (what the ranks compare): all of it unless sharded."""
+        return [(s, t) for s, t in self._state_specs if not (self.sharded and s.kind == "parameter")]
 
     @property
     def source(self) -> str:
@@ -156,6 +207,8 @@ class TrainStep:
                         f"{spec.kind} '{spec.name}' was replaced after compile ({type(module).__name__}.{name} is a new "
                         "object): the step would keep using the old one; export and compile again after replacing it"
                     )
+            if self.sharded and spec.kind == "parameter":
+                tensor = _local(tensor)  # the program's argument: this rank's shard
             if tensor.device.type == "meta":
                 raise AutoSPError(f"{spec.kind} '{spec.name}' is on the meta device (no data); load real weights before the step")
             if tuple(tensor.shape) != spec.shape or tensor.dtype != spec.dtype or tensor.device != self.device:
@@ -236,9 +289,9 @@ class TrainStep:
                 raise
             error = error_text(err)
         if self.agreement is not None:
-            self.agreement(error, user, [t for _, t in self._state_specs])
+            self.agreement(error, user, [t for _, t in self.replicated_state])
         supplied = iter(user)
-        return [next(supplied) if t is None else t.detach() for t in self._state]
+        return [next(supplied) if t is None else _local(t.detach()) for t in self._state]
 
     # --- the step ---------------------------------------------------------------------------
 
@@ -285,8 +338,8 @@ class TrainStep:
     def _reduce_and_store(self, grads: list[torch.Tensor]) -> None:
         """Average over the dp replicas, then write every .grad or none: everything that can
         fail (validation, allocation) happens before the first parameter is touched."""
-        if self.dp_size > 1:  # DDP semantics: the mean over replicas of each replica's gradient
-            import torch.distributed as dist
+        if self.dp_size > 1 and not self.sharded:  # DDP semantics: the mean over replicas of each
+            import torch.distributed as dist           # replica's gradient (sharded: the program's)
 
             for grad in grads:
                 dist.all_reduce(grad, group=self.dp_group)
@@ -294,6 +347,9 @@ class TrainStep:
         with torch.no_grad():
             new: list[torch.Tensor | None] = []  # a tensor to assign, or None: add in place
             for param, grad in zip(self.parameters, grads):
+                if self.sharded:  # this rank's shard of the gradient, as a DTensor like its parameter
+                    new.append(_sharded_grad(param, grad))
+                    continue
                 old = param.grad
                 if old is None:
                     grad = grad.detach()
@@ -307,6 +363,29 @@ class TrainStep:
                     new.append(grad + old)  # (dense + sparse is defined, sparse + dense is not)
             for param, grad, replacement in zip(self.parameters, grads, new):
                 if replacement is None:
-                    param.grad.add_(grad)
+                    _local(param.grad).add_(grad)
                 else:
                     param.grad = replacement
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local tensor (the same storage); any other tensor as it is."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def _sharded_grad(param, grad: torch.Tensor):
+    """The gradient to assign to a DTensor parameter (None: add `grad` into its local .grad)."""
+    from torch.distributed.tensor import DTensor
+
+    old = param.grad
+    if old is not None:
+        if not isinstance(old, DTensor) or old.placements != param.placements or _local(old).shape != grad.shape:
+            raise AutoSPError(
+                "a sharded parameter's .grad is not a DTensor shard like its parameter (was it replaced?); "
+                "set it to None (optimizer.zero_grad()) before the step"
+            )
+        return None
+    return DTensor.from_local(grad.detach(), param.device_mesh, param.placements, run_check=False,
+                              shape=param.shape, stride=param.stride())
