@@ -1,5 +1,6 @@
 # make demo: export a tiny Llama, compile it, train ~20 steps on CPU, check grads against eager.
 # make test: the layering contract, every test (pytest + lit). Both create .venv on first use.
+# pytest: 2 workers, each test file on one of them (a file's module fixtures are built once).
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
@@ -19,7 +20,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash tests/lint_imports.sh
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 	.venv/bin/lit -q tests/lit
 
 clean:

@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import weakref
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -134,13 +135,32 @@ def imported(ep, tile_mlp: bool, cache_dir: Path | None = None) -> tuple[ModuleO
     return module.clone(), checks
 
 
+# Imports by digest in this process, most recent last: another export of the same model (a
+# copy, the next compile of a job) skips parsing the disk entry too (xDSL parses ~2 ms an op).
+_BY_KEY: OrderedDict[str, ModuleOp] = OrderedDict()
+_KEPT_IMPORTS = 8
+
+
 def cached_import(ep, tile_mlp: bool, cache_dir: Path) -> ModuleOp:
-    """`ep`'s imported module, from `cache_dir/imports` when an earlier process imported the same
-    program with the same AutoSP and torch (`import_key`): the other ranks of a job and the next
-    launch skip the joint export. Processes that miss together take turns (a file lock): the
-    first imports, the others read its result. The IR is kept with its locations; an entry that
-    does not parse or verify is imported again and replaced (atomically, as programs are)."""
-    path = cache_dir / "imports" / f"{import_key(ep, tile_mlp)}.mlir"
+    """`ep`'s imported module (the caller copies it before changing it), from this process's
+    imports or from `cache_dir/imports` when an earlier process imported the same program with
+    the same AutoSP and torch (`import_key`): the other ranks of a job and the next launch skip
+    the joint export. Processes that miss together take turns (a file lock): the first imports,
+    the others read its result. The IR is kept with its locations; an entry that does not parse
+    or verify is imported again and replaced (atomically, as programs are)."""
+    key = import_key(ep, tile_mlp)
+    if key in _BY_KEY:
+        _BY_KEY.move_to_end(key)
+        return _BY_KEY[key]
+    module = _disk_import(ep, tile_mlp, cache_dir, key)
+    _BY_KEY[key] = module
+    while len(_BY_KEY) > _KEPT_IMPORTS:
+        _BY_KEY.popitem(last=False)
+    return module
+
+
+def _disk_import(ep, tile_mlp: bool, cache_dir: Path, key: str) -> ModuleOp:
+    path = cache_dir / "imports" / f"{key}.mlir"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = open(path.with_suffix(".lock"), "a")  # noqa: SIM115 (held across the import)

@@ -13,7 +13,7 @@ from autosp.common.errors import AutoSPError
 BASE_PASSES = ("drop-aliases", "dce")
 
 
-def check_options(sp: int, budget: str | int, cost_model: str, shard: str = "none", world: int = 1,
+def check_options(sp: int, budget: str | int, cost_model: str, shard: str = "none", world: int | None = None,
                   world_rank: int = 0, optimizer: str = "none") -> None:
     from autosp.ir.autosp import SHARD_LEVELS
     from autosp.passes.cost_model import device_profile
@@ -24,6 +24,7 @@ def check_options(sp: int, budget: str | int, cost_model: str, shard: str = "non
         raise AutoSPError(f"--sp={sp}: the sequence-parallel degree must be an integer >= 1")
     if shard not in SHARD_LEVELS:
         raise AutoSPError(f"shard={shard!r}: choose one of {', '.join(SHARD_LEVELS)}")
+    world = sp if world is None else world
     if not isinstance(world, int) or world < 1 or world % sp or not 0 <= world_rank < world:
         raise AutoSPError(f"world={world} (rank {world_rank}): the ranks sharing the state must be a multiple of sp={sp}")
     state_size(optimizer)
@@ -32,11 +33,11 @@ def check_options(sp: int, budget: str | int, cost_model: str, shard: str = "non
 
 def pipeline_spec(
     sp: int = 1, remat: bool = False, rank: int = 0, memory_budget: str | int = "auto", cost_model: str = "h100",
-    fuse: bool = True, shard: str = "none", world: int = 1, world_rank: int = 0, optimizer: str = "none",
+    fuse: bool = True, shard: str = "none", world: int | None = None, world_rank: int = 0, optimizer: str = "none",
 ) -> str:
     """The passes for these options; `rank` (within the SP group) picks whose program to make
     (they differ only where the sequence does not divide by sp). `shard` (none, optimizer,
-    gradients, parameters: ZeRO-0..3) shards the training state over the `world` ranks (sp x dp),
+    gradients, parameters: ZeRO-0..3) shards the training state over the `world` ranks (sp x dp; default sp),
     as rank `world_rank` holds it; `optimizer` (a kind of passes/optimizers.py) is the state the
     memory plan counts. With remat, `memory_budget` (bytes, "70GiB" or "auto") is per rank and
     `cost_model` prices recomputation. `fuse`: elementwise chains into generated kernels (after
@@ -46,6 +47,7 @@ def pipeline_spec(
     if sp > 1:
         passes += [f"sp-propagate{{sp={sp}}}", f"sp-partition{{rank={rank}}}"]
     if shard != "none" or optimizer != "none":
+        world = sp if world is None else world
         passes.append(f'zero{{level="{shard}" world={world} rank={world_rank} optimizer="{optimizer}"}}')
     if remat:
         passes.append(f'remat{{budget="{memory_budget}" cost_model="{cost_model}"}}')

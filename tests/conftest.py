@@ -46,8 +46,13 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 @pytest.fixture
 def isolated_cache(tmp_path, monkeypatch):
-    """A cache of its own: generated programs and imports."""
+    """A cache of its own: generated programs and imports (none kept in this process either)."""
+    from collections import OrderedDict
+
+    from autosp import driver
+
     monkeypatch.setenv("AUTOSP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(driver, "_BY_KEY", OrderedDict())
     return tmp_path / "cache"
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+
 BIN = Path(sys.executable).parent
 
 GOOD = """func.func @f(%a: tensor<4x8xf32>, %b: tensor<8x2xf32>) -> tensor<4x2xf32> {

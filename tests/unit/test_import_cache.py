@@ -12,6 +12,11 @@ from autosp.frontends import import_key
 from tests.conftest import tiny_causal_lm
 
 
+def as_another_process():
+    """Forget this process's imports: the next compile sees only the disk entries."""
+    driver._BY_KEY.clear()
+
+
 def export(model, seq=16):
     ids = torch.randint(0, 96, (1, seq), generator=torch.Generator().manual_seed(0))
     return torch.export.export(model, (ids, ids.clone())), ids
@@ -27,11 +32,21 @@ def test_a_second_process_reuses_the_import_and_gets_the_same_program(isolated_c
         raise AssertionError("imported again")
 
     monkeypatch.setattr(driver, "import_program", no_import)
-    second_ep, _ = export(model)  # as another process would export it
+    as_another_process()
+    second_ep, _ = export(model)
     second = autosp.compile(second_ep)
     assert second.source == first.source
     assert "# model.model.layers.1.self_attn (LlamaAttention)" in second.source  # locations kept
     assert torch.equal(second(ids, ids), first(ids, ids))
+
+
+def test_this_process_keeps_its_imports(isolated_cache, monkeypatch):
+    """Another export of the same model in this process neither imports nor parses again."""
+    model = tiny_causal_lm("Llama")
+    first = autosp.compile(export(model)[0]).source
+    monkeypatch.setattr(driver, "import_program", lambda *a, **k: (_ for _ in ()).throw(AssertionError("imported again")))
+    monkeypatch.setattr(driver, "_disk_import", lambda *a, **k: (_ for _ in ()).throw(AssertionError("parsed again")))
+    assert autosp.compile(export(model)[0]).source == first
 
 
 def test_a_damaged_entry_is_imported_again(isolated_cache):
@@ -40,6 +55,7 @@ def test_a_damaged_entry_is_imported_again(isolated_cache):
     fresh = autosp.compile(ep).source
     (entry,) = (isolated_cache / "imports").glob("*.mlir")
     entry.write_text(entry.read_text()[:-200])  # a truncated file
+    as_another_process()
     again_ep, _ = export(model)
     assert autosp.compile(again_ep).source == fresh
     assert entry.read_text().endswith("} loc(unknown)")  # rewritten whole
@@ -88,6 +104,7 @@ def test_processes_that_miss_together_import_once(isolated_cache, monkeypatch):
     (entry,) = (isolated_cache / "imports").glob("*.mlir")
     text = entry.read_text()
     entry.unlink()
+    as_another_process()
 
     monkeypatch.setattr(driver, "import_program", lambda *a, **k: (_ for _ in ()).throw(AssertionError("imported again")))
     with open(entry.with_suffix(".lock"), "a") as lock:

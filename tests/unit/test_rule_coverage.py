@@ -13,6 +13,7 @@ from autosp.report import comm_report
 from tests.conftest import tiny_causal_lm
 from tests.e2e.test_equivalence import ARCHS
 
+
 STRUCTURE = ("func.", "autosp.yield", "dist.group")  # the function, its return, declarations
 
 
