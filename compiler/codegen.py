@@ -227,7 +227,7 @@ def emit_fused(op: FusedOp, names: Names) -> str:
     strides = ", ".join(f"*kernels.broadcast_strides({x}, {shape})" for x in inputs)
     wrapper.append(
         f"    KERNEL_kernel[{launch['grid']}]({', '.join(inputs + outputs)}, {strides}, "
-        f"BLOCK={launch['block']}, num_warps={launch['warps']})"
+        f"ROWS={launch['rows']}, BLOCK={launch['block']}, num_warps={launch['warps']})"
     )
     wrapper.append(f"    return {', '.join(outputs)}")
     code = "\n\n\n".join([kernel, "\n".join(reference), "\n".join(wrapper)])

@@ -4,10 +4,12 @@ reference function with the group's original ATen calls (what CPU runs use by de
 Each op of a group becomes one Triton expression (passes/kernel_exprs.py, one entry per ATen
 overload; the same tables decide what fuse-elementwise fuses).
 Floating-point math runs in fp32 (fp64 for fp64) and every op's result is rounded to its own IR
-dtype, as eager rounds each op's output, so a bf16 chain gives eager's bf16 values. The kernel
-runs one program per row of the group's shape (its last dim) and column tile; a group with a row
-reduction takes the whole row in one tile. Inputs are read through their own strides
-(broadcast dims have stride 0), so views need no copy; outputs are new contiguous tensors.
+dtype, as eager rounds each op's output, so a bf16 chain gives eager's bf16 values. A program
+computes a [ROWS, BLOCK] tile: ROWS rows of the group's shape (its last dim is the row) and a
+column tile of BLOCK; a group with a row reduction takes whole rows. Narrow rows (RoPE's
+head_dim) share a program, so no program works on a few dozen values. Inputs are read through
+their own strides (broadcast dims have stride 0), so views need no copy; outputs are new
+contiguous tensors.
 
 Values of a group may be narrower than its last dim: each is meaningful on its own columns
 (loads and stores are masked to them). Ops that move values along the last dim (`@column_expr`:
@@ -38,6 +40,7 @@ from autosp.passes.kernel_exprs import (
 )
 
 COLUMN_TILE = 1024  # columns per program when a group has no row reduction
+TILE_VALUES = 4096  # values per program: narrow rows are taken several at a time
 
 
 def _compute(value: SSAValue, expr: str) -> str:
@@ -71,14 +74,17 @@ def kernel_source(op: FusedOp, name: str) -> tuple[str, dict]:
     )
     block = triton.next_power_of_2(width) if row_mode else min(COLUMN_TILE, triton.next_power_of_2(width))
     block = max(block, 16)
+    rows = math.prod(lead)
+    rows_per_program = max(1, min(triton.next_power_of_2(rows), TILE_VALUES // block))
     inputs = [f"in{i}" for i in range(len(op.inputs))]
     outputs = [f"out{i}" for i in range(len(op.outputs))]
     strides = [f"{x}_s{d}" for x in inputs for d in range(len(shape))]
     lines = [
         "@triton.jit",
-        f"def {name}_kernel({', '.join(inputs + outputs + strides)}, BLOCK: tl.constexpr):",
-        "    row = tl.program_id(0).to(tl.int64)",
-        "    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)",
+        f"def {name}_kernel({', '.join(inputs + outputs + strides)}, ROWS: tl.constexpr, BLOCK: tl.constexpr):",
+        "    row = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]",
+        "    cols = (tl.program_id(1) * BLOCK + tl.arange(0, BLOCK))[None, :]",
+        f"    rmask = row < {rows}",
         f"    cmask = cols < {width}",
     ]
     # Row index -> one index per leading dim.
@@ -96,7 +102,7 @@ def kernel_source(op: FusedOp, name: str) -> tuple[str, dict]:
     def valid(k: int, value_width: int) -> str:
         """Columns where a value of this width exists, at offset k."""
         if k == 0:  # (a width-1 value is the same at every column)
-            return "cmask" if value_width in (1, width) else f"cols < {value_width}"
+            return "cmask" if value_width in (1, width) else f"(cols < {value_width})"
         c = columns(k)
         return f"({c} >= 0) & ({c} < {value_width})"
 
@@ -111,7 +117,7 @@ def kernel_source(op: FusedOp, name: str) -> tuple[str, dict]:
             i = arg_index[value]
             offset = " + ".join([f"{index[d]} * {inputs[i]}_s{d}" for d in range(len(lead))] + [f"{columns(k)} * {inputs[i]}_s{len(lead)}"])
             name = f"v{i}" if k == 0 else f"v{i}_{len(emitted)}"
-            lines.append(f"    {name} = tl.load({inputs[i]} + {offset}, mask={valid(k, value_width)}, other=0)")
+            lines.append(f"    {name} = tl.load({inputs[i]} + {offset}, mask=rmask & {valid(k, value_width)}, other=0)")
         else:
             inner = value.owner
             if overload_of(inner) in COLUMN_EXPRS:
@@ -128,9 +134,12 @@ def kernel_source(op: FusedOp, name: str) -> tuple[str, dict]:
         value_width = width_of(value)
         result = at(value, 0)
         if value_width == 1 and width > 1:  # one value per row
-            lines.append(f"    tl.store({outputs[i]} + row + cols * 0, tl.broadcast_to({result}, [BLOCK]), mask=cols == 0)")
+            lines.append(f"    tl.store({outputs[i]} + row + cols * 0, tl.broadcast_to({result}, [ROWS, BLOCK]), mask=rmask & (cols == 0))")
         else:
-            lines.append(f"    tl.store({outputs[i]} + row * {value_width} + cols, tl.broadcast_to({result}, [BLOCK]), mask={valid(0, value_width)})")
-    rows = math.prod(lead)
-    grid = (rows, 1 if row_mode else triton.cdiv(width, block))
-    return "\n".join(lines), {"block": block, "grid": grid, "warps": 8 if block >= 2048 else 4}
+            lines.append(
+                f"    tl.store({outputs[i]} + row * {value_width} + cols, tl.broadcast_to({result}, [ROWS, BLOCK]), "
+                f"mask=rmask & {valid(0, value_width)})"
+            )
+    grid = (triton.cdiv(rows, rows_per_program), 1 if row_mode else triton.cdiv(width, block))
+    warps = 8 if block * rows_per_program >= 2048 else 4
+    return "\n".join(lines), {"rows": rows_per_program, "block": block, "grid": grid, "warps": warps}

@@ -180,7 +180,7 @@ def _gelu(op, a):
 def _full(op, a):
     fill = _prop(op, "fill_value")
     dtype = TRITON_DTYPES.get(dtype_of(op.results[0]))
-    return None if fill is None or dtype is None else f"tl.full([BLOCK], {_num(fill)}, {dtype})"
+    return None if fill is None or dtype is None else f"tl.full([ROWS, BLOCK], {_num(fill)}, {dtype})"
 
 
 @triton_expr(*ROW_REDUCTIONS)
@@ -189,7 +189,7 @@ def _row_reduction(op, a):
     dims = [d % len(shape) for d in op.properties["dim"].get_values()] if "dim" in op.properties else []
     if dims != [len(shape) - 1] or not _prop(op, "keepdim", 0) or "dtype" in op.properties:
         return None
-    total = f"tl.sum(tl.where(cmask, {a[0]}, 0.0), 0)"
+    total = f"tl.sum(tl.where(cmask, {a[0]}, 0.0), 1)[:, None]"  # one value per row: [ROWS, 1]
     return total if overload_of(op) == aten.sum.dim_IntList else f"{total} / {shape[-1]}.0"
 
 

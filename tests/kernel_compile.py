@@ -84,8 +84,9 @@ def compile_generated_kernels() -> int:
                 signature[param.name] = "*" + types[len(signature)]
             else:
                 signature[param.name] = "i64"
-        block = kernel_source(op, "check")[1]["block"]
-        assert "ptx" in triton.compile(ASTSource(kernel, signature, constexprs={"BLOCK": block}), target=H100).asm
+        launch = kernel_source(op, "check")[1]
+        constexprs = {"ROWS": launch["rows"], "BLOCK": launch["block"]}
+        assert "ptx" in triton.compile(ASTSource(kernel, signature, constexprs=constexprs), target=H100).asm
     return len(representatives)
 
 
