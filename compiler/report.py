@@ -3,7 +3,9 @@ activations, what remat recomputes (per op family, FLOPs and estimated time), co
 per collective kind and per layer (a layer = one attention op and its gradient).
 
 Volume is what each rank sends per step, for ring algorithms: all_to_all (n-1)/n of its input,
-all_gather (n-1) x its input, reduce_scatter (n-1)/n of its input, all_reduce 2(n-1)/n.
+all_gather (n-1) x its input, reduce_scatter (n-1)/n of its input, all_reduce 2(n-1)/n; a
+bucket of parameters (ZeRO) gathered or its gradients reduce-scattered: (n-1) x one rank's
+padded segment, so ZeRO-3 moves 3 x the parameter bytes x (n-1)/n per step.
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation, SSAValue
 
 from autosp.ir.autosp import AttentionGradOp, AttentionOp
-from autosp.ir.dist import AllGatherOp, AllReduceOp, AllToAllOp, CollectiveOp, ReduceScatterOp
+from autosp.ir.dist import (
+    AllGatherOp, AllReduceOp, AllToAllOp, BucketOp, CollectiveOp, GatherParamsOp, ReduceScatterOp,
+)
 from autosp.ir.dtypes import tensor_bytes
-from autosp.passes.memory_plan import human_bytes, plan_memory
-from autosp.ir.program import partition_of, remat_of
+from autosp.passes.memory_plan import STATE_KINDS, human_bytes, plan_memory, state_breakdown
+from autosp.ir.program import partition_of, remat_of, train_step_of, zero_of
 from autosp.passes.sp_propagate import UNSHARDED
 
 
-def sent_bytes(op: CollectiveOp) -> float:
+def sent_bytes(op: CollectiveOp | BucketOp) -> float:
     n = op.group_size
+    if isinstance(op, BucketOp):  # a ring over the padded segments: n - 1 of them each way
+        return op.segment_bytes() * (n - 1)
     size = tensor_bytes(op.input)
     if isinstance(op, AllToAllOp) or isinstance(op, ReduceScatterOp):
         return size * (n - 1) / n
@@ -38,6 +44,8 @@ def sent_bytes(op: CollectiveOp) -> float:
 class CommReport:
     sp: int
     memory: object = None  # the MemoryPlan, when known
+    held: dict[str, int] = field(default_factory=dict)  # the peak by what it holds (memory_plan.state_breakdown)
+    zero: str = ""  # how the training state is sharded, when it is
     by_kind: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     by_layer: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     count: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -70,8 +78,11 @@ class CommReport:
             memory = Table("memory per rank", "bytes", title="memory (predicted)")
             memory.add_row("peak", human_bytes(self.memory.peak_bytes))
             memory.add_row("  at", self.memory.peak_op)
-            memory.add_row("arguments (parameters, buffers, inputs)", human_bytes(self.memory.held_bytes))
-            memory.add_row("returned (loss, gradients)", human_bytes(self.memory.returned_bytes))
+            for kind in STATE_KINDS:
+                if kind in self.held:
+                    memory.add_row(f"  {kind}", human_bytes(self.held[kind]))
+            if self.zero:
+                memory.add_row("training state", self.zero)
             memory.add_row("saved activations (forward -> backward)", human_bytes(self.memory.saved_bytes))
             for key, value in self.remat.items():
                 memory.add_row(key, value)
@@ -96,7 +107,10 @@ class CommReport:
 
 
 def _layer_key(where: str):
-    return (0, int(where.split()[1])) if where.startswith("layer ") else (1, where)
+    for rank, prefix in enumerate(("layer ", "parameters ")):
+        if where.startswith(prefix):
+            return (rank, int(where[len(prefix):].split()[0].rstrip(":")))
+    return (2, 0)
 
 
 def _attention_of(value: SSAValue, layer_of: dict[Operation, int]) -> int | None:
@@ -119,7 +133,12 @@ def _attention_of(value: SSAValue, layer_of: dict[Operation, int]) -> int | None
 
 def comm_report(module: ModuleOp) -> CommReport:
     partition = partition_of(module)
-    report = CommReport(sp=partition.sp.data if partition is not None else 1, memory=plan_memory(module))
+    report = CommReport(sp=partition.sp.data if partition is not None else 1, memory=plan_memory(module),
+                        held=state_breakdown(module))
+    zero = zero_of(module)
+    if zero is not None:
+        report.zero = (f"shard={zero.level.data} over {zero.world.data} ranks (dp={zero.dp.data}); optimizer "
+                       f"{zero.optimizer.data}: {human_bytes(zero.state_bytes.data)} of state per rank")
     layer_of: dict[Operation, int] = {}
     forward = [op for op in module.walk() if isinstance(op, AttentionOp)]
     for i, op in enumerate(forward):
@@ -131,7 +150,14 @@ def comm_report(module: ModuleOp) -> CommReport:
             if layer is not None:
                 layer_of[op] = layer
     _remat_report(module, report)
+    buckets = _bucket_names(module)
     for op in module.walk():
+        if isinstance(op, BucketOp):
+            kind = f"gather_params ({op.phase.data})" if isinstance(op, GatherParamsOp) else "reduce_scatter_grads"
+            report.by_kind[kind] += sent_bytes(op)
+            report.count[kind] += 1
+            report.by_layer[buckets.get(op.bucket.value.data, f"parameters {op.bucket.value.data}")] += sent_bytes(op)
+            continue
         if not isinstance(op, CollectiveOp):
             continue
         volume = sent_bytes(op)
@@ -150,6 +176,17 @@ def comm_report(module: ModuleOp) -> CommReport:
                 if UNSHARDED in use.operation.attributes:
                     report.unplanned[use.operation.name] += 1
     return report
+
+
+def _bucket_names(module: ModuleOp) -> dict[int, str]:
+    """Each parameter bucket -> "parameters <bucket>: <its first parameter> +<how many more>"."""
+    fn = train_step_of(module)
+    names = {arg: attrs.data["autosp.name"].data for arg, attrs in zip(fn.body.block.args, fn.arg_attrs.data if fn.arg_attrs else [])
+             if "autosp.name" in attrs.data}
+    return {
+        op.bucket.value.data: f"parameters {op.bucket.value.data}: {names.get(op.shards[0], '?')} +{len(op.shards) - 1}"
+        for op in module.walk() if isinstance(op, GatherParamsOp)
+    }
 
 
 def _remat_report(module: ModuleOp, report: CommReport) -> None:

@@ -156,21 +156,30 @@ def optimizer_state_bytes(module: ModuleOp) -> int:
     return zero.state_bytes.data if zero is not None else 0
 
 
-def peak_breakdown(module: ModuleOp, seq: int | None = None) -> list[tuple[str, int]]:
-    """What is held at the peak, largest first: the arguments (parameters, inputs), then the
-    other storages by type (dims equal to `seq` written S) and whether they were recomputed,
-    then the running kernel's workspace."""
+def _held_at_peak(module: ModuleOp) -> tuple[Liveness, int, list[tuple[SSAValue, int]]]:
+    """(liveness, the peak op's index, (storage, birth) of each storage alive there; birth -1:
+    an argument)."""
     lv = liveness(module)
     at = max(range(len(lv.live)), key=lv.live.__getitem__)
     born = {arg: -1 for arg in train_step_of(module).body.block.args}
     for index, op in enumerate(lv.ops):
         for result in op.results:
             born.setdefault(lv.root[result], index)
-    kinds: dict[str, int] = {}
+    alive = []
     for storage, birth in born.items():
         dies = len(lv.ops) if storage in lv.returned or birth < 0 else lv.last_use.get(storage, birth)
-        if not birth <= at <= dies:
-            continue
+        if birth <= at <= dies:
+            alive.append((storage, birth))
+    return lv, at, alive
+
+
+def peak_breakdown(module: ModuleOp, seq: int | None = None) -> list[tuple[str, int]]:
+    """What is held at the peak, largest first: the arguments (parameters, inputs), then the
+    other storages by type (dims equal to `seq` written S) and whether they were recomputed,
+    then the optimizer's state and the running kernel's workspace."""
+    lv, at, alive = _held_at_peak(module)
+    kinds: dict[str, int] = {}
+    for storage, birth in alive:
         if birth < 0:
             kind = "arguments (parameters, inputs)"
         else:
@@ -179,9 +188,46 @@ def peak_breakdown(module: ModuleOp, seq: int | None = None) -> list[tuple[str, 
             kind = f"[{', '.join(dims)}] {torch_dtype(storage.type.element_type)}".replace("torch.", "")
             kind += " (recomputed)" if recomputed else ""
         kinds[kind] = kinds.get(kind, 0) + tensor_bytes(storage)
+    if optimizer_state_bytes(module):
+        kinds["optimizer state"] = optimizer_state_bytes(module)
     if workspace_bytes(lv.ops[at]):
         kinds[f"workspace of {lv.ops[at].name}"] = workspace_bytes(lv.ops[at])
     return sorted(kinds.items(), key=lambda item: -item[1])
+
+
+STATE_KINDS = ("parameters", "gradients", "optimizer state", "gathered parameters", "activations", "buffers and inputs",
+               "kernel workspace")
+
+
+def state_breakdown(module: ModuleOp) -> dict[str, int]:
+    """The peak by what it holds (STATE_KINDS): this rank's parameters (its shards when
+    sharded), gradients (returned, or whole ones not yet reduced), the optimizer's state, whole
+    parameters gathered for a window of the step, activations (everything else the step makes),
+    buffers and inputs, and the running kernel's workspace."""
+    from autosp.ir.dist import AllReduceOp, GatherParamsOp, ReduceScatterGradsOp
+
+    lv, at, alive = _held_at_peak(module)
+    fn = train_step_of(module)
+    kinds = [attrs.data["autosp.kind"].data for attrs in fn.arg_attrs.data] if fn.arg_attrs else []
+    params = {arg for arg, kind in zip(fn.body.block.args, kinds) if kind == "parameter"}
+    grads = {lv.root[v] for v in lv.ops[-1].operands[1:]} if isinstance(lv.ops[-1], func.ReturnOp) else set()
+    for op in lv.ops:  # whole gradients before their reduction
+        if isinstance(op, ReduceScatterGradsOp) or isinstance(op, AllReduceOp) and lv.root[op.results[0]] in grads:
+            grads.update(lv.root[v] for v in op.operands)
+    held = dict.fromkeys(STATE_KINDS, 0)
+    for storage, birth in alive:
+        if birth < 0:
+            kind = "parameters" if storage in params else "buffers and inputs"
+        elif storage in grads:
+            kind = "gradients"
+        elif isinstance(storage.owner, GatherParamsOp):
+            kind = "gathered parameters"
+        else:
+            kind = "activations"
+        held[kind] += tensor_bytes(storage)
+    held["optimizer state"] = optimizer_state_bytes(module)
+    held["kernel workspace"] = workspace_bytes(lv.ops[at])
+    return held
 
 
 def plan_memory(module: ModuleOp, *, workspace: bool = True, optimizer_state: bool = True) -> MemoryPlan:

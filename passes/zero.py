@@ -45,7 +45,7 @@ from autosp.ir.autosp import SHARD_LEVELS, AttentionOp, ToPartialOp, ZeroAttr
 from autosp.ir.dist import AllReduceOp, GatherParamsOp, GroupDeclOp, ReduceScatterGradsOp
 from autosp.ir.dtypes import BYTES, torch_dtype
 from autosp.ir.program import ZERO, partition_of, train_step_of, zero_of
-from autosp.passes.memory_plan import forward_ops
+from autosp.passes.memory_plan import forward_ops, is_view
 from autosp.passes.optimizers import state_size
 from autosp.passes.views import rebased
 
@@ -169,17 +169,31 @@ class Zero(ModulePass):
         for i in params:
             shard = Rewriter.replace_value_with_new_type(block.args[i], shard_type(whole_types[i], self.world, self.rank))
             shard.name_hint = f"{names[i]}_shard"
+        # What the backward reads of each parameter: the parameter itself, or a view of it the
+        # forward made (the joint graph reuses the forward's transposed weights).
+        root: dict[SSAValue, SSAValue] = {block.args[i]: block.args[i] for i in params}
+        for o in ops:
+            if o in forward and is_view(o) and o.operands and o.operands[0] in root:
+                root[o.results[0]] = root[o.operands[0]]
+        read_in_backward: dict[SSAValue, list[int]] = {}
+        for i, o in enumerate(ops):
+            if o not in forward and not isinstance(o, func.ReturnOp):
+                for operand in o.operands:
+                    if operand in root:
+                        read_in_backward.setdefault(root[operand], []).append(i)
         for index, bucket in enumerate(ordered):
             bucket.index = index
             members = [block.args[i] for i in bucket.params]
             uses = [(u.operation, u.index, m) for m in members for u in list(m.uses)]
             backward_uses = [(o, i, m) for o, i, m in uses if o not in forward]
-            regather = self.level == "parameters" or len(backward_uses) == len(uses)
+            backward_reads = [i for m in members for i in read_in_backward.get(m, [])]
+            regather = self.level == "parameters" and bool(backward_reads) or bool(uses) and len(backward_uses) == len(uses)
             gathered = {}
             for phase, readers in (("forward", [u for u in uses if u[0] in forward]), ("backward", backward_uses)):
-                if not readers or phase == "backward" and not regather:
+                reads = [position[o] for o, _, _ in readers] + (backward_reads if phase == "backward" else [])
+                if not reads or phase == "backward" and not regather:
                     continue
-                anchor = min(position[o] for o, _, _ in readers)
+                anchor = min(reads)
                 if phase == "backward":  # also before the backward reads what the forward made with them
                     anchor = min([anchor] + [first_read[s] for s in bucket.segments if s in first_read])
                 gather = GatherParamsOp.build(

@@ -3,6 +3,7 @@
     autosp-opt model.mlir -p drop-aliases,dce     # any passes, every xdsl-opt flag
     autosp-opt model.mlir --sp=1                  # the pipeline autosp.compile runs
     autosp-opt model.mlir --sp=2 -t python        # ... and the per-rank Python program it generates
+    autosp-opt model.mlir --sp=2 --dp=2 --shard=parameters --optimizer=adamw --report   # ZeRO-3 over 4 ranks
 """
 
 from __future__ import annotations
@@ -91,7 +92,16 @@ class AutoSPOptMain(xDSLOptMain):
         arg_parser.prog = "autosp-opt"
         one_line_errors(arg_parser)
         arg_parser.add_argument("--sp", type=int, default=None, help="sequence-parallel degree: run the compile pipeline for it")
-        arg_parser.add_argument("--rank", type=int, default=None, help="with --sp: the rank (in the SP group) whose program to print (default 0)")
+        arg_parser.add_argument("--rank", type=int, default=None, help="with --sp: the rank (of sp x dp) whose program to print (default 0)")
+        arg_parser.add_argument("--dp", type=int, default=None, help="data-parallel replicas: the world is sp x dp ranks (default 1)")
+        arg_parser.add_argument(
+            "--shard", default=None, choices=["none", "optimizer", "gradients", "parameters"],
+            help="shard the training state over the world (ZeRO-1/2/3; default none)",
+        )
+        arg_parser.add_argument(
+            "--optimizer", default=None,
+            help="the optimizer whose state the memory plan counts: adamw, sgd, adamw-master, ... or bytes per parameter element",
+        )
         arg_parser.add_argument("--remat", action="store_true", help="choose recomputation by ILP to fit --memory-budget")
         arg_parser.add_argument(
             "--memory-budget", default=None,
@@ -121,18 +131,27 @@ class AutoSPOptMain(xDSLOptMain):
             import logging
 
             logging.basicConfig(level=logging.INFO, format="%(message)s")
-        if self.args.rank is not None and self.args.sp is None:
-            raise ValueError("--rank picks a rank of the SP group: give --sp too")
-        if self.args.sp is not None and self.args.rank is not None and not 0 <= self.args.rank < self.args.sp:
-            raise ValueError(f"--rank={self.args.rank}: give a rank in 0..{self.args.sp - 1} for --sp={self.args.sp}")
-        if self.args.sp is not None or self.args.remat:
+        pipeline = self.args.sp is not None or self.args.remat or self.args.shard is not None or self.args.optimizer is not None
+        if (self.args.rank is not None or self.args.dp is not None) and self.args.sp is None:
+            raise ValueError("--rank and --dp place a rank on the sp x dp mesh: give --sp too")
+        if self.args.dp is not None and self.args.dp < 1:
+            raise ValueError(f"--dp={self.args.dp}: give at least 1 replica")
+        sp, dp = self.args.sp or 1, self.args.dp or 1
+        world = sp * dp
+        if self.args.rank is not None and not 0 <= self.args.rank < world:
+            raise ValueError(f"--rank={self.args.rank}: give a rank in 0..{world - 1} for --sp={sp} --dp={dp}")
+        if pipeline:
             if self.args.passes:
-                raise ValueError("give either -p PASSES or the pipeline options (--sp/--remat), not both")
+                raise ValueError("give either -p PASSES or the pipeline options (--sp/--remat/--shard/--optimizer), not both")
             given = {"memory_budget": self.args.memory_budget, "cost_model": self.args.cost_model}
             remat = {k: v for k, v in given.items() if v is not None and self.args.remat}  # else the defaults
+            from autosp.passes.optimizers import optimizer_kind
+
+            rank = self.args.rank or 0
             self.args.passes = pipeline_spec(
-                sp=1 if self.args.sp is None else self.args.sp, remat=self.args.remat, rank=self.args.rank or 0,
-                fuse=not self.args.no_fuse, **remat,
+                sp=sp, remat=self.args.remat, rank=rank % sp, fuse=not self.args.no_fuse,
+                shard=self.args.shard or "none", world=world, world_rank=rank,
+                optimizer=optimizer_kind(self.args.optimizer), **remat,
             )
         if not self.args.remat and (self.args.memory_budget is not None or self.args.cost_model is not None):
             raise ValueError("--memory-budget and --cost-model only apply with --remat")
