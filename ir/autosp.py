@@ -161,10 +161,11 @@ SHARD_LEVELS = ("none", "optimizer", "gradients", "parameters")  # ZeRO 0..3
 
 @irdl_attr_definition
 class ZeroAttr(ParametrizedAttribute):
-    """`#autosp.zero<parameters world 4 dp 2 optimizer "adamw" state 1048576>` on a module: how the
-    zero pass sharded the training state (`level`, one of SHARD_LEVELS) over `world` ranks, of
-    which `dp` data-parallel replicas, and the optimizer state this rank holds between steps
-    (bytes, for the memory plan: the optimizer allocates it, not the program)."""
+    """`#autosp.zero<parameters world 4 dp 2 optimizer "adamw" state 1048576 unsharded 8388608>` on
+    a module: how the zero pass sharded the training state (`level`, one of SHARD_LEVELS) over
+    `world` ranks, of which `dp` data-parallel replicas; the optimizer state this rank holds
+    between steps (bytes, for the memory plan: the optimizer allocates it, not the program); and
+    what parameters, gradients and optimizer state would take on one rank unsharded."""
 
     name = "autosp.zero"
     level: StringAttr = param_def()
@@ -172,6 +173,7 @@ class ZeroAttr(ParametrizedAttribute):
     dp: IntAttr = param_def()
     optimizer: StringAttr = param_def()
     state_bytes: IntAttr = param_def()
+    unsharded_bytes: IntAttr = param_def()
 
     @classmethod
     def parse_parameters(cls, parser: AttrParser) -> Sequence[Attribute]:
@@ -185,13 +187,15 @@ class ZeroAttr(ParametrizedAttribute):
             optimizer = parser.parse_str_literal()
             parser.parse_keyword("state")
             state = parser.parse_integer()
-        return (StringAttr(level), IntAttr(world), IntAttr(dp), StringAttr(optimizer), IntAttr(state))
+            parser.parse_keyword("unsharded")
+            unsharded = parser.parse_integer()
+        return (StringAttr(level), IntAttr(world), IntAttr(dp), StringAttr(optimizer), IntAttr(state), IntAttr(unsharded))
 
     def print_parameters(self, printer: Printer) -> None:
         with printer.in_angle_brackets():
             printer.print_string(f"{self.level.data} world {self.world.data} dp {self.dp.data} optimizer ")
             printer.print_string_literal(self.optimizer.data)
-            printer.print_string(f" state {self.state_bytes.data}")
+            printer.print_string(f" state {self.state_bytes.data} unsharded {self.unsharded_bytes.data}")
 
     def verify(self) -> None:
         if self.level.data not in SHARD_LEVELS:

@@ -49,7 +49,7 @@ from xdsl.passes import ModulePass
 from xdsl.traits import Pure
 
 from autosp.ir.autosp import RematAttr
-from autosp.ir.program import REMAT, partition_of, train_step_of
+from autosp.ir.program import REMAT, partition_of, train_step_of, zero_of
 from autosp.ir.autosp import AttentionOp
 from autosp.ir.dist import CollectiveOp, GatherParamsOp, GroupOp
 from autosp.passes.segments import forward_segments
@@ -532,7 +532,7 @@ def infeasible(module: ModuleOp, plan: MemoryPlan, needs: int, budget: int) -> A
     seq = sequence_length(module)
     where = f" at S={seq}" if seq else ""
     if budget <= fixed:
-        hint = "the parameters, inputs and gradients alone take " + human_bytes(fixed, 2) + "; raise the budget"
+        hint = _state_hint(module, fixed)
     elif seq is None:  # no sequence to split
         hint = "raise the budget"
     else:
@@ -542,6 +542,21 @@ def infeasible(module: ModuleOp, plan: MemoryPlan, needs: int, budget: int) -> A
         f"remat: the step needs {human_bytes(needs, 2)} per rank{where} (sp={sp}) even with everything "
         f"recomputable recomputed; budget {human_bytes(budget, 2)}; {hint}"
     )
+
+
+def _state_hint(module: ModuleOp, fixed: int) -> str:
+    """What to do when the training state alone does not fit: shard it, or over more ranks."""
+    zero = zero_of(module)
+    level, world = (zero.level.data, zero.world.data) if zero is not None else ("none", 1)
+    what = "parameters, gradients and optimizer state" if zero is not None and zero.state_bytes.data else "parameters, inputs and gradients"
+    hint = f"the {what} alone take {human_bytes(fixed, 2)} per rank (shard={level!r})"
+    if zero is None:
+        return hint + "; shard them over the ranks (shard='parameters') or raise the budget"
+    ranks = world if world > 1 else 8
+    per_rank = human_bytes(zero.unsharded_bytes.data / ranks, 2)
+    if level != "parameters":
+        return hint + f"; use shard='parameters' ({per_rank} per rank at {ranks} ranks) or raise the budget"
+    return hint + f"; shard over more ranks ({human_bytes(zero.unsharded_bytes.data, 2)} in all) or raise the budget"
 
 
 def rematerialize(module: ModuleOp, budget: int, profile: DeviceProfile) -> RematResult:

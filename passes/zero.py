@@ -43,7 +43,7 @@ from autosp.common.errors import AutoSPError
 from autosp.common.sizes import chunk_sizes
 from autosp.ir.autosp import SHARD_LEVELS, AttentionOp, ToPartialOp, ZeroAttr
 from autosp.ir.dist import AllReduceOp, GatherParamsOp, GroupDeclOp, ReduceScatterGradsOp
-from autosp.ir.dtypes import BYTES, torch_dtype
+from autosp.ir.dtypes import BYTES, tensor_bytes, torch_dtype
 from autosp.ir.program import ZERO, partition_of, train_step_of, zero_of
 from autosp.passes.memory_plan import forward_ops, is_view
 from autosp.passes.optimizers import state_size
@@ -106,6 +106,9 @@ class Zero(ModulePass):
         ret = fn.body.block.last_op
         assert isinstance(ret, func.ReturnOp)
         grads = self._gradients(fn)
+        whole = [fn.body.block.args[i] for i in params if i in grads]
+        unsharded = 2 * sum(tensor_bytes(a) for a in whole) + _state_bytes(whole, self.optimizer)
+        unsharded += sum(tensor_bytes(fn.body.block.args[i]) for i in params if i not in grads)  # frozen
         if self.level != "none":
             op.body.block.insert_op_before(GroupDeclOp.build(properties={
                 "sym_name": StringAttr(WORLD.root_reference.data), "size": _i64(self.world), "axis": StringAttr("world"),
@@ -114,7 +117,8 @@ class Zero(ModulePass):
         trainable = [fn.body.block.args[i] for i in params if i in grads]
         state = _state_bytes(trainable, self.optimizer)
         op.attributes[ZERO] = ZeroAttr(
-            StringAttr(self.level), IntAttr(self.world), IntAttr(self.world // sp), StringAttr(self.optimizer), IntAttr(state)
+            StringAttr(self.level), IntAttr(self.world), IntAttr(self.world // sp), StringAttr(self.optimizer), IntAttr(state),
+            IntAttr(unsharded),
         )
 
     @staticmethod

@@ -39,6 +39,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     remat.add_argument("--cost-model", default="h100")
     remat.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="bf16", help="parameter dtype (default bf16)")
     remat.add_argument("--keep-going", action="store_true", help="try every S even after one does not fit")
+    remat.add_argument("--shard", choices=["none", "optimizer", "gradients", "parameters"], default="none",
+                       help="shard the training state over the sp x dp ranks (ZeRO-1/2/3; default none)")
+    remat.add_argument("--dp", type=int, default=1, help="data-parallel replicas (the state is sharded over sp x dp ranks)")
+    remat.add_argument("--optimizer", default="none",
+                       help="optimizer state the plan holds: adamw (moments in the parameters' dtype), adamw-fp32, adamw-master "
+                            "(fp32 master weights + moments), sgd, ... (default none)")
     remat.add_argument("-o", "--output", default="remat.json")
     kernels = commands.add_parser("kernels", help="attention TFLOP/s vs SDPA flash/cuDNN (GPU)")
     kernels.add_argument("--seq", type=int, nargs="+", default=[2048, 4096, 8192, 16384, 32768])
@@ -57,7 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str, cost_model: str, dtype: str) -> dict:
+def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str, cost_model: str, dtype: str,
+                shard: str = "none", dp: int = 1, optimizer: str = "none") -> dict:
     import torch
 
     from autosp.frontends import import_program
@@ -69,13 +76,16 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str,
     # A device of `memory` bytes: the budget is what "auto" leaves of it.
     profile = device_profile(cost_model)
     profile = device_profile(cost_model, memory_bytes=parse_budget(memory, profile))
-    point: dict = {"seq": seq, "sp": sp, "budget_gib": parse_budget("auto", profile) / 2**30}
+    point: dict = {"seq": seq, "sp": sp, "dp": dp, "shard": shard, "optimizer": optimizer,
+                   "budget_gib": parse_budget("auto", profile) / 2**30}
     started = time.perf_counter()
     ep = export_preset(preset, seq=seq, layers=layers, fake=True, dtype=getattr(torch, DTYPES[dtype]))
     point["export_s"] = time.perf_counter() - started
     for tiled in (False, True):  # as compile's tile_mlp="auto": gated MLPs in row chunks only if needed
         started = time.perf_counter()
-        module = run_pipeline(import_program(ep, tile_mlp=tiled), pipeline_spec(sp=sp, fuse=False))  # remat plans the unfused program
+        # Rank 0 of sp x dp: the largest sequence part and the largest parameter shards.
+        spec = pipeline_spec(sp=sp, fuse=False, shard=shard, world=sp * dp, optimizer=optimizer)  # remat plans the unfused program
+        module = run_pipeline(import_program(ep, tile_mlp=tiled), spec)
         point["import_and_sp_s"] = time.perf_counter() - started
         started = time.perf_counter()
         try:
@@ -112,8 +122,11 @@ def breakdown(module, recompute, seq: int, sp: int) -> dict:
 
     apply_recompute(module, recompute)
     run_pipeline(module, "fuse-elementwise")
+    from autosp.passes.memory_plan import state_breakdown
+
     return {
         "peak_fused_gib": plan_memory(module).peak_bytes / 2**30,
+        "held_gib": {kind: size / 2**30 for kind, size in state_breakdown(module).items()},
         # per token of this rank's part of the sequence
         "kb_per_token": {kind: size * sp / seq / 1024 for kind, size in peak_breakdown(module, seq // sp)[:12]},
     }
@@ -133,6 +146,14 @@ def check_remat_args(args: argparse.Namespace) -> None:
         raise AutoSPError(f"--sp {' '.join(map(str, args.sp))}: sp degrees must be >= 1")
     if args.layers is not None and args.layers < 1:
         raise AutoSPError(f"--layers {args.layers}: give at least one layer")
+    if args.dp < 1:
+        raise AutoSPError(f"--dp {args.dp}: give at least one replica")
+    from autosp.passes.optimizers import state_size
+
+    try:
+        state_size(args.optimizer)
+    except AutoSPError as err:
+        raise AutoSPError(f"--optimizer {args.optimizer}: {err}") from None
     config = preset_config(args.preset)
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     bad = [sp for sp in args.sp if kv_layout(heads, kv_heads, sp) is None]
@@ -167,7 +188,8 @@ def run_remat(args: argparse.Namespace) -> None:
     for sp in args.sp:
         seq = args.min_seq
         while seq <= args.max_seq:
-            point = remat_point(args.preset, args.layers, seq, sp, args.memory, args.cost_model, args.dtype)
+            point = remat_point(args.preset, args.layers, seq, sp, args.memory, args.cost_model, args.dtype,
+                                args.shard, args.dp, args.optimizer)
             points.append(point)
             status = f"peak {point['peak_gib']:.1f} GiB, {point['plan']}" if point["fits"] else point["error"]
             if point["tiled_mlp"]:
@@ -179,7 +201,8 @@ def run_remat(args: argparse.Namespace) -> None:
                 break
             seq *= 2
     table = Table("sp", "S", "fits", "peak (GiB)", "fused (GiB)", "without remat (GiB)", "recompute (ms)", "plan", "MLP tiled", "remat (s)", "ILP (s)",
-                  title=f"{args.preset} ({args.dtype}) on {args.memory} per rank ({args.cost_model} cost model)")
+                  title=f"{args.preset} ({args.dtype}) on {args.memory} per rank ({args.cost_model} cost model), "
+                        f"shard={args.shard} over sp x {args.dp}, optimizer {args.optimizer}")
     for p in points:
         table.add_row(
             str(p["sp"]), str(p["seq"]), "yes" if p["fits"] else "no",
@@ -198,7 +221,9 @@ def run_remat(args: argparse.Namespace) -> None:
             console.print(f"  at S={last['seq']} ({state}): peak {where['peak_fused_gib']:.1f} GiB; KB per token held at the peak:")
             for kind, kb in where["kb_per_token"].items():
                 console.print(f"    {kb:8.1f}  {kind}")
+            console.print("  GiB held at the peak: " + ", ".join(f"{kind} {gib:.1f}" for kind, gib in where["held_gib"].items()))
     write_atomically(args.output, json.dumps({"preset": args.preset, "dtype": args.dtype, "memory": args.memory, "cost_model": args.cost_model,
+                   "shard": args.shard, "dp": args.dp, "optimizer": args.optimizer,
                    "max_context": {str(sp): best.get(sp) for sp in args.sp}, "points": points}, indent=1))
     console.print(f"wrote {args.output}")
 

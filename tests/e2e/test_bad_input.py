@@ -234,6 +234,12 @@ def test_inputs_by_name_and_in_any_layout(llama_step):
     (dict(cache_dir=3), "cache_dir=3: give a folder path"),
     (dict(timeout=-1), "timeout=-1: give a positive, finite number of seconds"),
     (dict(check_every=-1), "check_every=-1: give a number of steps >= 0"),
+    (dict(shard="zero3"), "shard='zero3': choose one of 'none', 'optimizer', 'gradients', 'parameters'"),
+    (dict(shard="parameters"), "shard='parameters' works over the ranks of torch.distributed: initialize it first"),
+    (dict(mesh=object()), "mesh= works over the ranks of torch.distributed: initialize it first"),
+    (dict(optimizer="lion"), "optimizer='lion': give one of adagrad, adam, adamw,"),
+    (dict(optimizer=torch.optim.LBFGS), "optimizer=LBFGS: AutoSP does not know how much state it keeps"),
+    (dict(optimizer=-4), "optimizer='-4': give one of"),
 ])
 def test_option_types_are_checked(option, message, llama_step):
     ep = torch.export.export(llama_step[1], (llama_step[2], llama_step[2].clone()))

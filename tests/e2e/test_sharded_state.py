@@ -76,9 +76,50 @@ def train_and_compare(rank, world, *, module, sp, shard, steps=5):
     return errors
 
 
+def collectives_match_dtensor(rank, world):
+    """The bucket collectives cut as DTensor's Shard(0) does (uneven and empty shards, a 0-dim
+    member replicated), gather back the whole tensors, and reduce-scatter the sum / divide."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from autosp.runtime import collectives
+
+    mesh = init_device_mesh("cpu", (world,))
+    g = torch.Generator().manual_seed(3)
+    wholes = [torch.randn(6, 3, generator=g), torch.randn(2, 5, generator=g), torch.randn((), generator=g), torch.randn(9, generator=g)]
+    shards = [distribute_tensor(w, mesh, [Shard(0)]).to_local() if w.dim() else w.clone() for w in wholes]
+    gathered = collectives.gather_params(*shards, rows=[w.shape[0] if w.dim() else 1 for w in wholes], group=mesh.get_group())
+    grads = [w * (rank + 1) for w in wholes]
+    reduced = collectives.reduce_scatter_grads(*grads, divide=2, group=mesh.get_group())
+    total = sum(range(1, world + 1)) / 2
+    expected = [distribute_tensor(w * total, mesh, [Shard(0)]).to_local() if w.dim() else w * total for w in wholes]
+    return {
+        "shard_rows": [tuple(s.shape) for s in shards],
+        "gathered": all(torch.equal(a, b) for a, b in zip(gathered, wholes)),
+        "reduced": all(a.shape == b.shape and torch.allclose(a, b) for a, b in zip(reduced, expected)),
+    }
+
+
+def different_weights_are_refused(rank, world):
+    """Sharding keeps one copy of each row: ranks whose weights differ are refused at compile,
+    on every rank alike (a replica's rows would otherwise silently win)."""
+    import autosp
+
+    module = tiny_causal_lm("Llama", **CONFIG)
+    if rank == 2:
+        with torch.no_grad():
+            module.model.model.layers[0].mlp.up_proj.weight.add_(1e-3)
+    ids, labels = (t[0] for t in _batches(1))
+    try:
+        autosp.compile(torch.export.export(module, (ids, labels)), sp=2, shard="gradients")
+    except autosp.AutoSPError as err:
+        return str(err)
+    return None
+
+
 def cases(rank, world, checkpoint_dir):
     module = tiny_causal_lm("Llama", **CONFIG)
-    results = {}
+    results = {"collectives": collectives_match_dtensor(rank, world), "refused": different_weights_are_refused(rank, world)}
     for sp in MESHES:
         for shard in LEVELS:
             results[(sp, shard)] = train_and_compare(rank, world, module=module, sp=sp, shard=shard)
@@ -171,3 +212,17 @@ def test_parameters_held_are_shards_and_the_peak_is_predicted(results):
         memory = per_rank["memory"]
         assert memory["measured"] == memory["predicted"], memory
         assert memory["shard_bytes"] <= memory["whole_bytes"] / 4 * 1.05, memory
+
+
+def test_bucket_collectives_cut_as_dtensor_does(results):
+    rows = [per_rank["collectives"]["shard_rows"] for per_rank in results]
+    assert [r[0] for r in rows] == [(2, 3), (2, 3), (2, 3), (0, 3)] and [r[1] for r in rows] == [(1, 5), (1, 5), (0, 5), (0, 5)]
+    for per_rank in results:
+        assert per_rank["collectives"]["gathered"] and per_rank["collectives"]["reduced"], per_rank["collectives"]
+
+
+def test_ranks_with_different_weights_are_refused_alike(results):
+    messages = {per_rank["refused"] for per_rank in results}
+    assert len(messages) == 1, messages
+    (message,) = messages
+    assert message.startswith("parameter 'model.model.layers.0.mlp.up_proj.weight' differs between rank 0 and rank 2"), message

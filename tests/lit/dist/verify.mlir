@@ -34,3 +34,33 @@ func.func @undeclared(%x: tensor<8x4xf32>) {
   func.return
 }
 // CHECK: dist.all_reduce: @dp is not a dist.group of the module
+
+// -----
+
+// A bucket member's shard is its Shard(0) rows over the group (torch.chunk: 6 rows over 4 -> 2, 2, 2, 0).
+dist.group @world {size = 4 : i64, axis = "world"}
+func.func @shard_rows(%a: tensor<3x8xf32>) {
+  %0 = dist.gather_params %a {group = @world, bucket = 0 : i64, phase = "forward"} : (tensor<3x8xf32>) -> tensor<6x8xf32>
+  func.return
+}
+// CHECK: dist.gather_params: [3, 8] is not a dim-0 shard of [6, 8] over 4 ranks (row counts [0, 2])
+
+// -----
+
+dist.group @world {size = 2 : i64, axis = "world"}
+func.func @one_dtype(%a: tensor<4x8xf32>, %b: tensor<4xbf16>) {
+  %0, %1 = dist.reduce_scatter_grads %a, %b {group = @world, bucket = 0 : i64, divide = 1 : i64} : (tensor<4x8xf32>, tensor<4xbf16>) -> (tensor<2x8xf32>, tensor<2xbf16>)
+  func.return
+}
+// CHECK: a bucket holds one element type
+
+// -----
+
+// A 0-dim member is replicated: its shard is itself.
+dist.group @world {size = 2 : i64, axis = "world"}
+func.func @scalar(%a: tensor<f32>) {
+  %0 = dist.gather_params %a {group = @world, bucket = 0 : i64, phase = "backward"} : (tensor<f32>) -> tensor<f32>
+  %1 = dist.gather_params %a {group = @world, bucket = 0 : i64, phase = "sideways"} : (tensor<f32>) -> tensor<f32>
+  func.return
+}
+// CHECK: phase must be forward or backward

@@ -24,5 +24,5 @@
 // ZERO2-NEXT: func.return
 
 // Nothing sharded: the optimizer's state (one momentum buffer per element: 160 fp32) recorded.
-// NONE:     autosp.zero = #autosp.zero<none world 1 dp 1 optimizer "sgd-momentum" state 640>
+// NONE:     autosp.zero = #autosp.zero<none world 1 dp 1 optimizer "sgd-momentum" state 640 unsharded 1920>
 // NONE-NOT: dist.

@@ -3,7 +3,7 @@
 
 // Two segments (cut at the attention): w0 and w1 are read before it (one bucket), w2 after it.
 // Each parameter is this rank's Shard(0) rows (rank 3 of 4: 8 rows -> 2, 6 rows -> none).
-// CHECK: autosp.zero = #autosp.zero<parameters world 4 dp 4 optimizer "adamw" state 224>
+// CHECK: autosp.zero = #autosp.zero<parameters world 4 dp 4 optimizer "adamw" state 224 unsharded 2560>
 // CHECK: dist.group @world {size = 4 : i64, axis = "world"}
 // CHECK: func.func @train_step(%w0_shard: tensor<2x8xf32> {{.*}}, %w1_shard: tensor<0x8xf32> {{.*}}, %w2_shard: tensor<2x6xf32>
 // The first segment's bucket, gathered before its first forward use; the second before its own.
