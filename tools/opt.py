@@ -136,6 +136,8 @@ class AutoSPOptMain(xDSLOptMain):
             raise ValueError("--rank and --dp place a rank on the sp x dp mesh: give --sp too")
         if self.args.dp is not None and self.args.dp < 1:
             raise ValueError(f"--dp={self.args.dp}: give at least 1 replica")
+        if self.args.sp is not None and self.args.sp < 1:
+            raise ValueError(f"--sp={self.args.sp}: the sequence-parallel degree must be an integer >= 1")
         sp, dp = self.args.sp or 1, self.args.dp or 1
         world = sp * dp
         if self.args.rank is not None and not 0 <= self.args.rank < world:

@@ -160,11 +160,16 @@ def tiny_ir(tmp_path_factory):
         (["--sp=1"], OTHER_DIALECT, "value %a has type i32: AutoSP plans programs of tensors only"),
         (["--remat", "--memory-budget=" + "9" * 400], GOOD, "is more than 2^63 bytes"),
         (["--remat", "--memory-budget=9223372036854775808"], GOOD, "is more than 2^63 bytes"),
-        (["--rank=1"], GOOD, "--rank picks a rank of the SP group: give --sp too"),
+        (["--rank=1"], GOOD, "--rank and --dp place a rank on the sp x dp mesh: give --sp too"),
         (["--sp=2", "--rank=2"], GOOD, "--rank=2: give a rank in 0..1 for --sp=2"),
         (["--sp=two"], GOOD, "argument --sp: invalid int value: 'two' (see autosp-opt --help)"),  # not the whole usage
+        (["--sp=2", "--dp=0"], GOOD, "--dp=0: give at least 1 replica"),
+        (["--sp=2", "--dp=2", "--rank=4"], GOOD, "--rank=4: give a rank in 0..3 for --sp=2 --dp=2"),
+        (["--shard=zero3"], GOOD, "argument --shard: invalid choice: 'zero3'"),
+        (["--sp=1", "--optimizer=lion"], GOOD, "optimizer='lion': give one of"),
     ],
-    ids=["other-dialect", "budget-400-digits", "budget-2-63", "rank-without-sp", "rank-out-of-range", "flag-type"],
+    ids=["other-dialect", "budget-400-digits", "budget-2-63", "rank-without-sp", "rank-out-of-range", "flag-type",
+         "dp-zero", "rank-past-the-world", "shard-choice", "optimizer-kind"],
 )
 def test_autosp_opt_more_errors(args, stdin, message):
     code, _, err = run_main("opt", *args, stdin=stdin)
