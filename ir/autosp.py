@@ -95,26 +95,50 @@ class LayoutAttr(Data[Layout]):
             raise VerifyException(problem)
 
 
+_KEYWORD_VALUES = {
+    "int": lambda p: IntAttr(p.parse_integer()), "float": lambda p: FloatData(p.parse_float()),
+    "str": lambda p: StringAttr(p.parse_str_literal()), "ident": lambda p: StringAttr(p.parse_identifier()),
+}
+
+
+class KeywordAttr(ParametrizedAttribute):
+    """A module attribute written `<value keyword value ...>`: SYNTAX says, per parameter in
+    order, the keyword before it (None: none) and its kind (int, float, str literal, identifier)."""
+
+    SYNTAX: ClassVar[tuple[tuple[str | None, str], ...]]
+
+    @classmethod
+    def parse_parameters(cls, parser: AttrParser) -> Sequence[Attribute]:
+        values = []
+        with parser.in_angle_brackets():
+            for keyword, kind in cls.SYNTAX:
+                if keyword is not None:
+                    parser.parse_keyword(keyword)
+                values.append(_KEYWORD_VALUES[kind](parser))
+        return values
+
+    def print_parameters(self, printer: Printer) -> None:
+        with printer.in_angle_brackets():
+            for i, ((keyword, kind), value) in enumerate(zip(self.SYNTAX, self.parameters)):
+                if i:
+                    printer.print_string(" ")
+                if keyword is not None:
+                    printer.print_string(f"{keyword} ")
+                if kind == "str":
+                    printer.print_string_literal(value.data)
+                else:
+                    printer.print_string(repr(value.data) if kind == "float" else str(value.data))
+
+
 @irdl_attr_definition
-class PartitionAttr(ParametrizedAttribute):
+class PartitionAttr(KeywordAttr):
     """`#autosp.partition<sp 2 seq_len 4096>` on a module: sp-propagate laid it out for `sp`
     ranks of a sequence of `seq_len` tokens (sp-partition then makes one rank's program)."""
 
     name = "autosp.partition"
+    SYNTAX = (("sp", "int"), ("seq_len", "int"))
     sp: IntAttr = param_def()
     seq_len: IntAttr = param_def()
-
-    @classmethod
-    def parse_parameters(cls, parser: AttrParser) -> Sequence[Attribute]:
-        with parser.in_angle_brackets():
-            parser.parse_keyword("sp")
-            sp = parser.parse_integer()
-            parser.parse_keyword("seq_len")
-            seq_len = parser.parse_integer()
-        return (IntAttr(sp), IntAttr(seq_len))
-
-    def print_parameters(self, printer: Printer) -> None:
-        printer.print_string(f"<sp {self.sp.data} seq_len {self.seq_len.data}>")
 
     def verify(self) -> None:
         if self.sp.data < 1 or self.seq_len.data < self.sp.data:
@@ -122,45 +146,25 @@ class PartitionAttr(ParametrizedAttribute):
 
 
 @irdl_attr_definition
-class RematAttr(ParametrizedAttribute):
+class RematAttr(KeywordAttr):
     """`#autosp.remat<"ilp" budget 24117248 without 25167876 cost_model "h100" seconds 0.0012>`
     on a module: the remat pass's plan (its name), the budget it met and the peak without it (bytes),
     the cost model that priced it and its estimated recompute time per step."""
 
     name = "autosp.remat"
+    SYNTAX = ((None, "str"), ("budget", "int"), ("without", "int"), ("cost_model", "str"), ("seconds", "float"))
     plan: StringAttr = param_def()
     budget: IntAttr = param_def()
     peak_without_remat: IntAttr = param_def()
     cost_model: StringAttr = param_def()
     seconds: FloatData = param_def()
 
-    @classmethod
-    def parse_parameters(cls, parser: AttrParser) -> Sequence[Attribute]:
-        with parser.in_angle_brackets():
-            plan = parser.parse_str_literal()
-            parser.parse_keyword("budget")
-            budget = parser.parse_integer()
-            parser.parse_keyword("without")
-            without = parser.parse_integer()
-            parser.parse_keyword("cost_model")
-            model = parser.parse_str_literal()
-            parser.parse_keyword("seconds")
-            seconds = parser.parse_float()
-        return (StringAttr(plan), IntAttr(budget), IntAttr(without), StringAttr(model), FloatData(seconds))
-
-    def print_parameters(self, printer: Printer) -> None:
-        with printer.in_angle_brackets():
-            printer.print_string_literal(self.plan.data)
-            printer.print_string(f" budget {self.budget.data} without {self.peak_without_remat.data} cost_model ")
-            printer.print_string_literal(self.cost_model.data)
-            printer.print_string(f" seconds {self.seconds.data!r}")
-
 
 SHARD_LEVELS = ("none", "optimizer", "gradients", "parameters")  # ZeRO 0..3
 
 
 @irdl_attr_definition
-class ZeroAttr(ParametrizedAttribute):
+class ZeroAttr(KeywordAttr):
     """`#autosp.zero<parameters world 4 dp 2 optimizer "adamw" state 1048576 unsharded 8388608>` on
     a module: how the zero pass sharded the training state (`level`, one of SHARD_LEVELS) over
     `world` ranks, of which `dp` data-parallel replicas; the optimizer state this rank holds
@@ -168,34 +172,13 @@ class ZeroAttr(ParametrizedAttribute):
     what parameters, gradients and optimizer state would take on one rank unsharded."""
 
     name = "autosp.zero"
+    SYNTAX = ((None, "ident"), ("world", "int"), ("dp", "int"), ("optimizer", "str"), ("state", "int"), ("unsharded", "int"))
     level: StringAttr = param_def()
     world: IntAttr = param_def()
     dp: IntAttr = param_def()
     optimizer: StringAttr = param_def()
     state_bytes: IntAttr = param_def()
     unsharded_bytes: IntAttr = param_def()
-
-    @classmethod
-    def parse_parameters(cls, parser: AttrParser) -> Sequence[Attribute]:
-        with parser.in_angle_brackets():
-            level = parser.parse_identifier()
-            parser.parse_keyword("world")
-            world = parser.parse_integer()
-            parser.parse_keyword("dp")
-            dp = parser.parse_integer()
-            parser.parse_keyword("optimizer")
-            optimizer = parser.parse_str_literal()
-            parser.parse_keyword("state")
-            state = parser.parse_integer()
-            parser.parse_keyword("unsharded")
-            unsharded = parser.parse_integer()
-        return (StringAttr(level), IntAttr(world), IntAttr(dp), StringAttr(optimizer), IntAttr(state), IntAttr(unsharded))
-
-    def print_parameters(self, printer: Printer) -> None:
-        with printer.in_angle_brackets():
-            printer.print_string(f"{self.level.data} world {self.world.data} dp {self.dp.data} optimizer ")
-            printer.print_string_literal(self.optimizer.data)
-            printer.print_string(f" state {self.state_bytes.data} unsharded {self.unsharded_bytes.data}")
 
     def verify(self) -> None:
         if self.level.data not in SHARD_LEVELS:

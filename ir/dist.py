@@ -275,6 +275,10 @@ class BucketOp(IRDLOperation, CostInterface, RuntimeCallInterface):
     def flops(self, flops_of) -> float:
         return 0.0
 
+    def workspace_bytes(self) -> int:
+        """The segments of every rank (gathered, or to reduce) and this rank's own one."""
+        return (1 + self.group_size) * self.segment_bytes()
+
     def verify_(self) -> None:
         n = self.group_size
         wholes, shards = self.whole_and_shards()
@@ -317,10 +321,6 @@ class GatherParamsOp(BucketOp):
         if self.phase.data not in ("forward", "backward"):
             raise VerifyException(f"{self.name}: phase must be forward or backward")
 
-    def workspace_bytes(self) -> int:
-        """This rank's segment and the gathered segments of every rank."""
-        return (1 + self.group_size) * self.segment_bytes()
-
     def runtime_call(self) -> RuntimeCall:
         return RuntimeCall("collectives.gather_params", list(self.shards), {
             "rows": [_rows(p) for p in self.params], "group": self.group,
@@ -341,10 +341,6 @@ class ReduceScatterGradsOp(BucketOp):
 
     def whole_and_shards(self):
         return list(self.grads), list(self.shards)
-
-    def workspace_bytes(self) -> int:
-        """Every rank's segment of the padded gradients, and the reduced segment."""
-        return (1 + self.group_size) * self.segment_bytes()
 
     def runtime_call(self) -> RuntimeCall:
         return RuntimeCall("collectives.reduce_scatter_grads", list(self.grads), {

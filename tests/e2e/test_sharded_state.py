@@ -15,7 +15,7 @@ TOLERANCE = 1e-5
 LEVELS = ("optimizer", "gradients", "parameters")
 MESHES = (4, 2, 1)  # sp; dp = 4 / sp
 SEQ = 25  # uneven sequence parts at sp=2 and sp=4
-CONFIG = dict(vocab_size=98, tie_word_embeddings=True)  # 98 rows: uneven shards (25, 25, 25, 23)
+CONFIG = dict(vocab_size=98, tie_word_embeddings=True, num_hidden_layers=1)  # 98 rows: uneven shards (25, 25, 25, 23)
 # AdamW's update is scale-free: fp32 rounding in near-zero gradient entries moves weights by a
 # fraction of lr (abs 2.5e-6 at lr=1e-4 on weights of magnitude 0.07 after 5 steps, dp=4). At
 # 1e-5 five steps still move the weights by ~1e-3 of their magnitude, 100x the tolerance: an
