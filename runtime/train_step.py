@@ -94,6 +94,7 @@ class TrainStep:
         report: str = "",
         predicted_peak_bytes: int = 0,
         predicted_tracked_bytes: int = 0,
+        predicted_held: dict[str, int] | None = None,
         measured_path: Path | None = None,
     ):
         self.program_path = Path(program_path)
@@ -104,6 +105,9 @@ class TrainStep:
         # measure_memory sees; torch.cuda.max_memory_allocated sees the former).
         self.predicted_peak_bytes = predicted_peak_bytes
         self.predicted_tracked_bytes = predicted_tracked_bytes
+        # The predicted peak by what it holds: parameters, gradients, optimizer state, gathered
+        # parameters, activations, buffers and inputs, kernel workspace (bytes).
+        self.predicted_held = dict(predicted_held or {})
         self.inputs = inputs
         self.grad_of = grad_of
         self.report = report
