@@ -117,6 +117,35 @@ def different_weights_are_refused(rank, world):
     return None
 
 
+def remat_under_zero3(rank, world):
+    """remat on top of ZeRO-3 at half its peak: recomputed ops read the backward's gathered
+    copies; fits, predicted as measured, bitwise the gradients of the step without remat."""
+    import autosp
+
+    torch.use_deterministic_algorithms(True)  # the embedding gradient's accumulation order
+    try:
+        config = dict(vocab_size=128, hidden_size=64, intermediate_size=256, num_hidden_layers=4,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128)
+        base = tiny_causal_lm("Llama", **config)
+        ids = torch.randint(0, 128, (1, 128), generator=torch.Generator().manual_seed(7))
+        labels = ids.clone()
+        runs = []
+        for options in ({}, {"remat": True, "cost_model": "cpu"}):
+            module = copy.deepcopy(base)
+            if options:
+                options["memory_budget"] = int(0.5 * runs[0]["predicted"])
+            step = autosp.compile(torch.export.export(module, (ids, labels)), sp=2, shard="parameters", **options)
+            measured = step.measure_memory(ids, labels)
+            runs.append(dict(predicted=step.predicted_peak_bytes, tracked=step.predicted_tracked_bytes, measured=measured,
+                             grads=[_full(p.grad).clone() for p in module.parameters()], recomputes="_re = " in step.source,
+                             budget=options.get("memory_budget")))
+        plain, remat = runs
+        return dict(budget=remat["budget"], predicted=remat["predicted"], tracked=remat["tracked"], measured=remat["measured"],
+                    recomputes=remat["recomputes"], bitwise=all(torch.equal(a, b) for a, b in zip(plain["grads"], remat["grads"])))
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 def cases(rank, world, checkpoint_dir):
     module = tiny_causal_lm("Llama", **CONFIG)
     results = {"collectives": collectives_match_dtensor(rank, world), "refused": different_weights_are_refused(rank, world)}
@@ -125,6 +154,7 @@ def cases(rank, world, checkpoint_dir):
             results[(sp, shard)] = train_and_compare(rank, world, module=module, sp=sp, shard=shard)
     results["checkpoint"] = checkpoint_round_trip(rank, world, module, checkpoint_dir)
     results["memory"] = memory_held(rank, world, module)
+    results["remat"] = remat_under_zero3(rank, world)
     return results
 
 
@@ -228,3 +258,10 @@ def test_ranks_with_different_weights_are_refused_alike(results):
     assert len(messages) == 1, messages
     (message,) = messages
     assert message.startswith("parameter 'model.model.layers.0.mlp.up_proj.weight' differs between rank 0 and rank 2"), message
+
+
+def test_remat_fits_a_budget_under_zero3_with_bitwise_equal_gradients(results):
+    for per_rank in results:
+        remat = per_rank["remat"]
+        assert remat["recomputes"] and remat["bitwise"], remat
+        assert remat["predicted"] <= remat["budget"] and remat["measured"] == remat["tracked"] <= remat["budget"], remat
