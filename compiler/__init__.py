@@ -8,7 +8,8 @@ from autosp.common.errors import AutoSPError
 
 
 def compile(ep, *, sp: int = 1, remat: bool = False, memory_budget=None, cost_model=None, fuse: bool = True, tile_mlp="auto",  # noqa: A001
-            cache_dir=None, timeout=None, check_every: int = 0, shard: str = "none", optimizer=None, mesh=None):
+            cache_dir=None, timeout=None, check_every: int = 0, shard: str = "none", optimizer=None, mesh=None,
+            prefetch: bool = True):
     """Import `ep`, run the pipeline, generate the per-rank program; returns a `TrainStep`.
 
     remat=True recomputes what it must to fit `memory_budget` per rank (bytes, "70GiB", or
@@ -25,8 +26,10 @@ def compile(ep, *, sp: int = 1, remat: bool = False, memory_budget=None, cost_mo
     (ZeRO): "optimizer" (the optimizer's state), "gradients" (and the gradients during the
     backward), "parameters" (and the parameters, gathered per layer when needed); the model's
     parameters then become DTensors (Shard(0) on the flattened mesh): create the optimizer after
-    compile. `optimizer` ("adamw", "sgd", a torch.optim class or instance, or bytes of state per
-    parameter element) is the state the memory plan counts. `timeout` (seconds; default
+    compile. Each bucket's gather starts one bucket ahead so it overlaps compute
+    (`prefetch=False`: where it is needed, holding one bucket's buffer less). `optimizer`
+    ("adamw", "sgd", a torch.optim class or instance, or bytes of state per parameter element) is
+    the state the memory plan counts. `timeout` (seconds; default
     $AUTOSP_TIMEOUT or 300) bounds how long compile and the first step wait for every rank.
     Before each step the ranks agree on their inputs' validity and fingerprints (one small
     all-gather); `check_every=N` also compares the replicated parameters' fingerprints every N
@@ -36,6 +39,7 @@ def compile(ep, *, sp: int = 1, remat: bool = False, memory_budget=None, cost_mo
     return compile_program(
         ep, sp=sp, remat=remat, memory_budget=memory_budget, cost_model=cost_model, fuse=fuse, tile_mlp=tile_mlp,
         cache_dir=cache_dir, timeout=timeout, check_every=check_every, shard=shard, optimizer=optimizer, mesh=mesh,
+        prefetch=prefetch,
     )
 
 

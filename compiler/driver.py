@@ -209,7 +209,7 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, check_every, shard, mesh) -> None:
+def check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, check_every, shard, mesh, prefetch) -> None:
     """compile's arguments, each refused by name (before any slow work)."""
     from autosp.ir.autosp import SHARD_LEVELS
 
@@ -220,7 +220,7 @@ def check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cach
         )
     if isinstance(sp, bool) or not isinstance(sp, int) or sp < 1:
         raise AutoSPError(f"sp={sp!r}: the sequence-parallel degree must be an integer >= 1")
-    for flag, value in (("remat", remat), ("fuse", fuse)):
+    for flag, value in (("remat", remat), ("fuse", fuse), ("prefetch", prefetch)):
         if not isinstance(value, bool):
             raise AutoSPError(f"{flag}={value!r}: give True or False")
     if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
@@ -252,17 +252,18 @@ def check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cach
 
 
 def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=None, fuse=True, tile_mlp="auto",
-                    cache_dir=None, timeout=None, check_every=0, shard="none", optimizer=None, mesh=None) -> TrainStep:
+                    cache_dir=None, timeout=None, check_every=0, shard="none", optimizer=None, mesh=None,
+                    prefetch=True) -> TrainStep:
     from autosp.passes.optimizers import optimizer_kind
     from autosp.runtime.mesh import place
 
-    check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, check_every, shard, mesh)
+    check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, check_every, shard, mesh, prefetch)
     kind = optimizer_kind(optimizer)
     seconds = timeout_seconds(timeout)
     if sp > 1 and mesh is None:
         check_world(sp)
     options = dict(sp=sp, remat=remat, memory_budget=memory_budget, cost_model=cost_model, fuse=fuse,
-                   tile_mlp=tile_mlp, cache_dir=cache_dir, shard=shard, optimizer=kind)
+                   tile_mlp=tile_mlp, cache_dir=cache_dir, shard=shard, optimizer=kind, prefetch=prefetch)
     if _world_size() == 1 and mesh is None and shard == "none":
         return _compile(ep, **options, world=1, world_rank=0, rank=0)
     # Several processes: sp x dp. Every rank compiles its own program, then all agree (through
@@ -292,9 +293,10 @@ def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=Non
     return step
 
 
-def _compile(ep, *, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, shard, optimizer, world, world_rank,
-             rank) -> TrainStep:
-    options = dict(sp=sp, remat=remat, fuse=fuse, shard=shard, world=world, world_rank=world_rank, optimizer=optimizer)
+def _compile(ep, *, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, shard, optimizer, prefetch, world,
+             world_rank, rank) -> TrainStep:
+    options = dict(sp=sp, remat=remat, fuse=fuse, shard=shard, world=world, world_rank=world_rank, optimizer=optimizer,
+                   prefetch=prefetch)
     if remat:
         budget, model = remat_options(ep, memory_budget, cost_model)
         options.update(memory_budget=budget, cost_model=model)

@@ -34,12 +34,13 @@ def check_options(sp: int, budget: str | int, cost_model: str, shard: str = "non
 def pipeline_spec(
     sp: int = 1, remat: bool = False, rank: int = 0, memory_budget: str | int = "auto", cost_model: str = "h100",
     fuse: bool = True, shard: str = "none", world: int | None = None, world_rank: int = 0, optimizer: str = "none",
+    prefetch: bool = True,
 ) -> str:
     """The passes for these options; `rank` (within the SP group) picks whose program to make
     (they differ only where the sequence does not divide by sp). `shard` (none, optimizer,
     gradients, parameters: ZeRO-0..3) shards the training state over the `world` ranks (sp x dp; default sp),
     as rank `world_rank` holds it; `optimizer` (a kind of passes/optimizers.py) is the state the
-    memory plan counts. With remat, `memory_budget` (bytes, "70GiB" or "auto") is per rank and
+    memory plan counts; `prefetch` starts each parameter gather one bucket ahead. With remat, `memory_budget` (bytes, "70GiB" or "auto") is per rank and
     `cost_model` prices recomputation. `fuse`: elementwise chains into generated kernels (after
     remat, never raising the peak it planned)."""
     check_options(sp, memory_budget, cost_model, shard, world, world_rank, optimizer)
@@ -48,7 +49,9 @@ def pipeline_spec(
         passes += [f"sp-propagate{{sp={sp}}}", f"sp-partition{{rank={rank}}}"]
     if shard != "none" or optimizer != "none":
         world = sp if world is None else world
-        passes.append(f'zero{{level="{shard}" world={world} rank={world_rank} optimizer="{optimizer}"}}')
+        passes.append(
+            f'zero{{level="{shard}" world={world} rank={world_rank} optimizer="{optimizer}" prefetch={str(prefetch).lower()}}}'
+        )
     if remat:
         passes.append(f'remat{{budget="{memory_budget}" cost_model="{cost_model}"}}')
     if fuse:

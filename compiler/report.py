@@ -18,7 +18,7 @@ from xdsl.ir import Operation, SSAValue
 
 from autosp.ir.autosp import AttentionGradOp, AttentionOp
 from autosp.ir.dist import (
-    AllGatherOp, AllReduceOp, AllToAllOp, BucketOp, CollectiveOp, GatherParamsOp, ReduceScatterOp,
+    AllGatherOp, AllReduceOp, AllToAllOp, BucketOp, CollectiveOp, GatherStartOp, ReduceScatterOp,
 )
 from autosp.ir.dtypes import tensor_bytes
 from autosp.passes.memory_plan import STATE_KINDS, human_bytes, plan_memory, state_breakdown
@@ -153,7 +153,7 @@ def comm_report(module: ModuleOp) -> CommReport:
     buckets = _bucket_names(module)
     for op in module.walk():
         if isinstance(op, BucketOp):
-            kind = f"gather_params ({op.phase.data})" if isinstance(op, GatherParamsOp) else "reduce_scatter_grads"
+            kind = f"gather_params ({op.phase.data})" if isinstance(op, GatherStartOp) else "reduce_scatter_grads"
             report.by_kind[kind] += sent_bytes(op)
             report.count[kind] += 1
             report.by_layer[buckets.get(op.bucket.value.data, f"parameters {op.bucket.value.data}")] += sent_bytes(op)
@@ -185,7 +185,7 @@ def _bucket_names(module: ModuleOp) -> dict[int, str]:
              if "autosp.name" in attrs.data}
     return {
         op.bucket.value.data: f"parameters {op.bucket.value.data}: {names.get(op.shards[0], '?')} +{len(op.shards) - 1}"
-        for op in module.walk() if isinstance(op, GatherParamsOp)
+        for op in module.walk() if isinstance(op, GatherStartOp)
     }
 
 

@@ -8,8 +8,9 @@ elimination, CSE and reordering must never change which collectives run or their
 ranks deadlock.
 
 The bucket collectives move several parameters' tensors in one call (ZeRO, passes/zero.py):
-`dist.gather_params` makes whole parameters of their shards, `dist.reduce_scatter_grads` makes
-gradient shards of whole (partial) gradients. A parameter is cut along dim 0 as DTensor's
+`dist.gather_params_start` / `dist.gather_params_wait` make whole parameters of their shards
+(started ahead, so the transfer overlaps compute), `dist.reduce_scatter_grads` makes gradient
+shards of whole (partial) gradients. A parameter is cut along dim 0 as DTensor's
 Shard(0) cuts it (torch.chunk: ceil(n / size) rows per rank, the last ranks may hold fewer or
 none); a 0-dim parameter is replicated (every rank holds it; its gradient is summed over the group).
 """
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from xdsl.dialects.builtin import IntegerAttr, IntegerType, StringAttr, SymbolNameConstraint, SymbolRefAttr, TensorType
-from xdsl.ir import Dialect, SSAValue
+from xdsl.dialects.builtin import (
+    DenseArrayBase, IntegerAttr, IntegerType, StringAttr, SymbolNameConstraint, SymbolRefAttr, TensorType,
+)
+from xdsl.ir import Attribute, Dialect, SSAValue
 from xdsl.irdl import (
     IRDLOperation,
     ParsePropInAttrDict,
@@ -235,10 +238,17 @@ class ReduceScatterOp(_OuterOp, _ReducingOp):
 # --- bucket collectives (ZeRO) ---------------------------------------------------------------
 
 
-def _rows(value) -> int:
-    """A parameter's length along dim 0; 1 for a 0-dim (replicated) one."""
-    shape = value.type.get_shape()
-    return shape[0] if shape else 1
+Shape = list[int]
+
+
+def segment_length(whole: Shape, n: int) -> int:
+    """A member's elements in each rank's segment: ceil(rows / n) rows (a 0-dim member: one)."""
+    if not whole:
+        return 1
+    inner = 1
+    for d in whole[1:]:
+        inner *= d
+    return -(-whole[0] // n) * inner
 
 
 class BucketOp(IRDLOperation, CostInterface, RuntimeCallInterface):
@@ -256,39 +266,29 @@ class BucketOp(IRDLOperation, CostInterface, RuntimeCallInterface):
     def group_size(self) -> int:
         return group_size(self, self.group)
 
-    def whole_and_shards(self) -> tuple[list[SSAValue], list[SSAValue]]:
+    def members(self) -> tuple[list[Shape], list[Shape], list[Attribute]]:
+        """(whole shapes, shard shapes, element types) of the bucket's members."""
         raise NotImplementedError
+
+    def segment_elements(self) -> int:
+        return sum(segment_length(whole, self.group_size) for whole in self.members()[0])
 
     def segment_bytes(self) -> int:
         """One rank's padded segment."""
-        n = self.group_size
-        total = 0
-        for whole in self.whole_and_shards()[0]:
-            shape = whole.type.get_shape()
-            rows = -(-shape[0] // n) if shape else 1
-            inner = 1
-            for d in shape[1:]:
-                inner *= d
-            total += rows * inner * BYTES[torch_dtype(whole.type.element_type)]
-        return total
+        wholes, _, elements = self.members()
+        return self.segment_elements() * BYTES[torch_dtype(elements[0])] if wholes else 0
 
     def flops(self, flops_of) -> float:
         return 0.0
 
-    def workspace_bytes(self) -> int:
-        """The segments of every rank (gathered, or to reduce) and this rank's own one."""
-        return (1 + self.group_size) * self.segment_bytes()
-
     def verify_(self) -> None:
         n = self.group_size
-        wholes, shards = self.whole_and_shards()
+        wholes, shards, elements = self.members()
         if len(wholes) != len(shards) or not wholes:
             raise VerifyException(f"{self.name}: one shard per whole tensor, at least one")
-        element = wholes[0].type.element_type
-        for whole, shard in zip(wholes, shards):
-            if whole.type.element_type != element or shard.type.element_type != element:
-                raise VerifyException(f"{self.name}: a bucket holds one element type")
-            w, s = list(whole.type.get_shape()), list(shard.type.get_shape())
+        if any(e != elements[0] for e in elements):
+            raise VerifyException(f"{self.name}: a bucket holds one element type")
+        for w, s in zip(wholes, shards):
             if not w:
                 if s:
                     raise VerifyException(f"{self.name}: a 0-dim member is replicated: its shard is itself")
@@ -299,31 +299,89 @@ class BucketOp(IRDLOperation, CostInterface, RuntimeCallInterface):
                 )
 
 
-@irdl_op_definition
-class GatherParamsOp(BucketOp):
-    """The whole parameters from every rank's shards (an all-gather of the flat segments, then
-    each parameter copied out). `phase` says whether the forward or the backward reads them:
-    with sharded parameters each is gathered before its first forward use and again before its
-    first backward use, and held in between by neither."""
+def _shape(value: SSAValue) -> Shape:
+    return list(value.type.get_shape())  # type: ignore[attr-defined]
 
-    name = "dist.gather_params"
+
+@irdl_op_definition
+class GatherStartOp(BucketOp):
+    """Starts gathering a bucket: this rank's shards into its row of the result, a [size, segment]
+    buffer that an asynchronous all-gather fills with every rank's row (in place); `rows` are
+    the members' whole lengths along dim 0 (1 for a 0-dim member). `dist.gather_params_wait`
+    takes the buffer and makes the whole parameters. The zero pass starts each bucket's gather
+    one bucket ahead, so it overlaps the layer before it; the buffer is memory the plan sees
+    from the start to the wait. `phase` says whether the forward or the backward reads them."""
+
+    name = "dist.gather_params_start"
     shards = var_operand_def(TensorType)
-    params = var_result_def(TensorType)
+    buffer = result_def(TensorType)
+    rows = prop_def(DenseArrayBase)
     phase = prop_def(StringAttr)
 
-    assembly_format = "$shards attr-dict `:` functional-type($shards, $params)"
+    assembly_format = "$shards attr-dict `:` functional-type($shards, $buffer)"
 
-    def whole_and_shards(self):
-        return list(self.params), list(self.shards)
+    def members(self):
+        shards = [_shape(v) for v in self.shards]
+        wholes = [[r, *s[1:]] if s else [] for r, s in zip(self.rows.get_values(), shards)]
+        return wholes, shards, [v.type.element_type for v in self.shards]  # type: ignore[attr-defined]
 
     def verify_(self) -> None:
+        if len(self.rows.get_values()) != len(self.shards):
+            raise VerifyException(f"{self.name}: one row count per shard")
         super().verify_()
         if self.phase.data not in ("forward", "backward"):
             raise VerifyException(f"{self.name}: phase must be forward or backward")
+        expected = [self.group_size, self.segment_elements()]
+        if _shape(self.buffer) != expected or self.buffer.type.element_type != self.shards[0].type.element_type:  # type: ignore[attr-defined]
+            raise VerifyException(f"{self.name}: the buffer must be {expected} of the shards' element type")
+
+    def workspace_bytes(self) -> int:
+        return 0  # the buffer is its result; the all-gather fills it in place
 
     def runtime_call(self) -> RuntimeCall:
-        return RuntimeCall("collectives.gather_params", list(self.shards), {
-            "rows": [_rows(p) for p in self.params], "group": self.group,
+        return RuntimeCall("collectives.gather_params_start", list(self.shards), {
+            "rows": list(self.rows.get_values()), "group": self.group,
+        })
+
+
+@irdl_op_definition
+class GatherWaitOp(IRDLOperation, CostInterface, RuntimeCallInterface):
+    """Waits for a `dist.gather_params_start` and copies each whole parameter out of its buffer."""
+
+    name = "dist.gather_params_wait"
+    buffer = operand_def(TensorType)
+    params = var_result_def(TensorType)
+    group = prop_def(SymbolRefAttr)
+    bucket = prop_def(IntegerAttr)
+    phase = prop_def(StringAttr)
+
+    irdl_options = (ParsePropInAttrDict(),)
+    assembly_format = "$buffer attr-dict `:` functional-type($buffer, $params)"
+
+    @property
+    def start(self) -> GatherStartOp:
+        owner = self.buffer.owner
+        if not isinstance(owner, GatherStartOp):
+            raise VerifyException(f"{self.name}: its buffer must come from a dist.gather_params_start")
+        return owner
+
+    def verify_(self) -> None:
+        start = self.start
+        if (start.bucket, start.phase, start.group) != (self.bucket, self.phase, self.group):
+            raise VerifyException(f"{self.name}: bucket, phase and group must be its start's")
+        wholes, _, elements = start.members()
+        if [_shape(v) for v in self.params] != wholes or any(v.type.element_type != elements[0] for v in self.params):  # type: ignore[attr-defined]
+            raise VerifyException(f"{self.name}: the whole parameters of its start are {wholes}")
+
+    def flops(self, flops_of) -> float:
+        return 0.0
+
+    def workspace_bytes(self) -> int:
+        return 0  # each parameter copied out of the buffer into its result
+
+    def runtime_call(self) -> RuntimeCall:
+        return RuntimeCall("collectives.gather_params_wait", [self.buffer], {
+            "shapes": [_shape(v) for v in self.params], "group": self.group,
         })
 
 
@@ -339,8 +397,12 @@ class ReduceScatterGradsOp(BucketOp):
 
     assembly_format = "$grads attr-dict `:` functional-type($grads, $shards)"
 
-    def whole_and_shards(self):
-        return list(self.grads), list(self.shards)
+    def members(self):
+        return [_shape(v) for v in self.grads], [_shape(v) for v in self.shards], [v.type.element_type for v in self.grads]  # type: ignore[attr-defined]
+
+    def workspace_bytes(self) -> int:
+        """The segments of every rank to reduce and the reduced one."""
+        return (1 + self.group_size) * self.segment_bytes()
 
     def runtime_call(self) -> RuntimeCall:
         return RuntimeCall("collectives.reduce_scatter_grads", list(self.grads), {
@@ -349,5 +411,7 @@ class ReduceScatterGradsOp(BucketOp):
 
 
 Dist = Dialect(
-    "dist", [GroupDeclOp, AllToAllOp, AllReduceOp, AllGatherOp, ReduceScatterOp, GatherParamsOp, ReduceScatterGradsOp], []
+    "dist",
+    [GroupDeclOp, AllToAllOp, AllReduceOp, AllGatherOp, ReduceScatterOp, GatherStartOp, GatherWaitOp, ReduceScatterGradsOp],
+    [],
 )

@@ -204,7 +204,7 @@ def state_breakdown(module: ModuleOp) -> dict[str, int]:
     sharded), gradients (returned, or whole ones not yet reduced), the optimizer's state, whole
     parameters gathered for a window of the step, activations (everything else the step makes),
     buffers and inputs, and the running kernel's workspace."""
-    from autosp.ir.dist import AllReduceOp, GatherParamsOp, ReduceScatterGradsOp
+    from autosp.ir.dist import AllReduceOp, GatherStartOp, GatherWaitOp, ReduceScatterGradsOp
 
     lv, at, alive = _held_at_peak(module)
     fn = train_step_of(module)
@@ -220,7 +220,7 @@ def state_breakdown(module: ModuleOp) -> dict[str, int]:
             kind = "parameters" if storage in params else "buffers and inputs"
         elif storage in grads:
             kind = "gradients"
-        elif isinstance(storage.owner, GatherParamsOp):
+        elif isinstance(storage.owner, (GatherStartOp, GatherWaitOp)):  # in flight, or whole
             kind = "gathered parameters"
         else:
             kind = "activations"

@@ -51,7 +51,7 @@ from xdsl.traits import Pure
 from autosp.ir.autosp import RematAttr
 from autosp.ir.program import REMAT, partition_of, train_step_of, zero_of
 from autosp.ir.autosp import AttentionOp
-from autosp.ir.dist import CollectiveOp, GatherParamsOp, GroupOp
+from autosp.ir.dist import CollectiveOp, GatherWaitOp, GroupOp
 from autosp.passes.segments import forward_segments
 from autosp.passes.views import rebased
 from autosp.passes.cost_model import GiB, DeviceProfile, device_profile, op_seconds
@@ -485,10 +485,10 @@ def apply_recompute(module: ModuleOp, recompute: frozenset[int]) -> list[Operati
 
 def backward_twins(ops: list[Operation]) -> dict[SSAValue, SSAValue]:
     """Each whole parameter the forward gathered -> the same parameter gathered again for the
-    backward (`dist.gather_params` phase forward / backward of one bucket, passes/zero.py)."""
-    phases: dict[int, dict[str, GatherParamsOp]] = {}
+    backward (`dist.gather_params_wait` phase forward / backward of one bucket, passes/zero.py)."""
+    phases: dict[int, dict[str, GatherWaitOp]] = {}
     for op in ops:
-        if isinstance(op, GatherParamsOp):
+        if isinstance(op, GatherWaitOp):
             phases.setdefault(op.bucket.value.data, {})[op.phase.data] = op
     return {
         f: b for gathers in phases.values() if len(gathers) == 2

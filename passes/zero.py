@@ -1,4 +1,4 @@
-"""zero{level world rank optimizer}: shard the training state over every rank (ZeRO), as the
+"""zero{level world rank optimizer prefetch}: shard the training state over every rank (ZeRO), as the
 program of rank `rank` of `world` (sp x dp ranks). Runs after sp-partition, before remat.
 
 `level` is what is sharded: `optimizer` (ZeRO-1), `gradients` (ZeRO-2), `parameters` (ZeRO-3);
@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import IntegerAttr, IntegerType, IntAttr, ModuleOp, StringAttr, SymbolRefAttr, TensorType
+from xdsl.dialects.builtin import (
+    DenseArrayBase, IntegerAttr, IntegerType, IntAttr, ModuleOp, StringAttr, SymbolRefAttr, TensorType,
+)
 from xdsl.ir import Operation, OpResult, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
@@ -42,7 +44,7 @@ from xdsl.rewriter import InsertPoint, Rewriter
 from autosp.common.errors import AutoSPError
 from autosp.common.sizes import chunk_sizes
 from autosp.ir.autosp import SHARD_LEVELS, AttentionOp, ToPartialOp, ZeroAttr
-from autosp.ir.dist import AllReduceOp, GatherParamsOp, GroupDeclOp, ReduceScatterGradsOp
+from autosp.ir.dist import AllReduceOp, GatherStartOp, GatherWaitOp, GroupDeclOp, ReduceScatterGradsOp, segment_length
 from autosp.ir.dtypes import BYTES, tensor_bytes, torch_dtype
 from autosp.ir.program import ZERO, partition_of, train_step_of, zero_of
 from autosp.passes.memory_plan import forward_ops, is_view
@@ -88,6 +90,7 @@ class Zero(ModulePass):
     world: int = 1
     rank: int = 0  # this rank's index on the world (the mesh flattened: dp-major, then sp)
     optimizer: str = "none"
+    prefetch: bool = True  # start each gather one bucket ahead (False: where it is waited for)
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         if self.level not in SHARD_LEVELS:
@@ -200,23 +203,50 @@ class Zero(ModulePass):
                 anchor = min(reads)
                 if phase == "backward":  # also before the backward reads what the forward made with them
                     anchor = min([anchor] + [first_read[s] for s in bucket.segments if s in first_read])
-                gather = GatherParamsOp.build(
-                    operands=[members], result_types=[[whole_types[i] for i in bucket.params]],
-                    properties={"group": WORLD, "bucket": _i64(index), "phase": StringAttr(phase)},
-                )
+                gather = self._gather(members, [whole_types[i] for i in bucket.params], index, phase)
                 for i, result in zip(bucket.params, gather.results):
                     result.name_hint = names[i] + ("" if phase == "forward" else "_bwd")
-                block.insert_op_before(gather, ops[anchor])
+                gather.start.buffer.name_hint = f"bucket{index}_{phase}"
+                Rewriter.insert_op([gather.start, gather], InsertPoint.before(ops[anchor]))
                 gathered[phase] = gather
                 for reader, operand_index, member in (readers if regather else uses):
                     reader.operands[operand_index] = gather.results[members.index(member)]
             if regather and len(gathered) == 2:
                 self._rebase_backward_views(ops, forward, gathered["forward"], gathered["backward"])
+        if self.prefetch:
+            self._start_ahead(block)
         self._reduce_scatter(fn, ret, ordered, grads, names, sp)
         fn.update_function_type()
 
+    def _gather(self, shards: list[SSAValue], wholes: list[TensorType], bucket: int, phase: str) -> GatherWaitOp:
+        """The start and the wait of one bucket's gather (the wait's `start` is its start op)."""
+        rows = [w.get_shape()[0] if w.get_shape() else 1 for w in wholes]
+        segment = sum(segment_length(list(w.get_shape()), self.world) for w in wholes)
+        properties = {"group": WORLD, "bucket": _i64(bucket), "phase": StringAttr(phase)}
+        start = GatherStartOp.build(
+            operands=[shards], result_types=[TensorType(wholes[0].element_type, [self.world, segment])],
+            properties={**properties, "rows": DenseArrayBase.from_list(IntegerType(64), rows)},
+        )
+        return GatherWaitOp.build(operands=[start.buffer], result_types=[wholes], properties=properties)
+
     @staticmethod
-    def _rebase_backward_views(ops, forward, fwd: GatherParamsOp, bwd: GatherParamsOp) -> None:
+    def _start_ahead(block) -> None:
+        """Each gather starts when the one before it (of its phase) has been waited for, so the
+        transfer overlaps the layer before its own; the first gather of each phase starts where
+        it is waited for (the backward's first bucket is the forward's last: starting it in the
+        forward would hold two copies at the peak)."""
+        waits: dict[str, list[GatherWaitOp]] = {}
+        for op in block.ops:
+            if isinstance(op, GatherWaitOp):
+                waits.setdefault(op.phase.data, []).append(op)
+        for phase_waits in waits.values():
+            for before, wait in zip(phase_waits, phase_waits[1:]):
+                start = wait.start
+                start.detach()
+                block.insert_op_after(start, before)
+
+    @staticmethod
+    def _rebase_backward_views(ops, forward, fwd: GatherWaitOp, bwd: GatherWaitOp) -> None:
         """Backward ops that read a forward view of a gathered parameter (the joint graph reuses
         the forward's transposed weights) read the same view of the backward's gather, so the
         forward's copy can die after the forward."""

@@ -125,7 +125,7 @@ def to_partial(x: torch.Tensor, group) -> torch.Tensor:
     return x.clone() if dist.get_rank(group) == 0 else torch.zeros_like(x)
 
 
-# --- bucket collectives (ZeRO: ir/dist.py's gather_params, reduce_scatter_grads) -----------------
+# --- bucket collectives (ZeRO: ir/dist.py's gather_params_start/_wait, reduce_scatter_grads) ------
 #
 # Each rank's flat segment holds every member of the bucket in turn, padded to ceil(rows / n) rows
 # (DTensor's Shard(0) chunk; a 0-dim member: one element). Under torch.chunk's cut, the first
@@ -169,35 +169,51 @@ def _unsupported(err: RuntimeError, names: tuple[str, ...]) -> bool:
     return any(name in str(err) for name in names)
 
 
-def gather_params(*shards: torch.Tensor, rows: list[int], group):
-    """The whole parameters from every rank's shards (`rows`: their lengths along dim 0; a 0-dim
-    member is replicated: it comes back as this rank holds it). One all-gather of the flat
-    segments, then each parameter copied out once (new contiguous tensors). A tensor for one
-    shard, a tuple for several."""
-    n = dist.get_world_size(group)
+# Gathers in flight: buffer's data pointer -> the backend's work (the buffer is the program's
+# value, so it lives until the wait, as the memory plan counts it).
+_PENDING: dict[int, object] = {}
+
+
+def gather_params_start(*shards: torch.Tensor, rows: list[int], group) -> torch.Tensor:
+    """A [size, segment] buffer whose row r an asynchronous all-gather fills with rank r's shards
+    (`rows`: the members' whole lengths along dim 0; this rank's row written here, in place)."""
+    n, rank = dist.get_world_size(group), dist.get_rank(group)
     wholes = [torch.Size([r, *s.shape[1:]]) if s.dim() else s.shape for s, r in zip(shards, rows)]
     offsets, lengths = _layout(wholes, n)
-    segment = shards[0].new_zeros(sum(lengths))
+    buffer = shards[0].new_zeros(n, sum(lengths))
+    mine = buffer[rank]
     for shard, offset in zip(shards, offsets):
-        segment[offset : offset + shard.numel()].copy_(shard.reshape(-1))
-    gathered = segment.new_empty(n, segment.numel())
+        mine[offset : offset + shard.numel()].copy_(shard.reshape(-1))
     backend = str(dist.get_backend(group))
+    work = None
     if backend not in _NO_BASE_COLLECTIVES:
         try:
-            dist.all_gather_into_tensor(_handed(gathered.view(-1)), _handed(segment), group=group)
+            work = dist.all_gather_into_tensor(_handed(buffer.view(-1)), _handed(mine), group=group, async_op=True)
         except RuntimeError as err:
             if not _unsupported(err, ("all_gather_into_tensor", "allgather_into_tensor", "_allgather_base")):
                 raise
             _NO_BASE_COLLECTIVES.add(backend)
-    if backend in _NO_BASE_COLLECTIVES:
-        dist.all_gather([_handed(g) for g in gathered.unbind(0)], _handed(segment), group=group)
+    if work is None:  # a list all-gather into the rows (the row of this rank is its own input)
+        rows_out = [_handed(r) for r in buffer.unbind(0)]
+        work = dist.all_gather(rows_out, _handed(mine.clone()), group=group, async_op=True)
+    _PENDING[buffer.data_ptr()] = work
+    return buffer
+
+
+def gather_params_wait(buffer: torch.Tensor, shapes: list[list[int]], group):
+    """The whole parameters (new contiguous tensors) once the gather of `buffer` is done; a 0-dim
+    member comes back as rank 0 holds it. A tensor for one parameter, a tuple for several."""
+    _PENDING.pop(buffer.data_ptr()).wait()
+    n = buffer.shape[0]
+    wholes = [torch.Size(s) for s in shapes]
+    offsets, lengths = _layout(wholes, n)
     out = []
     for whole, offset, length in zip(wholes, offsets, lengths):
         if not len(whole):
-            out.append(gathered[0, offset].clone())
+            out.append(buffer[0, offset].clone())
             continue
-        param = gathered.new_empty(whole)
-        _copy_chunks(param, gathered[:, offset : offset + length], to_segments=False)
+        param = buffer.new_empty(whole)
+        _copy_chunks(param, buffer[:, offset : offset + length], to_segments=False)
         out.append(param)
     return out[0] if len(out) == 1 else tuple(out)
 

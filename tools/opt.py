@@ -98,6 +98,7 @@ class AutoSPOptMain(xDSLOptMain):
             "--shard", default=None, choices=["none", "optimizer", "gradients", "parameters"],
             help="shard the training state over the world (ZeRO-1/2/3; default none)",
         )
+        arg_parser.add_argument("--no-prefetch", action="store_true", help="with --shard: start each parameter gather where it is needed")
         arg_parser.add_argument(
             "--optimizer", default=None,
             help="the optimizer whose state the memory plan counts: adamw, sgd, adamw-master, ... or bytes per parameter element",
@@ -153,7 +154,7 @@ class AutoSPOptMain(xDSLOptMain):
             self.args.passes = pipeline_spec(
                 sp=sp, remat=self.args.remat, rank=rank % sp, fuse=not self.args.no_fuse,
                 shard=self.args.shard or "none", world=world, world_rank=rank,
-                optimizer=optimizer_kind(self.args.optimizer), **remat,
+                optimizer=optimizer_kind(self.args.optimizer), prefetch=not self.args.no_prefetch, **remat,
             )
         if not self.args.remat and (self.args.memory_budget is not None or self.args.cost_model is not None):
             raise ValueError("--memory-budget and --cost-model only apply with --remat")

@@ -40,10 +40,30 @@ func.func @undeclared(%x: tensor<8x4xf32>) {
 // A bucket member's shard is its Shard(0) rows over the group (torch.chunk: 6 rows over 4 -> 2, 2, 2, 0).
 dist.group @world {size = 4 : i64, axis = "world"}
 func.func @shard_rows(%a: tensor<3x8xf32>) {
-  %0 = dist.gather_params %a {group = @world, bucket = 0 : i64, phase = "forward"} : (tensor<3x8xf32>) -> tensor<6x8xf32>
+  %0 = dist.gather_params_start %a {group = @world, bucket = 0 : i64, phase = "forward", rows = array<i64: 6>} : (tensor<3x8xf32>) -> tensor<4x16xf32>
   func.return
 }
-// CHECK: dist.gather_params: [3, 8] is not a dim-0 shard of [6, 8] over 4 ranks (row counts [0, 2])
+// CHECK: dist.gather_params_start: [3, 8] is not a dim-0 shard of [6, 8] over 4 ranks (row counts [0, 2])
+
+// -----
+
+// The buffer holds every rank's padded segment: 2 rows of 8 each.
+dist.group @world {size = 4 : i64, axis = "world"}
+func.func @buffer(%a: tensor<2x8xf32>) {
+  %0 = dist.gather_params_start %a {group = @world, bucket = 0 : i64, phase = "forward", rows = array<i64: 6>} : (tensor<2x8xf32>) -> tensor<4x12xf32>
+  func.return
+}
+// CHECK: the buffer must be [4, 16] of the shards' element type
+
+// -----
+
+dist.group @world {size = 2 : i64, axis = "world"}
+func.func @wait(%a: tensor<2x8xf32>) {
+  %0 = dist.gather_params_start %a {group = @world, bucket = 0 : i64, phase = "forward", rows = array<i64: 4>} : (tensor<2x8xf32>) -> tensor<2x16xf32>
+  %1 = dist.gather_params_wait %0 {group = @world, bucket = 1 : i64, phase = "forward"} : (tensor<2x16xf32>) -> tensor<4x8xf32>
+  func.return
+}
+// CHECK: dist.gather_params_wait: bucket, phase and group must be its start's
 
 // -----
 
@@ -59,8 +79,8 @@ func.func @one_dtype(%a: tensor<4x8xf32>, %b: tensor<4xbf16>) {
 // A 0-dim member is replicated: its shard is itself.
 dist.group @world {size = 2 : i64, axis = "world"}
 func.func @scalar(%a: tensor<f32>) {
-  %0 = dist.gather_params %a {group = @world, bucket = 0 : i64, phase = "backward"} : (tensor<f32>) -> tensor<f32>
-  %1 = dist.gather_params %a {group = @world, bucket = 0 : i64, phase = "sideways"} : (tensor<f32>) -> tensor<f32>
+  %0 = dist.gather_params_start %a {group = @world, bucket = 0 : i64, phase = "backward", rows = array<i64: 1>} : (tensor<f32>) -> tensor<2x1xf32>
+  %1 = dist.gather_params_start %a {group = @world, bucket = 0 : i64, phase = "sideways", rows = array<i64: 1>} : (tensor<f32>) -> tensor<2x1xf32>
   func.return
 }
 // CHECK: phase must be forward or backward

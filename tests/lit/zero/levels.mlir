@@ -5,8 +5,9 @@
 
 // ZeRO-1: whole parameters gathered once (the backward reads the forward's copies), whole
 // gradients held to the end of the backward, then reduce-scattered bucket by bucket.
-// ZERO1:      %w0, %w1 = dist.gather_params %w0_shard, %w1_shard {group = @world, bucket = 0 : i64, phase = "forward"} : (tensor<2x8xf32>, tensor<2x8xf32>)
-// ZERO1:      %w2 = dist.gather_params %w2_shard {{.*}}phase = "forward"
+// ZERO1:      dist.gather_params_start %w0_shard, %w1_shard {group = @world, bucket = 0 : i64, phase = "forward", rows = array<i64: 8, 6>} : (tensor<2x8xf32>, tensor<2x8xf32>)
+// ZERO1:      %w0, %w1 = dist.gather_params_wait
+// ZERO1:      %w2 = dist.gather_params_wait {{.*}}phase = "forward"
 // ZERO1-NOT:  phase = "backward"
 // ZERO1:      %t2t = aten.permute.default %t2
 // ZERO1-NOT:  dist.reduce_scatter_grads
@@ -26,3 +27,11 @@
 // Nothing sharded: the optimizer's state (one momentum buffer per element: 160 fp32) recorded.
 // NONE:     autosp.zero = #autosp.zero<none world 1 dp 1 optimizer "sgd-momentum" state 640 unsharded 1920>
 // NONE-NOT: dist.
+// RUN: autosp-opt %S/parameters.mlir -p 'zero{level="parameters" world=4 rank=0 prefetch=false}' | filecheck %s --check-prefix=NOPREFETCH
+
+// Without prefetch each gather starts where it is waited for (one buffer less held).
+// NOPREFETCH:      %bucket0_forward = dist.gather_params_start
+// NOPREFETCH-NEXT: dist.gather_params_wait %bucket0_forward
+// NOPREFETCH-NEXT: aten.permute.default %w0
+// NOPREFETCH:      %bucket1_forward = dist.gather_params_start
+// NOPREFETCH-NEXT: %w2 = dist.gather_params_wait %bucket1_forward

@@ -6,36 +6,48 @@
 // CHECK: autosp.zero = #autosp.zero<parameters world 4 dp 4 optimizer "adamw" state 224 unsharded 2560>
 // CHECK: dist.group @world {size = 4 : i64, axis = "world"}
 // CHECK: func.func @train_step(%w0_shard: tensor<2x8xf32> {{.*}}, %w1_shard: tensor<0x8xf32> {{.*}}, %w2_shard: tensor<2x6xf32>
-// The first segment's bucket, gathered before its first forward use; the second before its own.
-// CHECK-NEXT: %w0, %w1 = dist.gather_params %w0_shard, %w1_shard {group = @world, bucket = 0 : i64, phase = "forward"} : (tensor<2x8xf32>, tensor<0x8xf32>) -> (tensor<8x8xf32>, tensor<6x8xf32>)
+// The first segment's bucket: one gather into a [4 ranks, 2x8 + 2x8 padded rows] buffer, waited
+// for before its first forward use. The second bucket's gather starts right then, so it overlaps
+// the first segment's compute, and is waited for before its own first use.
+// CHECK-NEXT: %bucket0_forward = dist.gather_params_start %w0_shard, %w1_shard {group = @world, bucket = 0 : i64, phase = "forward", rows = array<i64: 8, 6>} : (tensor<2x8xf32>, tensor<0x8xf32>) -> tensor<4x32xf32>
+// CHECK-NEXT: %w0, %w1 = dist.gather_params_wait %bucket0_forward {group = @world, bucket = 0 : i64, phase = "forward"} : (tensor<4x32xf32>) -> (tensor<8x8xf32>, tensor<6x8xf32>)
+// CHECK-NEXT: %bucket1_forward = dist.gather_params_start %w2_shard {group = @world, bucket = 1 : i64, phase = "forward", rows = array<i64: 8>} : (tensor<2x6xf32>) -> tensor<4x12xf32>
 // CHECK-NEXT: aten.permute.default %w0
 // CHECK: autosp.attention
-// CHECK: %w2 = dist.gather_params %w2_shard {group = @world, bucket = 1 : i64, phase = "forward"} : (tensor<2x6xf32>) -> tensor<8x6xf32>
+// CHECK: %w2 = dist.gather_params_wait %bucket1_forward {{.*}} -> tensor<8x6xf32>
 // CHECK-NEXT: %t2 = aten.permute.default %w2
 // CHECK: %loss = aten.sum.default
-// Gathered again as the backward of its segment begins; the forward's transposed weight the
-// backward reads is rebuilt on the new copy.
-// CHECK: %w2_bwd = dist.gather_params %w2_shard {group = @world, bucket = 1 : i64, phase = "backward"}
+// Gathered again as the backward of its segment begins (not started in the forward: it would
+// hold a second copy at the peak); the next bucket's starts then. The forward's transposed
+// weight the backward reads is rebuilt on the new copy.
+// CHECK: %bucket1_backward = dist.gather_params_start %w2_shard {group = @world, bucket = 1 : i64, phase = "backward", rows = array<i64: 8>}
+// CHECK-NEXT: %w2_bwd = dist.gather_params_wait %bucket1_backward
+// CHECK-NEXT: %bucket0_backward = dist.gather_params_start %w0_shard, %w1_shard {{.*}}phase = "backward"
 // CHECK-NEXT: %[[T2:.*]] = aten.permute.default %w2_bwd
 // Its gradient is reduce-scattered as soon as it is made, the mean over the 4 replicas.
 // CHECK: %gw2 = aten.permute.default %gt2
 // CHECK-NEXT: %grad_w2 = dist.reduce_scatter_grads %gw2 {group = @world, bucket = 1 : i64, divide = 4 : i64} : (tensor<8x6xf32>) -> tensor<2x6xf32>
 // CHECK-NEXT: aten.permute.default %[[T2]]
-// CHECK: %w0_bwd, %w1_bwd = dist.gather_params %w0_shard, %w1_shard {group = @world, bucket = 0 : i64, phase = "backward"}
+// CHECK: %w0_bwd, %w1_bwd = dist.gather_params_wait %bucket0_backward
 // CHECK-NEXT: autosp.attention_grad
 // CHECK: aten.mm.default %gh1, %w1_bwd
 // CHECK: %grad_w0, %grad_w1 = dist.reduce_scatter_grads %gw0, %gw1 {group = @world, bucket = 0 : i64, divide = 4 : i64} : (tensor<8x8xf32>, tensor<6x8xf32>) -> (tensor<2x8xf32>, tensor<0x8xf32>)
 // CHECK-NEXT: func.return %loss, %grad_w0, %grad_w1, %grad_w2 : tensor<f32>, tensor<2x8xf32>, tensor<0x8xf32>, tensor<2x6xf32>
 
-// The program frees each whole parameter after its last use in its window.
+// The program frees each whole parameter after its last use in its window, and each buffer
+// once its parameters are copied out.
 // PY:      def train_step(w0_shard, w1_shard, w2_shard, x):
-// PY-NEXT:   w0, w1 = collectives.gather_params(w0_shard, w1_shard, rows=[8, 6], group=GROUPS['world'])
-// PY:        w2 = collectives.gather_params(w2_shard, rows=[8], group=GROUPS['world'])
+// PY-NEXT:   bucket0_forward = collectives.gather_params_start(w0_shard, w1_shard, rows=[8, 6], group=GROUPS['world'])
+// PY-NEXT:   w0, w1 = collectives.gather_params_wait(bucket0_forward, shapes=[[8, 8], [6, 8]], group=GROUPS['world'])
+// PY-NEXT:   del bucket0_forward
+// PY-NEXT:   bucket1_forward = collectives.gather_params_start(w2_shard, rows=[8], group=GROUPS['world'])
+// PY:        w2 = collectives.gather_params_wait(bucket1_forward, shapes=[[8, 6]], group=GROUPS['world'])
+// PY-NEXT:   del bucket1_forward
 // PY-NEXT:   t2 = torch.ops.aten.permute.default(w2, [1, 0])
 // PY-NEXT:   del w2
 // PY-NEXT:   h2 = torch.ops.aten.mm.default(ov, t2)
 // PY-NEXT:   del t2
-// PY:        w2_bwd = collectives.gather_params(w2_shard, rows=[8], group=GROUPS['world'])
+// PY:        w2_bwd = collectives.gather_params_wait(bucket1_backward, shapes=[[8, 6]], group=GROUPS['world'])
 // PY:        grad_w2 = collectives.reduce_scatter_grads(gw2, divide=4, group=GROUPS['world'])
 // PY-NEXT:   del gw2
 // PY:        grad_w0, grad_w1 = collectives.reduce_scatter_grads(gw0, gw1, divide=4, group=GROUPS['world'])
