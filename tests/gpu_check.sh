@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, run through the device tool (one script, results as JSON/text in $OUT):
 # the kernel tests compiled for the GPU, the e2e equivalence suite on CUDA (Triton kernels by
-# default there), the memory-plan check, and both benchmarks. Wheels for what the image lacks are
+# default there), the memory-plan check, the sharded state on one NCCL rank, and both benchmarks. Wheels for what the image lacks are
 # carried in .whl/ (xdsl, immutabledict, ordered-set, highspy: `pip download --only-binary :all:
 # -d .whl ...` for the GPU machine's Python).
 set -uo pipefail
@@ -12,6 +12,7 @@ python3 -c "import torch, transformers, triton; print('torch', torch.__version__
 python3 -m pytest -q -p no:cacheprovider tests/unit/test_attention_kernels.py tests/unit/test_loss_kernels.py --junitxml="$OUT/kernels-cuda.xml" 2>&1 | tail -15 | tee "$OUT/kernels-cuda.txt"
 AUTOSP_TEST_DEVICE=cuda timeout 240 python3 -m pytest -q -p no:cacheprovider tests/e2e/test_equivalence.py --junitxml="$OUT/e2e-cuda.xml" 2>&1 | tail -15 | tee "$OUT/e2e-cuda.txt"
 timeout 120 python3 tests/gpu_memory.py "$OUT/memory-cuda.json" 2>&1 | tail -5
+timeout 90 python3 tests/gpu_sharded.py "$OUT/sharded-cuda.json" 2>&1 | tail -5
 timeout 150 python3 -m autosp.tools.bench kernels -o "$OUT/kernels.json" 2>&1 | tail -30
 timeout 400 python3 -m autosp.tools.bench train --preset llama-3.2-1b --methods autosp hf-eager hf-ckpt-chunked-loss \
   --throughput-seq 16384 262144 -o "$OUT/train.json" 2>&1 | tail -30

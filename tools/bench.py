@@ -42,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     remat.add_argument("--shard", choices=["none", "optimizer", "gradients", "parameters"], default="none",
                        help="shard the training state over the sp x dp ranks (ZeRO-1/2/3; default none)")
     remat.add_argument("--dp", type=int, default=1, help="data-parallel replicas (the state is sharded over sp x dp ranks)")
+    remat.add_argument("--no-prefetch", action="store_true", help="with --shard: start each parameter gather where it is needed")
     remat.add_argument("--optimizer", default="none",
                        help="optimizer state the plan holds: adamw (moments in the parameters' dtype), adamw-fp32, adamw-master "
                             "(fp32 master weights + moments), sgd, ... (default none)")
@@ -64,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str, cost_model: str, dtype: str,
-                shard: str = "none", dp: int = 1, optimizer: str = "none") -> dict:
+                shard: str = "none", dp: int = 1, optimizer: str = "none", prefetch: bool = True) -> dict:
     import torch
 
     from autosp.frontends import import_program
@@ -76,7 +77,7 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str,
     # A device of `memory` bytes: the budget is what "auto" leaves of it.
     profile = device_profile(cost_model)
     profile = device_profile(cost_model, memory_bytes=parse_budget(memory, profile))
-    point: dict = {"seq": seq, "sp": sp, "dp": dp, "shard": shard, "optimizer": optimizer,
+    point: dict = {"seq": seq, "sp": sp, "dp": dp, "shard": shard, "optimizer": optimizer, "prefetch": prefetch,
                    "budget_gib": parse_budget("auto", profile) / 2**30}
     started = time.perf_counter()
     ep = export_preset(preset, seq=seq, layers=layers, fake=True, dtype=getattr(torch, DTYPES[dtype]))
@@ -84,7 +85,7 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str,
     for tiled in (False, True):  # as compile's tile_mlp="auto": gated MLPs in row chunks only if needed
         started = time.perf_counter()
         # Rank 0 of sp x dp: the largest sequence part and the largest parameter shards.
-        spec = pipeline_spec(sp=sp, fuse=False, shard=shard, world=sp * dp, optimizer=optimizer)  # remat plans the unfused program
+        spec = pipeline_spec(sp=sp, fuse=False, shard=shard, world=sp * dp, optimizer=optimizer, prefetch=prefetch)  # remat plans the unfused program
         module = run_pipeline(import_program(ep, tile_mlp=tiled), spec)
         point["import_and_sp_s"] = time.perf_counter() - started
         started = time.perf_counter()
@@ -189,7 +190,7 @@ def run_remat(args: argparse.Namespace) -> None:
         seq = args.min_seq
         while seq <= args.max_seq:
             point = remat_point(args.preset, args.layers, seq, sp, args.memory, args.cost_model, args.dtype,
-                                args.shard, args.dp, args.optimizer)
+                                args.shard, args.dp, args.optimizer, not args.no_prefetch)
             points.append(point)
             status = f"peak {point['peak_gib']:.1f} GiB, {point['plan']}" if point["fits"] else point["error"]
             if point["tiled_mlp"]:
@@ -223,7 +224,7 @@ def run_remat(args: argparse.Namespace) -> None:
                 console.print(f"    {kb:8.1f}  {kind}")
             console.print("  GiB held at the peak: " + ", ".join(f"{kind} {gib:.1f}" for kind, gib in where["held_gib"].items()))
     write_atomically(args.output, json.dumps({"preset": args.preset, "dtype": args.dtype, "memory": args.memory, "cost_model": args.cost_model,
-                   "shard": args.shard, "dp": args.dp, "optimizer": args.optimizer,
+                   "shard": args.shard, "dp": args.dp, "optimizer": args.optimizer, "prefetch": not args.no_prefetch,
                    "max_context": {str(sp): best.get(sp) for sp in args.sp}, "points": points}, indent=1))
     console.print(f"wrote {args.output}")
 
