@@ -1,5 +1,5 @@
 """GPU check of the sharded training state on one NCCL rank (the GPU machine has one GPU; the
-multi-rank cases run on gloo in the suite): compile a tiny bf16 Llama with shard="parameters" and
+multi-rank cases run on gloo in the suite): compile a tiny Llama with shard="parameters" and
 AdamW, three steps against eager AdamW, and the predicted peak (with the optimizer's state)
 against torch.cuda.max_memory_allocated. Writes JSON to argv[1]."""
 
