@@ -120,18 +120,8 @@ def blockwise_forward(q, k, v, causal: bool, window: int, scale: float, document
     return out, lse
 
 
-def attention_backward(
-    grad_out: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    causal: bool,
-    window: int,
-    scale: float,
-    documents: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def attention_backward(grad_out, q, k, v, out, lse, causal: bool, window: int, scale: float, documents=None):
+    """(dq, dk, dv): dk/dv at the kv head count, summed over each group."""
     flash = _flash_cpu(q, k, v, causal, window, documents)
     if flash is None:
         return blockwise_backward(grad_out, q, k, v, out, lse, causal, window, scale, documents)
