@@ -84,6 +84,40 @@ def _non_overlapping(t: torch.Tensor) -> bool:
     return True
 
 
+# Whole parameters that shard_parameters replaced by DTensors: id -> weakref. An optimizer built
+# on them before compile would step tensors no step writes a gradient to, silently training
+# nothing; a global optimizer hook refuses it instead.
+_REPLACED: dict[int, weakref.ref] = {}
+_HOOKED = False
+
+
+def _replaced(tensor: torch.Tensor) -> bool:
+    ref = _REPLACED.get(id(tensor))
+    return ref is not None and ref() is tensor
+
+
+def _refuse_stale_optimizer(optimizer, args, kwargs) -> None:
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if _replaced(param):
+                raise AutoSPError(
+                    f"{type(optimizer).__name__} holds a parameter that autosp.compile(shard=...) replaced by its DTensor "
+                    "shard: it would update the old whole tensor, which no step trains; create the optimizer after compile "
+                    "(torch.optim.AdamW(model.parameters()))"
+                )
+
+
+def _remember_replaced(tensor: torch.Tensor) -> None:
+    global _HOOKED
+    key = id(tensor)
+    _REPLACED[key] = weakref.ref(tensor, lambda _, key=key: _REPLACED.pop(key, None))
+    if not _HOOKED:
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+        register_optimizer_step_pre_hook(_refuse_stale_optimizer)
+        _HOOKED = True
+
+
 class TrainStep:
     def __init__(
         self,
@@ -113,6 +147,7 @@ class TrainStep:
         self.report = report
         self.dp_group, self.dp_size, self.agreement = None, 1, None
         self.sharded = False  # parameters are DTensors holding this rank's shard
+        self._replaced: list[tuple[weakref.ref, int]] = []  # the whole parameters sharding replaced (and their bytes)
         self._failed_mid_step: str | None = None
         missing = [s.name for s in inputs if s.kind != "input" and s.name not in state]
         if missing:
@@ -165,6 +200,9 @@ class TrainStep:
                 )
                 shards[id(tensor)] = torch.nn.Parameter(whole, requires_grad=tensor.requires_grad)
             new = shards[id(tensor)]
+            if not _replaced(tensor):
+                _remember_replaced(tensor)
+                self._replaced.append((weakref.ref(tensor), tensor.numel() * tensor.element_size()))
             for owner, kind, name in slots:
                 module = owner()
                 if module is not None:
@@ -299,7 +337,24 @@ class TrainStep:
 
     # --- the step ---------------------------------------------------------------------------
 
+    def _warn_if_whole_parameters_live(self) -> None:
+        """Once, at the first step after sharding: the memory plan counts shards, so whole
+        parameters still referenced elsewhere (the ExportedProgram, the caller) are memory the
+        plan does not see."""
+        alive = sum(size for ref, size in self._replaced if ref() is not None)
+        self._replaced = []
+        if alive:
+            import warnings
+
+            warnings.warn(
+                f"{alive / 2**30:.2f} GiB of whole parameters that compile replaced by their shards are still referenced "
+                "(by the ExportedProgram or your own variables): the memory plan does not count them; `del ep` to free them",
+                stacklevel=3,
+            )
+
     def __call__(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+        if self._replaced:
+            self._warn_if_whole_parameters_live()
         call_args = self._prepare(self._bind(args, kwargs))
         with self._in_step():
             loss, *grads = self.program.train_step(*call_args)

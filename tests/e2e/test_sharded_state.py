@@ -149,6 +149,31 @@ def remat_under_zero3(rank, world):
         torch.use_deterministic_algorithms(False)
 
 
+def stale_optimizer_and_live_export(rank, world):
+    """An optimizer built before compile holds the replaced whole parameters: its step is refused
+    (it would train nothing). An ExportedProgram kept alive holds them too: a warning says so."""
+    import warnings
+
+    import autosp
+
+    module = tiny_causal_lm("Llama", **CONFIG)
+    early = torch.optim.AdamW(module.parameters())
+    ids, labels = (t[0] for t in _batches(1))
+    ep = torch.export.export(module, (ids, labels))
+    step = autosp.compile(ep, sp=2, shard="optimizer")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        step(ids, labels)
+    try:
+        early.step()
+        refused = None
+    except autosp.AutoSPError as err:
+        refused = str(err)
+    late = torch.optim.AdamW(module.parameters())
+    late.step()  # the optimizer made after compile steps the shards
+    return {"warned": any("still referenced" in str(w.message) for w in caught), "refused": refused}
+
+
 def cases(rank, world, checkpoint_dir):
     module = tiny_causal_lm("Llama", **CONFIG)
     results = {"collectives": collectives_match_dtensor(rank, world), "refused": different_weights_are_refused(rank, world)}
@@ -158,6 +183,7 @@ def cases(rank, world, checkpoint_dir):
     results["checkpoint"] = checkpoint_round_trip(rank, world, module, checkpoint_dir)
     results["memory"] = memory_held(rank, world, module)
     results["remat"] = remat_under_zero3(rank, world)
+    results["stale"] = stale_optimizer_and_live_export(rank, world)
     return results
 
 
@@ -268,3 +294,10 @@ def test_remat_fits_a_budget_under_zero3_with_bitwise_equal_gradients(results):
         remat = per_rank["remat"]
         assert remat["recomputes"] and remat["bitwise"], remat
         assert remat["predicted"] <= remat["budget"] and remat["measured"] == remat["tracked"] <= remat["budget"], remat
+
+
+def test_an_optimizer_made_before_compile_is_refused_and_a_live_export_warned_of(results):
+    for per_rank in results:
+        stale = per_rank["stale"]
+        assert stale["warned"], stale
+        assert stale["refused"] and stale["refused"].startswith("AdamW holds a parameter that autosp.compile(shard=...) replaced"), stale
