@@ -13,3 +13,9 @@ def chunk_sizes(total: int, parts: int) -> list[int]:
     until the length runs out (the last parts may be shorter, or empty)."""
     size = -(-total // parts)
     return [max(0, min(size, total - i * size)) for i in range(parts)]
+
+
+# The fused LM head + loss adds the head-weight gradient of a chunk of rows this many vocabulary
+# rows at a time when it accumulates in a wider dtype: one [slice, hidden] product in the model
+# dtype at a time, not a whole [vocab, hidden] one (1 GiB for Llama-3's vocabulary in bf16).
+GRAD_WEIGHT_SLICE = 16384

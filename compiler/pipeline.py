@@ -53,7 +53,7 @@ def pipeline_spec(
             f'zero{{level="{shard}" world={world} rank={world_rank} optimizer="{optimizer}" prefetch={str(prefetch).lower()}}}'
         )
     if remat:
-        passes.append(f'remat{{budget="{memory_budget}" cost_model="{cost_model}"}}')
+        passes.append(f'remat{{budget="{memory_budget}" cost_model="{cost_model}" fused={str(fuse).lower()}}}')
     if fuse:
         passes.append("fuse-elementwise")
     return ",".join(passes)

@@ -63,7 +63,7 @@ from autosp.ir.dtypes import BYTES, torch_dtype
 from autosp.ir.interfaces import CostInterface, IndexReaderInterface, IndexUse, RuleContext, RuntimeCall, RuntimeCallInterface, ShardingInterface, Strategy
 from autosp.ir.layout import Layout, LayoutKind
 from autosp.common.errors import AutoSPError
-from autosp.common.sizes import split_sizes
+from autosp.common.sizes import GRAD_WEIGHT_SLICE, split_sizes
 
 # --- attributes ---------------------------------------------------------------------------
 
@@ -552,14 +552,15 @@ class LinearCrossEntropyOp(IRDLOperation, ShardingInterface, CostInterface, Runt
 
     def workspace_bytes(self) -> int:
         """One chunk of logits in the model dtype (overwritten by its gradient), the chunk's per-row
-        losses, and, when the weight gradient accumulates in a wider dtype, one product in the
-        model dtype before it is added."""
+        losses, and, when the weight gradient accumulates in a wider dtype, one vocabulary slice
+        of its product in the model dtype before it is added."""
         rows, _ = _shape(self.hidden)
         vocab, width = _shape(self.weight)
         element = BYTES[torch_dtype(self.hidden.type.element_type)]  # type: ignore[attr-defined]
         acc = BYTES[torch_dtype(self.grad_weight.type.element_type)]  # type: ignore[attr-defined]
         chunk = min(rows, self.chunk.value.data)
-        return chunk * vocab * element + chunk * acc + (vocab * width * element if element != acc else 0)
+        product = min(vocab, GRAD_WEIGHT_SLICE) * width * element if element != acc else 0
+        return chunk * vocab * element + chunk * acc + product
 
     def runtime_call(self) -> RuntimeCall:
         return RuntimeCall("kernels.linear_cross_entropy", [*self.operands, self.ignore_index, self.chunk])

@@ -137,8 +137,9 @@ class Unit:
     inputs: set["Unit"] = field(default_factory=set, repr=False)
     consumers: set["Unit"] = field(default_factory=set, repr=False)
     needed: bool = False  # by the backward, directly or to recompute a consumer
-    first_need: int = 0
-    death: int = 0
+    first_need: int = 0  # recomputed: materialized before this op (len(ops): never)
+    recompute_death: int = -1  # recomputed: last read
+    death: int = 0  # kept: last read
     slot: int = -1
     segment: int = 0
 
@@ -163,8 +164,8 @@ class RematResult:
 
 
 class RematProblem:
-    def __init__(self, module: ModuleOp, profile: DeviceProfile):
-        self.module = module
+    def __init__(self, module: ModuleOp, profile: DeviceProfile, fused: bool = False):
+        self.module, self.fused = module, fused
         self.lv = lv = liveness(module)
         ops = lv.ops
         self.forward = forward = forward_ops(ops)
@@ -201,16 +202,26 @@ class RematProblem:
         for unit in self.units.values():
             unit.results = [(r, tensor_bytes(r), last_forward.get(r, unit.index)) for r in unit.op.results]
 
+        for op, segment in forward_segments(ops, forward).items():
+            if op in self.units:
+                self.units[op].segment = segment
+
         # Who is needed, and from when to when. A value the backward reads is materialized
         # before that first read; one read only to recompute consumers, when the first of them is
         # (an estimate: a recomputed consumer may want it earlier; the exact check catches that).
+        # Recompute chains stay in one segment (see `solve`): a consumer in a later segment reads
+        # the value kept, so it extends the kept lifetime only, not the recomputed one.
         for unit in sorted(self.units.values(), key=lambda u: -u.index):
-            needs = [c.first_need for c in unit.consumers if c.needed and c.recomputable]
-            if unit.first_direct is None and not needs or any(r in returned for r in unit.op.results):
+            if any(r in returned for r in unit.op.results):
+                continue
+            users = [c for c in unit.consumers if c.needed and c.recomputable and c.first_need < len(ops)]
+            local = [c.first_need for c in users if c.segment == unit.segment]
+            if unit.first_direct is None and not users:
                 continue
             unit.needed = True
-            unit.first_need = min(needs) if unit.first_direct is None else unit.first_direct
-            unit.death = max(needs + [unit.last_direct])
+            unit.first_need = unit.first_direct if unit.first_direct is not None else min(local, default=len(ops))
+            unit.recompute_death = max(local + [unit.last_direct])
+            unit.death = max([c.first_need for c in users] + [unit.last_direct])
         self.candidates = [u for u in self.units.values() if u.needed]
         self._assign_slots()
 
@@ -219,8 +230,6 @@ class RematProblem:
         segments: dict[int, list[Operation]] = {}
         for op, d in forward_segments(self.lv.ops, self.forward).items():
             segments.setdefault(d, []).append(op)
-            if op in self.units:
-                self.units[op].segment = d
         classes: dict[tuple, int] = {}
         position: dict[Operation, tuple[int, int]] = {}
         for ops in segments.values():
@@ -251,10 +260,10 @@ class RematProblem:
         return sum(u.seconds for u in self.candidates if u.index in recompute)
 
     def evaluate(self, plan: Plan) -> Plan:
-        """The exact peak of the rewritten program."""
+        """The exact peak of the rewritten program (fused, when elementwise fusion follows)."""
         clone = self.module.clone()
         apply_recompute(clone, plan.recompute)
-        plan.peak_bytes = plan_memory(clone).peak_bytes
+        plan.peak_bytes = exact_peak(clone, self.fused)
         return plan
 
     def checkpointing(self) -> Plan:
@@ -303,11 +312,14 @@ class RematProblem:
                 base[end + 1] += size
                 keep[last_fwd + 1, u.slot] += size
                 keep[u.death + 1, u.slot] -= size
-                rec[u.first_need, u.slot] += size
-                rec[u.death + 1, u.slot] -= size
+                if u.first_need <= u.recompute_death:
+                    rec[u.first_need, u.slot] += size
+                    rec[u.recompute_death + 1, u.slot] -= size
             # A clone's scratch is in use before the op it feeds allocates its results and its
             # own scratch.
             t = u.first_need
+            if t >= n:
+                continue
             extra = u.workspace - workspace_bytes(self.lv.ops[t]) - sum(
                 tensor_bytes(r) for r in self.lv.ops[t].results if self.lv.root[r] is r
             )
@@ -513,10 +525,22 @@ class RematInfeasible(AutoSPError):
     """No plan fits the budget."""
 
 
-def least_memory(module: ModuleOp, profile) -> int:
+def exact_peak(module: ModuleOp, fused: bool) -> int:
+    """The planned peak of `module` as it will run: after elementwise fusion when it follows
+    (fusion never raises a peak, and lowers some: an fp32 upcast inside a fused norm is never
+    materialized)."""
+    if fused:
+        from autosp.passes.fuse_elementwise import FuseElementwise
+
+        module = module.clone()
+        FuseElementwise().apply(Context(), module)
+    return plan_memory(module).peak_bytes
+
+
+def least_memory(module: ModuleOp, profile, fused: bool = False) -> int:
     """The least peak remat reaches on `module`: per-layer checkpointing or the ILP's
     least-memory plan, whichever holds less."""
-    problem = RematProblem(module, profile)
+    problem = RematProblem(module, profile, fused)
     plans = [problem.checkpointing()]
     least, _, _ = problem.solve(None)
     if least is not None:
@@ -559,12 +583,15 @@ def _state_hint(module: ModuleOp, fixed: int) -> str:
     return hint + f"; shard over more ranks ({human_bytes(zero.unsharded_bytes.data, 2)} in all) or raise the budget"
 
 
-def rematerialize(module: ModuleOp, budget: int, profile: DeviceProfile) -> RematResult:
+def rematerialize(module: ModuleOp, budget: int, profile: DeviceProfile, fused: bool = False) -> RematResult:
+    """The cheapest plan whose exact peak fits `budget` (`fused`: the peak after the elementwise
+    fusion that follows in the pipeline)."""
     baseline = plan_memory(module)
-    if baseline.peak_bytes <= budget:  # remat costs nothing when memory allows
-        plan = Plan("none (fits without recompute)", frozenset(), 0.0, baseline.peak_bytes)
+    runs_at = exact_peak(module, fused) if fused else baseline.peak_bytes
+    if runs_at <= budget:  # remat costs nothing when memory allows
+        plan = Plan("none (fits without recompute)", frozenset(), 0.0, runs_at)
         return RematResult(budget, baseline.peak_bytes, plan, [plan], 0, 0.0, "not needed")
-    problem = RematProblem(module, profile)
+    problem = RematProblem(module, profile, fused)
     candidates: list[Plan] = []
     ilp_seconds, status = 0.0, "no solution"
     target = float(budget)
@@ -600,11 +627,12 @@ class Remat(ModulePass):
     name = "remat"
     budget: str = "auto"
     cost_model: str = "h100"
+    fused: bool = False  # fuse-elementwise follows: plans are checked on the fused program
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         profile = device_profile(self.cost_model)
         budget = parse_budget(self.budget, profile)
-        result = rematerialize(op, budget, profile)
+        result = rematerialize(op, budget, profile, self.fused)
         log.info(
             "remat: ILP %.2f s (%s, %d slots); plan %s: %d ops recomputed, %.3f ms estimated, peak %s of %s",
             result.ilp_seconds, result.ilp_status, result.slots, result.plan.name, len(result.plan.recompute),

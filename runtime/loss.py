@@ -17,6 +17,7 @@ import torch
 
 from autosp.common.precision import accumulation_dtype
 from autosp.common.errors import AutoSPError
+from autosp.common.sizes import GRAD_WEIGHT_SLICE
 
 RowsCrossEntropy = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
@@ -73,7 +74,8 @@ def linear_cross_entropy(
         torch.mm(logits, weight, out=grad_hidden[start:stop])
         if grad_weight.dtype == logits.dtype:
             grad_weight.addmm_(logits.t(), rows_in)
-        else:
-            grad_weight += logits.t() @ rows_in
+        else:  # each product in the model dtype, added in fp32, a vocabulary slice at a time
+            for v0 in range(0, vocab, GRAD_WEIGHT_SLICE):
+                grad_weight[v0 : v0 + GRAD_WEIGHT_SLICE] += logits[:, v0 : v0 + GRAD_WEIGHT_SLICE].t() @ rows_in
         del logits
     return loss, grad_hidden, grad_weight

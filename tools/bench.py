@@ -90,13 +90,13 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str,
         point["import_and_sp_s"] = time.perf_counter() - started
         started = time.perf_counter()
         try:
-            result = rematerialize(module, parse_budget("auto", profile), profile)
+            result = rematerialize(module, parse_budget("auto", profile), profile, fused=True)  # as compile runs it
             break
         except RematInfeasible as error:
             point.update(fits=False, error=str(error), remat_s=time.perf_counter() - started, tiled_mlp=tiled)
     else:
         # Where the memory goes under per-layer checkpointing (about the least remat can reach).
-        point["checkpointing"] = breakdown(module, RematProblem(module, profile).checkpointing().recompute, seq, sp)
+        point["checkpointing"] = breakdown(module, RematProblem(module, profile, fused=True).checkpointing().recompute, seq, sp)
         return point
     point.update(
         fits=True,
