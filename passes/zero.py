@@ -32,6 +32,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
+
 from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import (
@@ -45,6 +47,7 @@ from autosp.common.errors import AutoSPError
 from autosp.common.sizes import chunk_sizes
 from autosp.ir.autosp import SHARD_LEVELS, AttentionOp, ToPartialOp, ZeroAttr
 from autosp.ir.dist import AllReduceOp, GatherStartOp, GatherWaitOp, GroupDeclOp, ReduceScatterGradsOp, segment_length
+from autosp.ir.aten import overload_of
 from autosp.ir.dtypes import BYTES, tensor_bytes, torch_dtype
 from autosp.ir.program import ZERO, partition_of, train_step_of, zero_of
 from autosp.passes.memory_plan import forward_ops, is_view
@@ -269,46 +272,72 @@ class Zero(ModulePass):
                     o.operands[index] = new
 
     def _reduce_scatter(self, fn, ret: func.ReturnOp, buckets: list[Bucket], grads: dict[int, int], names: dict[int, str], sp: int) -> None:
-        """One reduce-scatter over the world per bucket of trainable parameters."""
+        """One reduce-scatter over the world per bucket of trainable parameters (one per element
+        type its contributions have: a gradient the program accumulated in a wider dtype and
+        only then cast, e.g. `cast(all_reduce(partial))`, is reduce-scattered before the cast and
+        its shard cast, so it is summed over the ranks in the dtype it was accumulated in)."""
         block = fn.body.block
         dropped: list[Operation] = []
         for bucket in buckets:
             members = [i for i in bucket.params if i in grads]
             if not members:
                 continue
-            contributions, ready, before = [], [], []  # ready: the value whose op completes each
+            # member -> (its contribution, the value whose op completes it, the cast to apply to its shard)
+            parts: dict[int, tuple[SSAValue, SSAValue, Operation | None]] = {}
+            before: list[Operation] = []
             for i in members:
                 g = ret.operands[grads[i]]
+                cast = None
+                # Reduce what was cast, then cast the shard (ZeRO-1, which holds the whole gradients
+                # to the end, keeps them narrow).
+                if self.level != "optimizer" and _is_cast(g.owner) and g.has_one_use():
+                    cast = g.owner
+                    dropped.append(cast)
+                    g = cast.operands[0]
                 owner = g.owner
                 if isinstance(owner, AllReduceOp) and owner.group == SP and owner.reduce.data == "sum" and g.has_one_use():
-                    contributions.append(owner.input)  # this rank's partial sum
-                    ready.append(owner.input)
+                    parts[i] = (owner.input, owner.input, cast)  # this rank's partial sum
                     dropped.append(owner)
                 elif sp > 1:  # replicated over the SP group: one rank contributes it
                     before.append(ToPartialOp.build(operands=[g], result_types=[g.type], properties={"group": SP}))
-                    contributions.append(before[-1].results[0])
-                    ready.append(g)
+                    parts[i] = (before[-1].results[0], g, cast)
                 else:
-                    contributions.append(g)
-                    ready.append(g)
+                    parts[i] = (g, g, cast)
             if self.level == "optimizer":
                 anchor = ret  # ZeRO-1 holds the whole gradients to the end of the backward
             else:  # right after the last of them is made
                 ops = list(block.ops)
                 position = {o: i for i, o in enumerate(ops)}
-                made = [position[v.owner] for v in ready if isinstance(v, OpResult)]
+                made = [position[ready.owner] for _, ready, _ in parts.values() if isinstance(ready, OpResult)]
                 anchor = ops[max(made) + 1] if made else ops[0]
-            scatter = ReduceScatterGradsOp.build(
-                operands=[contributions], result_types=[[block.args[i].type for i in members]],
-                properties={"group": WORLD, "bucket": _i64(bucket.index), "divide": _i64(self.world // sp)},
-            )
-            for i, result in zip(members, scatter.results):
-                result.name_hint = f"grad_{names[i]}"
-            Rewriter.insert_op([*before, scatter], InsertPoint.before(anchor))
+            Rewriter.insert_op(before, InsertPoint.before(anchor))
             returned = list(ret.operands)
-            for i, result in zip(members, scatter.results):
-                returned[grads[i]] = result
+            for element_type in dict.fromkeys(parts[i][0].type.element_type for i in members):
+                group = [i for i in members if parts[i][0].type.element_type == element_type]
+                scatter = ReduceScatterGradsOp.build(
+                    operands=[[parts[i][0] for i in group]],
+                    result_types=[[TensorType(element_type, block.args[i].type.get_shape()) for i in group]],
+                    properties={"group": WORLD, "bucket": _i64(bucket.index), "divide": _i64(self.world // sp)},
+                )
+                Rewriter.insert_op(scatter, InsertPoint.before(anchor))
+                for i, shard in zip(group, scatter.results):
+                    cast = parts[i][2]
+                    if cast is not None:  # the shard in the parameter's dtype
+                        shard.name_hint = f"grad_{names[i]}_{element_type}"
+                        cast = type(cast).build(operands=[shard], result_types=[block.args[i].type], properties=dict(cast.properties))
+                        Rewriter.insert_op(cast, InsertPoint.before(anchor))
+                        shard = cast.results[0]
+                    shard.name_hint = f"grad_{names[i]}"
+                    returned[grads[i]] = shard
             ret.operands = returned
-        for owner in dropped:
-            assert not owner.output.uses
+        for owner in dropped:  # casts first, then the all-reduces they read
+            assert not owner.results[0].uses
             block.erase_op(owner)
+
+
+def _is_cast(op) -> bool:
+    """A dtype cast to a narrower float (`_to_copy` with only a dtype, e.g. f32 -> bf16)."""
+    if not isinstance(op, Operation) or overload_of(op) != torch.ops.aten._to_copy.default or len(op.operands) != 1:
+        return False
+    source, target = op.operands[0].type.element_type, op.results[0].type.element_type
+    return source != target and BYTES[torch_dtype(source)] > BYTES[torch_dtype(target)]
