@@ -74,6 +74,23 @@ def _keep(rows, cols, SK, CAUSAL: tl.constexpr, WINDOW):
 
 
 @triton.jit
+def _masked(x, fill, rows, cols, doc_q, doc_k, SK, WINDOW, CAUSAL: tl.constexpr, MASKED: tl.constexpr, HAS_DOCS: tl.constexpr):
+    """x [rows, cols] with `fill` where the mask hides the key (only in MASKED tiles) or the key is
+    in another document."""
+    if MASKED:
+        x = tl.where(_keep(rows, cols, SK, CAUSAL, WINDOW), x, fill)
+    if HAS_DOCS:
+        x = tl.where(doc_q[:, None] == doc_k[None, :], x, fill)
+    return x
+
+
+@triton.jit
+def _transposed_tile(base, stride_s, cols, offs_d, SK, D):
+    """The [D, cols] tile of a [SK, D] matrix (K or V of one head), zeros past its bounds."""
+    return tl.load(base + cols[None, :] * stride_s + offs_d[:, None], mask=(cols[None, :] < SK) & (offs_d[:, None] < D), other=0.0)
+
+
+@triton.jit
 def _load_documents(doc_base, idx, n, HAS_DOCS: tl.constexpr):
     """Document numbers at positions idx (< n) and their range (min, max); zeros without documents."""
     if HAS_DOCS:
@@ -136,13 +153,9 @@ def _forward_tiles(
         cols = n0 + offs_n
         doc_k, k_lo, k_hi = _load_documents(doc_base, cols, SK, HAS_DOCS)
         if (k_hi >= doc_lo) & (k_lo <= doc_hi):  # always true without documents
-            in_bounds = (cols[None, :] < SK) & (offs_d[:, None] < D)
-            k_t = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None], mask=in_bounds, other=0.0)
+            k_t = _transposed_tile(k_base, stride_ks, cols, offs_d, SK, D)
             s = _dot(q, k_t, PRECISION) * qk_scale  # log2 units
-            if MASKED:
-                s = tl.where(_keep(rows, cols, SK, CAUSAL, WINDOW), s, float("-inf"))
-            if HAS_DOCS:
-                s = tl.where(doc_q[:, None] == doc_k[None, :], s, float("-inf"))
+            s = _masked(s, float("-inf"), rows, cols, doc_q, doc_k, SK, WINDOW, CAUSAL, MASKED, HAS_DOCS)
             m_new = tl.maximum(m_i, tl.max(s, 1))
             p = tl.math.exp2(s - m_new[:, None])
             alpha = tl.math.exp2(m_i - m_new)
@@ -322,14 +335,10 @@ def _dq_tiles(
         cols = n0 + offs_n
         doc_k, k_lo, k_hi = _load_documents(doc_base, cols, SK, HAS_DOCS)
         if (k_hi >= doc_lo) & (k_lo <= doc_hi):  # always true without documents
-            kv_mask = (cols[None, :] < SK) & (offs_d[:, None] < D)
-            k_t = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None], mask=kv_mask, other=0.0)
-            v_t = tl.load(v_base + cols[None, :] * stride_vs + offs_d[:, None], mask=kv_mask, other=0.0)
+            k_t = _transposed_tile(k_base, stride_ks, cols, offs_d, SK, D)
+            v_t = _transposed_tile(v_base, stride_vs, cols, offs_d, SK, D)
             p = tl.math.exp2(_dot(q, k_t, PRECISION) * qk_scale - lse[:, None])
-            if MASKED:
-                p = tl.where(_keep(rows, cols, SK, CAUSAL, WINDOW), p, 0.0)
-            if HAS_DOCS:
-                p = tl.where(doc_q[:, None] == doc_k[None, :], p, 0.0)
+            p = _masked(p, 0.0, rows, cols, doc_q, doc_k, SK, WINDOW, CAUSAL, MASKED, HAS_DOCS)
             dp = _dot(do, v_t, PRECISION)
             ds = p * (dp - delta[:, None])
             dq += _dot(ds.to(k_t.dtype), tl.trans(k_t), PRECISION)
