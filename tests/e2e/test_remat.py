@@ -22,7 +22,7 @@ SEQ = 512
 def deep_model():
     """Narrow and deep, so activations dominate the peak (not parameters, not attention scratch)."""
     model = tiny_causal_lm(
-        "Llama", vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=12,
+        "Llama", vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=8,
         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=SEQ,
     )
     ids = torch.randint(0, 128, (1, SEQ), generator=torch.Generator().manual_seed(1))
@@ -85,8 +85,8 @@ def test_ilp_never_costs_more_than_per_layer_checkpointing(deep_model):
         assert result.plan.seconds <= checkpointing.seconds
         if slack > 1.0:  # with room, the ILP's own plan wins outright
             assert result.plan.name == "ilp" and result.plan.seconds < checkpointing.seconds
-    # The template: 12 identical layers share their slots.
-    assert problem.num_slots < len(problem.candidates) / 4
+    # The template: 8 identical layers share their slots.
+    assert problem.num_slots < len(problem.candidates) / 3
 
 
 def test_attention_is_kept_and_cheap_ops_recomputed_at_long_context():
@@ -109,7 +109,7 @@ def test_remat_under_sequence_parallelism():
     its head-sharded q/k/v/out, and those must not be most of the activations."""
     from tests.e2e.sp_harness import run_distributed
 
-    config = dict(vocab_size=128, hidden_size=64, intermediate_size=512, num_hidden_layers=12,
+    config = dict(vocab_size=128, hidden_size=64, intermediate_size=512, num_hidden_layers=8,
                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=SEQ)
     for rank_stats in run_distributed(2, remat=True, config=config, seq=SEQ, fractions=(0.6, 0.4)):
         for s in rank_stats:
@@ -158,7 +158,7 @@ def test_gated_mlps_in_row_chunks_when_nothing_else_fits(deep_model, tmp_cache, 
     budget = (floors[True] + floors[False]) // 2  # whole MLPs cannot fit: below their least
     reference = copy.deepcopy(model)
     step = autosp.compile(ep, remat=True, memory_budget=budget, cost_model="cpu")
-    assert step.source.count("kernels.gated_mlp_backward(") == 12
+    assert step.source.count("kernels.gated_mlp_backward(") == 8
     measured, loss, grads = run_step(model, step, inputs)
     assert step.predicted_peak_bytes <= budget and measured <= budget
     assert abs(step.predicted_tracked_bytes - measured) <= 0.05 * measured
