@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import io
+import json
 import os
 import weakref
 from collections import OrderedDict
@@ -22,11 +23,11 @@ from autosp.ir import autosp_context
 from autosp.input_checks import index_checks
 from autosp.ir.dtypes import torch_dtype
 from autosp.passes.memory_plan import plan_memory
-from autosp.pipeline import pipeline_spec, run_pipeline
+from autosp.pipeline import RematPlan, pipeline_spec, remat_plan, run_pipeline, structure_digest, until_remat
 from autosp.common.errors import AutoSPError
 from autosp.report import comm_report
 from autosp.runtime.agreement import (
-    StepAgreement, agree_on_state, collective_device, error_text, rendezvous, timeout_seconds,
+    StepAgreement, agree_on_state, collective_device, decided_by_first, error_text, rendezvous, timeout_seconds,
 )
 from autosp.runtime.mesh import check_world, make_mesh
 from autosp.runtime.train_step import InputSpec, TrainStep
@@ -185,22 +186,61 @@ def _disk_import(ep, tile_mlp: bool, cache_dir: Path, key: str) -> ModuleOp:
         return module
 
 
-def compile_module(ep, spec: str, tile_mlp="auto", cache_dir: Path | None = None) -> tuple[ModuleOp, str]:
-    """Import and run the pipeline; with tile_mlp="auto", import again with gated MLPs in row
-    chunks when remat finds no plan that fits without. Returns the module and the source of its
-    index checks (made from the imported module, before partitioning)."""
+def compile_with_one_plan(ep, options: dict, rank: int, tile_mlp, cache_dir: Path, timeout: float) -> tuple[ModuleOp, str]:
+    """Import, run the pipeline and rematerialize with ONE plan for every rank: each rank makes
+    its program up to remat; world rank 0 plans on its own (the largest sequence part and
+    parameter shards), at the least budget of all ranks (with tile_mlp="auto", with gated MLPs
+    in row chunks when nothing fits without) and posts the plan; every rank applies it to its
+    program, so a collective it recomputes runs on every rank, in the same place."""
     from autosp.passes.remat import RematInfeasible
 
-    def attempt(tiled: bool) -> tuple[ModuleOp, str]:
-        module, checks = imported(ep, tiled, cache_dir)
-        return run_pipeline(module, spec), checks
+    world, world_rank = options["world"], options["world_rank"]
+    head, _ = until_remat(pipeline_spec(**options, rank=rank))
 
-    try:
-        return attempt(tile_mlp is True)
-    except RematInfeasible:
-        if tile_mlp != "auto":
-            raise
-    return attempt(True)
+    def program(tiled: bool) -> tuple[ModuleOp, str]:
+        module, checks = imported(ep, tiled, cache_dir)
+        return run_pipeline(module, head), checks
+
+    tiled = tile_mlp is True
+    module, checks = program(tiled)
+
+    def decide(contributions: list[str]) -> str:
+        nonlocal tiled, module, checks
+        budgets, settings = zip(*(json.loads(c) for c in contributions))
+        for r, other in enumerate(settings):
+            if other != settings[0]:
+                raise AutoSPError(
+                    f"rank {r} compiled with {other}, rank 0 with {settings[0]}: every rank must call autosp.compile "
+                    "with the same options"
+                )
+        least = {**options, "memory_budget": str(min(budgets))}
+        try:
+            plan = remat_plan(module, **least)
+        except RematInfeasible:
+            if tile_mlp != "auto" or tiled:
+                raise
+            tiled = True
+            module, checks = program(tiled)
+            plan = remat_plan(module, **least)
+        return json.dumps([tiled, plan.name, plan.recompute, plan.structure])
+
+    if world == 1:
+        decided = decide([json.dumps([int(options["memory_budget"]), None])])
+    else:
+        settings = {k: v for k, v in options.items() if k not in ("memory_budget", "world_rank")} | {"tile_mlp": tile_mlp}
+        decided = decided_by_first(
+            "the remat plan", world_rank, world, json.dumps([int(options["memory_budget"]), settings]), decide, timeout
+        )
+    planned_tiled, name, recompute, structure = json.loads(decided)
+    if planned_tiled != tiled:  # rank 0 needed the gated MLPs in row chunks
+        module, checks = program(planned_tiled)
+    if structure_digest(module) != structure:
+        raise AutoSPError(
+            f"world rank {world_rank}'s program differs from rank 0's in its ops, not only in sizes, so rank 0's remat plan "
+            "cannot be applied to it (a bug: please report it with the model)"
+        )
+    _, tail = until_remat(pipeline_spec(**options, rank=rank, remat_plan=RematPlan(name, tuple(recompute), structure)))
+    return run_pipeline(module, tail), checks
 
 
 def _world_size() -> int:
@@ -265,14 +305,14 @@ def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=Non
     options = dict(sp=sp, remat=remat, memory_budget=memory_budget, cost_model=cost_model, fuse=fuse,
                    tile_mlp=tile_mlp, cache_dir=cache_dir, shard=shard, optimizer=kind, prefetch=prefetch)
     if _world_size() == 1 and mesh is None and shard == "none":
-        return _compile(ep, **options, world=1, world_rank=0, rank=0)
+        return _compile(ep, **options, world=1, world_rank=0, rank=0, timeout=seconds)
     # Several processes: sp x dp. Every rank compiles its own program, then all agree (through
     # the store, so a rank that failed or never came cannot block the others) before the
     # collective group creation.
     world, world_rank, sp_rank = place(sp, mesh)
     step, error, cause = None, None, None
     try:
-        step = _compile(ep, **options, world=world, world_rank=world_rank, rank=sp_rank)
+        step = _compile(ep, **options, world=world, world_rank=world_rank, rank=sp_rank, timeout=seconds)
     except Exception as err:  # noqa: BLE001 (posted to the other ranks, then raised here too)
         error, cause = error_text(err), err
     try:
@@ -294,7 +334,7 @@ def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=Non
 
 
 def _compile(ep, *, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, shard, optimizer, prefetch, world,
-             world_rank, rank) -> TrainStep:
+             world_rank, rank, timeout) -> TrainStep:
     options = dict(sp=sp, remat=remat, fuse=fuse, shard=shard, world=world, world_rank=world_rank, optimizer=optimizer,
                    prefetch=prefetch)
     if remat:
@@ -302,7 +342,11 @@ def _compile(ep, *, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_
         options.update(memory_budget=budget, cost_model=model)
     pipeline_spec(**options)  # bad options fail before the (slow) import
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    module, checks = compile_module(ep, pipeline_spec(**options, rank=rank), tile_mlp, cache)
+    if remat:
+        module, checks = compile_with_one_plan(ep, options, rank, tile_mlp, cache, timeout)
+    else:  # nothing to fit: gated MLPs in row chunks only when asked for
+        module, checks = imported(ep, tile_mlp is True, cache)
+        module = run_pipeline(module, pipeline_spec(**options, rank=rank))
     program, measured = generate_programs(module, checks)
     paths = write_programs({"program": program, "measured": measured}, cache)
     inputs, grad_of = signature(module)

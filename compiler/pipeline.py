@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
+
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import PassPipeline
 
 from autosp.ir import autosp_context
 from autosp.passes import all_passes
 from autosp.common.errors import AutoSPError
+from autosp.ir.program import train_step_of
 
 # Cleanups that every pipeline starts with.
 BASE_PASSES = ("drop-aliases", "dce")
@@ -34,15 +38,16 @@ def check_options(sp: int, budget: str | int, cost_model: str, shard: str = "non
 def pipeline_spec(
     sp: int = 1, remat: bool = False, rank: int = 0, memory_budget: str | int = "auto", cost_model: str = "h100",
     fuse: bool = True, shard: str = "none", world: int | None = None, world_rank: int = 0, optimizer: str = "none",
-    prefetch: bool = True,
+    prefetch: bool = True, remat_plan: RematPlan | None = None,
 ) -> str:
     """The passes for these options; `rank` (within the SP group) picks whose program to make
     (they differ only where the sequence does not divide by sp). `shard` (none, optimizer,
     gradients, parameters: ZeRO-0..3) shards the training state over the `world` ranks (sp x dp; default sp),
     as rank `world_rank` holds it; `optimizer` (a kind of passes/optimizers.py) is the state the
     memory plan counts; `prefetch` starts each parameter gather one bucket ahead. With remat, `memory_budget` (bytes, "70GiB" or "auto") is per rank and
-    `cost_model` prices recomputation. `fuse`: elementwise chains into generated kernels (after
-    remat, never raising the peak it planned)."""
+    `cost_model` prices recomputation; `remat_plan` is a plan made on another rank's program
+    (`largest_rank_plan`), applied instead of solving here. `fuse`: elementwise chains into
+    generated kernels (after remat, never raising the peak it planned)."""
     check_options(sp, memory_budget, cost_model, shard, world, world_rank, optimizer)
     passes = list(BASE_PASSES)
     if sp > 1:
@@ -53,10 +58,46 @@ def pipeline_spec(
             f'zero{{level="{shard}" world={world} rank={world_rank} optimizer="{optimizer}" prefetch={str(prefetch).lower()}}}'
         )
     if remat:
-        passes.append(f'remat{{budget="{memory_budget}" cost_model="{cost_model}" fused={str(fuse).lower()}}}')
+        given = ""
+        if remat_plan is not None:
+            given = f' given="{remat_plan.name}"' + (f" recompute={','.join(map(str, remat_plan.recompute))}" if remat_plan.recompute else "")
+        passes.append(f'remat{{budget="{memory_budget}" cost_model="{cost_model}" fused={str(fuse).lower()}{given}}}')
     if fuse:
         passes.append("fuse-elementwise")
     return ",".join(passes)
+
+
+@dataclass(frozen=True)
+class RematPlan:
+    name: str
+    recompute: tuple[int, ...]  # forward ops by index in the program remat sees
+    structure: str  # a digest of that program's op sequence: the plan is for programs with it
+
+
+def structure_digest(module: ModuleOp) -> str:
+    """The ops of the step in order, by name: the ranks' programs differ only in sizes."""
+    names = "\0".join(op.name for op in train_step_of(module).body.block.ops)
+    return hashlib.sha256(names.encode()).hexdigest()[:16]
+
+
+def until_remat(spec: str) -> tuple[str, str]:
+    """`spec` cut before its remat pass: (the passes before, remat and those after)."""
+    passes = spec.split(",remat{")
+    return (passes[0], "remat{" + passes[1]) if len(passes) == 2 else (spec, "")
+
+
+def remat_plan(module: ModuleOp, **options) -> RematPlan:
+    """remat's plan for `module`, the program as it is before remat (`options` as
+    `pipeline_spec`'s). Made on world rank 0's program (the largest sequence part and parameter
+    shards), it fits the other ranks', and every rank applies it (`remat_plan=`): a collective
+    it recomputes is recomputed on every rank, in the same place."""
+    from autosp.passes.cost_model import device_profile
+    from autosp.passes.remat import parse_budget, rematerialize
+
+    profile = device_profile(options.get("cost_model", "h100"))
+    budget = parse_budget(options.get("memory_budget", "auto"), profile)
+    plan = rematerialize(module, budget, profile, options.get("fuse", True)).plan
+    return RematPlan(plan.name, tuple(sorted(plan.recompute)), structure_digest(module))
 
 
 def run_pipeline(module: ModuleOp, spec: str) -> ModuleOp:

@@ -17,27 +17,11 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation, SSAValue
 
 from autosp.ir.autosp import AttentionGradOp, AttentionOp
-from autosp.ir.dist import (
-    AllGatherOp, AllReduceOp, AllToAllOp, BucketOp, CollectiveOp, GatherStartOp, ReduceScatterOp,
-)
-from autosp.ir.dtypes import tensor_bytes
+from autosp.ir.dist import AllGatherOp, AllReduceOp, BucketOp, CollectiveOp, GatherStartOp
 from autosp.passes.memory_plan import STATE_KINDS, human_bytes, plan_memory, state_breakdown
 from autosp.ir.program import partition_of, remat_of, train_step_of, zero_of
+from autosp.passes.remat import RECOMPUTE
 from autosp.passes.sp_propagate import UNSHARDED
-
-
-def sent_bytes(op: CollectiveOp | BucketOp) -> float:
-    n = op.group_size
-    if isinstance(op, BucketOp):  # a ring over the padded segments: n - 1 of them each way
-        return op.segment_bytes() * (n - 1)
-    size = tensor_bytes(op.input)
-    if isinstance(op, AllToAllOp) or isinstance(op, ReduceScatterOp):
-        return size * (n - 1) / n
-    if isinstance(op, AllGatherOp):
-        return size * (n - 1)
-    if isinstance(op, AllReduceOp):
-        return 2 * size * (n - 1) / n
-    raise ValueError(op.name)
 
 
 @dataclass
@@ -139,29 +123,33 @@ def comm_report(module: ModuleOp) -> CommReport:
     if zero is not None:
         report.zero = (f"shard={zero.level.data} over {zero.world.data} ranks (dp={zero.dp.data}); optimizer "
                        f"{zero.optimizer.data}: {human_bytes(zero.state_bytes.data)} of state per rank")
+    # Layers by their attention: the forward's in order, the backward's attention gradients in
+    # reverse order, and an attention op remat recomputes in the layer of the gradient it feeds.
     layer_of: dict[Operation, int] = {}
-    forward = [op for op in module.walk() if isinstance(op, AttentionOp)]
+    forward = [op for op in module.walk() if isinstance(op, AttentionOp) and RECOMPUTE not in op.attributes]
     for i, op in enumerate(forward):
         layer_of[op] = i
-    for op in module.walk():
-        if isinstance(op, AttentionGradOp):
-            # its lse operand is the forward op's result (possibly through a collective)
-            layer = _attention_of(op.lse, layer_of)
-            if layer is not None:
-                layer_of[op] = layer
+    backward = [op for op in module.walk() if isinstance(op, AttentionGradOp)]
+    for i, op in enumerate(backward):
+        layer_of[op] = len(backward) - 1 - i
+        source = op.lse.owner
+        while isinstance(source, CollectiveOp):
+            source = source.input.owner
+        if isinstance(source, AttentionOp) and RECOMPUTE in source.attributes:
+            layer_of[source] = layer_of[op]
     _remat_report(module, report)
     buckets = _bucket_names(module)
     for op in module.walk():
         if isinstance(op, BucketOp):
             kind = f"gather_params ({op.phase.data})" if isinstance(op, GatherStartOp) else "reduce_scatter_grads"
-            report.by_kind[kind] += sent_bytes(op)
+            report.by_kind[kind] += op.sent_bytes()
             report.count[kind] += 1
-            report.by_layer[buckets.get(op.bucket.value.data, f"parameters {op.bucket.value.data}")] += sent_bytes(op)
+            report.by_layer[buckets.get(op.bucket.value.data, f"parameters {op.bucket.value.data}")] += op.sent_bytes()
             continue
         if not isinstance(op, CollectiveOp):
             continue
-        volume = sent_bytes(op)
-        kind = op.name.removeprefix("dist.")
+        volume = op.sent_bytes()
+        kind = op.name.removeprefix("dist.") + (" (recomputed)" if RECOMPUTE in op.attributes else "")
         report.by_kind[kind] += volume
         report.count[kind] += 1
         layer = _attention_of(op.output, layer_of)
@@ -192,7 +180,6 @@ def _bucket_names(module: ModuleOp) -> dict[int, str]:
 def _remat_report(module: ModuleOp, report: CommReport) -> None:
     from autosp.passes.cost_model import device_profile, op_flops, op_seconds
     from autosp.passes.memory_plan import is_view
-    from autosp.passes.remat import RECOMPUTE
 
     remat = remat_of(module)
     if remat is None:

@@ -96,9 +96,12 @@ class GroupOp(IRDLOperation):
 
 
 class CollectiveOp(GroupOp, CostInterface, RuntimeCallInterface):
-    """Computes nothing (its time is its bytes); `workspace_bytes` is the runtime's staging."""
+    """Computes nothing (its time is the bytes it sends); `workspace_bytes` is the runtime's
+    staging. `REPLAYABLE`: it only moves data, so running it again on the same inputs gives the
+    same bits on every rank (remat may recompute it, the same decision on every rank)."""
 
     CALLEE: ClassVar[str]
+    REPLAYABLE: ClassVar[bool] = False
 
     def flops(self, flops_of) -> float:
         return 0.0
@@ -161,8 +164,13 @@ class AllToAllOp(CollectiveOp):
 
     name = "dist.all_to_all"
     CALLEE: ClassVar[str] = "collectives.all_to_all"
+    REPLAYABLE: ClassVar[bool] = True
     split_dim = prop_def(IntegerAttr)
     concat_dim = prop_def(IntegerAttr)
+
+    def sent_bytes(self) -> float:
+        n = self.group_size
+        return tensor_bytes(self.input) * (n - 1) / n
 
     def gathered_length(self) -> dict[str, int]:
         return {"total": self.output.type.get_shape()[self.concat_dim.value.data]}  # type: ignore[attr-defined]
@@ -182,6 +190,10 @@ class AllToAllOp(CollectiveOp):
 class AllReduceOp(_ReducingOp):
     name = "dist.all_reduce"
     CALLEE: ClassVar[str] = "collectives.all_reduce"
+
+    def sent_bytes(self) -> float:
+        n = self.group_size  # a ring: reduce-scatter, then all-gather
+        return 2 * tensor_bytes(self.input) * (n - 1) / n
 
     def workspace_bytes(self) -> int:
         return 0  # in place, on a copy that is the result
@@ -208,7 +220,11 @@ class _OuterOp(CollectiveOp):
 class AllGatherOp(_OuterOp):
     name = "dist.all_gather"
     CALLEE: ClassVar[str] = "collectives.all_gather"
+    REPLAYABLE: ClassVar[bool] = True
     dim = prop_def(IntegerAttr)
+
+    def sent_bytes(self) -> float:
+        return tensor_bytes(self.input) * (self.group_size - 1)
 
     def gathered_length(self) -> dict[str, int]:
         return {"total": self.output.type.get_shape()[self.dim.value.data] // self.outer.value.data}  # type: ignore[attr-defined]
@@ -226,6 +242,10 @@ class ReduceScatterOp(_OuterOp, _ReducingOp):
     name = "dist.reduce_scatter"
     CALLEE: ClassVar[str] = "collectives.reduce_scatter"
     dim = prop_def(IntegerAttr)
+
+    def sent_bytes(self) -> float:
+        n = self.group_size
+        return tensor_bytes(self.input) * (n - 1) / n
 
     def workspace_bytes(self) -> int:
         """gloo has none: the runtime all-reduces a whole copy of the input, then keeps its block."""
@@ -280,6 +300,10 @@ class BucketOp(IRDLOperation, CostInterface, RuntimeCallInterface):
 
     def flops(self, flops_of) -> float:
         return 0.0
+
+    def sent_bytes(self) -> float:
+        """A ring over the padded segments: n - 1 of them each way."""
+        return self.segment_bytes() * (self.group_size - 1)
 
     def verify_(self) -> None:
         n = self.group_size

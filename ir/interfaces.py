@@ -5,8 +5,8 @@ first; ATen ops cannot carry code, so what the compiler knows about them lives i
 concern, keyed by `OpOverload` (ARCHITECTURE.md lists every table).
 
 - `ShardingInterface`: how the op runs on the sequence-parallel axis for its operands' layouts.
-- `CostInterface`: its FLOPs (and whether the matmul units run them) and the scratch memory of
-  the kernel that runs it.
+- `CostInterface`: its FLOPs (and whether the matmul units run them), the scratch memory of
+  the kernel that runs it, and the bytes it sends to other ranks.
 - `RuntimeCallInterface`: the one runtime call it becomes in the generated program.
 - `IndexReaderInterface`: an operand it reads as indices, checked before the step.
 """
@@ -58,6 +58,10 @@ class CostInterface(ABC):
     @abstractmethod
     def workspace_bytes(self) -> int:
         """Memory the kernel that really runs the op allocates besides its results, while it runs."""
+
+    def sent_bytes(self) -> float:
+        """Bytes this rank sends to the others (a ring collective's volume); 0: a local op."""
+        return 0.0
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""How long an op takes on a device: a roofline, max(FLOPs / peak FLOP/s, bytes / bandwidth), plus
-a launch overhead. Used by `remat` to price recomputation and by the report.
+"""How long an op takes on a device: a roofline, max(FLOPs / peak FLOP/s, bytes / bandwidth, bytes
+sent to other ranks / link bandwidth), plus a launch overhead. Used by `remat` to price
+recomputation (a replayed collective is priced by what it sends) and by the report.
 
 Long-context aware on purpose: an elementwise op moves ~8 bytes per FLOP, so it is priced by its
 bytes (a FLOP-only model would call it free), while attention does O(S^2) FLOPs on O(S) bytes and
@@ -42,17 +43,19 @@ class DeviceProfile:
     bandwidth: float  # memory bandwidth, bytes/s
     launch_s: float  # fixed cost per op
     memory_bytes: int  # device memory, for budget="auto"
+    link_bandwidth: float  # what one device sends to its peers, bytes/s (NVLink, Infinity Fabric)
 
 
 def host_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-# Datasheet numbers (dense, no sparsity).
+# Datasheet numbers (dense, no sparsity); links one way: NVLink 4 (18 links, 450 GB/s), MI300X's
+# seven Infinity Fabric links (7 x 64 GB/s); gloo on one host for the CPU.
 PROFILES: dict[str, Callable[[], DeviceProfile]] = {
-    "h100": lambda: DeviceProfile("h100", 989e12, 67e12, 67e12, 3.35e12, 4e-6, 80 * GiB),
-    "mi300x": lambda: DeviceProfile("mi300x", 1307e12, 163e12, 163e12, 5.3e12, 4e-6, 192 * GiB),
-    "cpu": lambda: DeviceProfile("cpu", 2e12, 1e12, 2e11, 1e11, 2e-6, host_memory()),
+    "h100": lambda: DeviceProfile("h100", 989e12, 67e12, 67e12, 3.35e12, 4e-6, 80 * GiB, 450e9),
+    "mi300x": lambda: DeviceProfile("mi300x", 1307e12, 163e12, 163e12, 5.3e12, 4e-6, 192 * GiB, 448e9),
+    "cpu": lambda: DeviceProfile("cpu", 2e12, 1e12, 2e11, 1e11, 2e-6, host_memory(), 1e10),
 }
 
 
@@ -146,7 +149,8 @@ def op_seconds(op: Operation, profile: DeviceProfile) -> float:
         rate = profile.matmul_flops_fp32 if BYTES[torch_dtype(element)] >= 4 else profile.matmul_flops
     else:
         rate = profile.vector_flops
-    return profile.launch_s + max(flops / rate, op_bytes(op) / profile.bandwidth)
+    sent = op.sent_bytes() if isinstance(op, CostInterface) else 0.0
+    return profile.launch_s + max(flops / rate, op_bytes(op) / profile.bandwidth, sent / profile.link_bandwidth)
 
 
 def profile_for(device) -> DeviceProfile:

@@ -4,9 +4,11 @@ memory budget at the least estimated recompute time.
 Decision unit: a forward op that makes storage (views are free and follow their storage). Kept:
 its results live from the forward to their last backward use. Recomputed: they die after their
 last forward use, and a clone of the op is inserted in the backward just before the first op that
-needs them (its inputs kept or recomputed in turn, so chains are allowed). Ops with side effects
-(collectives, random ops) are never recomputed, so the collective order stays the same on every
-rank whatever each rank decides.
+needs them (its inputs kept or recomputed in turn, so chains are allowed). Collectives that only
+move data (the all-to-alls around attention) may be recomputed: every rank runs one plan, made
+on the largest rank's program (`given`: the plan another rank made, applied here by op index;
+the ranks' programs differ only in sizes), so the collective order stays the same on every
+rank. Reductions and random ops are never recomputed.
 
 The ILP (HiGHS) has two binaries per decision *slot*: keep k and recompute r. Transformer layers
 are identical, so the forward is cut into segments at attention ops and segments with the same
@@ -115,9 +117,11 @@ def parse_budget(budget: str | int | float, profile: DeviceProfile) -> int:
 
 
 def recomputable(op: Operation) -> bool:
-    """Deterministic and local: Pure ops, and the rank-local layout changes (not collectives)."""
+    """Deterministic: Pure ops, the rank-local layout changes, and the collectives that only
+    move data (all-to-all, all-gather: replayed, they give the same bits on every rank), since
+    every rank applies the same plan; not reductions, nor random ops."""
     if isinstance(op, CollectiveOp):
-        return False
+        return op.REPLAYABLE
     return op.has_trait(Pure) or isinstance(op, GroupOp)
 
 
@@ -619,20 +623,53 @@ def rematerialize(module: ModuleOp, budget: int, profile: DeviceProfile, fused: 
     return RematResult(budget, baseline.peak_bytes, best, candidates, problem.num_slots, ilp_seconds, status)
 
 
+def apply_given(module: ModuleOp, budget: int, profile: DeviceProfile, fused: bool, name: str,
+                recompute: frozenset[int]) -> RematResult:
+    """A plan made on another rank's program (the largest: world rank 0's), checked to be one for
+    this program (the same forward ops, recomputable) and to fit `budget` here too."""
+    baseline = plan_memory(module)
+    ops = list(train_step_of(module).body.block.ops)
+    forward = forward_ops(ops)
+    wrong = [i for i in recompute if not (0 <= i < len(ops) and ops[i] in forward and recomputable(ops[i]))]
+    if wrong:
+        raise AutoSPError(
+            f"remat: the given plan recomputes op {wrong[0]}, which is not a recomputable forward op of this program "
+            "(the plan was made for another program)"
+        )
+    seconds = sum(op_seconds(ops[i], profile) for i in recompute)
+    plan = Plan(name, recompute, seconds)
+    clone = module.clone()
+    apply_recompute(clone, recompute)
+    plan.peak_bytes = exact_peak(clone, fused)
+    if plan.peak_bytes > budget:
+        raise RematInfeasible(
+            f"remat: the plan made on the largest rank's program needs {human_bytes(plan.peak_bytes, 2)} on this rank, "
+            f"over its budget of {human_bytes(budget, 2)}"
+        )
+    return RematResult(budget, baseline.peak_bytes, plan, [plan], 0, 0.0, "given")
+
+
 @dataclass(frozen=True)
 class Remat(ModulePass):
     """Fit `budget` (bytes, "70GiB", or "auto": the cost model's device memory less a margin)
-    at the least recompute time estimated for `cost_model` (h100, mi300x, cpu)."""
+    at the least recompute time estimated for `cost_model` (h100, mi300x, cpu). With `given`
+    (a plan's name), apply the plan another rank made instead of solving: `recompute` are its
+    forward ops by index (none: nothing recomputed)."""
 
     name = "remat"
     budget: str = "auto"
     cost_model: str = "h100"
     fused: bool = False  # fuse-elementwise follows: plans are checked on the fused program
+    given: str = ""
+    recompute: tuple[int, ...] | None = None
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         profile = device_profile(self.cost_model)
         budget = parse_budget(self.budget, profile)
-        result = rematerialize(op, budget, profile, self.fused)
+        if self.given:
+            result = apply_given(op, budget, profile, self.fused, self.given, frozenset(self.recompute or ()))
+        else:
+            result = rematerialize(op, budget, profile, self.fused)
         log.info(
             "remat: ILP %.2f s (%s, %d slots); plan %s: %d ops recomputed, %.3f ms estimated, peak %s of %s",
             result.ilp_seconds, result.ilp_status, result.slots, result.plan.name, len(result.plan.recompute),

@@ -6,6 +6,9 @@ rank, raised within a bounded time: never a hang, a raw backend error, or a sile
   rank then raises the failure of the lowest failing rank, or names the ranks that did not arrive
   within the timeout. Used around `autosp.compile`'s group creation and before a step's first
   collective.
+- `decided_by_first(what, rank, ranks, contribution, decide, timeout)`: a decision every rank
+  must share (compile's remat plan), made by rank 0 from every rank's contribution (their
+  budgets) and posted, or its failure; bounded waits.
 - `StepAgreement`: before each step's first collective, one small all-gather over the world
   carries each rank's verdict on its own inputs and fingerprints of its inputs (every step) and
   parameters (the first step, then every `check_every` steps). A bad input on one rank, ranks of
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import os
 import time
 
@@ -88,6 +92,53 @@ def rendezvous(what: str, error: str | None, timeout: float) -> None:
             f"{what}: {_ranks(missing)} of {world} did not arrive within {timeout:g} s (failed or stuck "
             "before it; every rank must make the same autosp calls); set the limit with timeout= or AUTOSP_TIMEOUT"
         )
+
+
+_decision_count = itertools.count()
+
+
+def decided_by_first(what: str, rank: int, ranks: int, contribution: str, decide, timeout: float) -> str:
+    """A decision every rank must share (compile's remat plan). Each of `ranks` ranks posts its
+    `contribution` through the store; rank 0 waits for all of them (at most `timeout` s), calls
+    `decide(contributions)` (in rank order) and posts the result, or its failure; every rank
+    returns the result or raises the same AutoSPError. Every rank calls this at the same point."""
+    store = dist.distributed_c10d._get_default_store()
+    prefix = f"autosp/decision/{next(_decision_count)}"
+    deadline = time.monotonic() + timeout
+
+    def wait_for(keys: list[str]) -> bool:
+        delay = 0.002
+        while not store.check(keys):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+        return True
+
+    if rank != 0:
+        store.set(f"{prefix}/from/{rank}", contribution)
+        if not wait_for([f"{prefix}/decided"]):
+            raise AutoSPError(
+                f"{what}: rank 0 did not decide within {timeout:g} s (failed or stuck before it); set the limit with "
+                "timeout= or AUTOSP_TIMEOUT"
+            )
+        posted = json.loads(store.get(f"{prefix}/decided"))
+        if posted["error"] is not None:
+            raise AutoSPError(f"rank 0: {posted['error']}")
+        return posted["value"]
+    value, error = None, None
+    try:
+        keys = [f"{prefix}/from/{r}" for r in range(1, ranks)]
+        if not wait_for(keys):
+            missing = [r for r in range(1, ranks) if not store.check([f"{prefix}/from/{r}"])]
+            raise AutoSPError(f"{what}: {_ranks(missing)} of {ranks} did not arrive within {timeout:g} s")
+        value = decide([contribution] + [store.get(k).decode() for k in keys])
+    except Exception as err:
+        error = error_text(err)
+        raise
+    finally:
+        store.set(f"{prefix}/decided", json.dumps({"value": value, "error": error}))
+    return value
 
 
 # --- fingerprints -------------------------------------------------------------------------

@@ -44,6 +44,7 @@ class _Pending(io.StringIO):
 class AutoSPOptMain(xDSLOptMain):
     version_format = "autosp-opt built on xdsl {xdsl_version}"
     pending: _Pending | None = None
+    pipeline_options: dict | None = None  # the options of pipeline_spec, when the pipeline options are given
 
     def prepare_output(self):
         if self.args.output_file is None:
@@ -71,6 +72,15 @@ class AutoSPOptMain(xDSLOptMain):
                 f"the input is already partitioned for sp={done.sp.data}; --sp={self.args.sp} needs the "
                 "unpartitioned IR (autosp-export's output)"
             )
+        if self.pipeline_options is not None and self.pipeline_options["remat"] and self.pipeline_options["world_rank"]:
+            # As autosp.compile: every rank applies the plan made on rank 0's program.
+            from autosp.pipeline import remat_plan, run_pipeline, until_remat
+
+            rank0 = {**self.pipeline_options, "rank": 0, "world_rank": 0}
+            head, _ = until_remat(pipeline_spec(**rank0))
+            plan = remat_plan(run_pipeline(prog.clone(), head), **rank0)
+            self.args.passes = pipeline_spec(**self.pipeline_options, remat_plan=plan)
+            super().setup_pipeline()
         super().apply_passes(prog)
 
     def register_all_dialects(self):
@@ -151,11 +161,12 @@ class AutoSPOptMain(xDSLOptMain):
             from autosp.passes.optimizers import optimizer_kind
 
             rank = self.args.rank or 0
-            self.args.passes = pipeline_spec(
+            self.pipeline_options = dict(
                 sp=sp, remat=self.args.remat, rank=rank % sp, fuse=not self.args.no_fuse,
                 shard=self.args.shard or "none", world=world, world_rank=rank,
                 optimizer=optimizer_kind(self.args.optimizer), prefetch=not self.args.no_prefetch, **remat,
             )
+            self.args.passes = pipeline_spec(**self.pipeline_options)
         if not self.args.remat and (self.args.memory_budget is not None or self.args.cost_model is not None):
             raise ValueError("--memory-budget and --cost-model only apply with --remat")
         super().setup_pipeline()

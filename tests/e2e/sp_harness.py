@@ -10,6 +10,7 @@ import atexit
 import copy
 import os
 import queue
+import re
 import tempfile
 import time
 import traceback
@@ -119,15 +120,20 @@ def _remat_stats(config, seq, fractions):
 
     plain = autosp.compile(ep, sp=2)
     _, loss, grads = run(plain)
+    largest = torch.tensor(plain.predicted_peak_bytes)  # one budget for every rank: the largest rank's
+    torch.distributed.all_reduce(largest, op=torch.distributed.ReduceOp.MAX)
     stats = []
     for fraction in fractions:
-        budget = int(fraction * plain.predicted_peak_bytes)
+        budget = int(fraction * largest.item())
         step = autosp.compile(ep, sp=2, remat=True, memory_budget=budget, cost_model="cpu")
         measured, remat_loss, remat_grads = run(step)
+        calls = re.findall(r"^\s+(\w+) = (collectives\.\w+)\(", step.source, re.M)
         stats.append(dict(
             fraction=fraction, budget=budget, measured=measured, predicted=step.predicted_peak_bytes,
             tracked=step.predicted_tracked_bytes, recomputes="_re = " in step.source,
             bitwise=torch.equal(loss, remat_loss) and all(torch.equal(a, b) for a, b in zip(grads, remat_grads)),
+            collectives=[callee for _, callee in calls],
+            recomputed_collectives=sum(bool(re.search(r"_re(_\d+)?$", name)) for name, _ in calls),
         ))
     return stats
 
