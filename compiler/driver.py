@@ -208,10 +208,13 @@ def compile_with_one_plan(ep, options: dict, rank: int, tile_mlp, cache_dir: Pat
         nonlocal tiled, module, checks
         budgets, settings = zip(*(json.loads(c) for c in contributions))
         for r, other in enumerate(settings):
-            if other != settings[0]:
+            differ = [k for k in settings[0] if other.get(k) != settings[0][k]] if other != settings[0] else []
+            if differ:
+                theirs = ", ".join(f"{k}={other.get(k)!r}" for k in differ)
+                ours = ", ".join(f"{k}={settings[0][k]!r}" for k in differ)
                 raise AutoSPError(
-                    f"rank {r} compiled with {other}, rank 0 with {settings[0]}: every rank must call autosp.compile "
-                    "with the same options"
+                    f"rank {r} compiled with {theirs}, rank 0 with {ours}: every rank must call autosp.compile with the "
+                    "same options (the memory budget may differ: the plan is made for the least)"
                 )
         least = {**options, "memory_budget": str(min(budgets))}
         try:
@@ -225,7 +228,7 @@ def compile_with_one_plan(ep, options: dict, rank: int, tile_mlp, cache_dir: Pat
         return json.dumps([tiled, plan.name, plan.recompute, plan.structure])
 
     if world == 1:
-        decided = decide([json.dumps([int(options["memory_budget"]), None])])
+        decided = decide([json.dumps([int(options["memory_budget"]), {}])])
     else:
         settings = {k: v for k, v in options.items() if k not in ("memory_budget", "world_rank")} | {"tile_mlp": tile_mlp}
         decided = decided_by_first(

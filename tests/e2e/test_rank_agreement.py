@@ -151,3 +151,34 @@ def test_a_rank_whose_program_failed_refuses_later_steps():
     first, second = run_ranks(2, fail_inside_the_program)
     assert second.startswith("an earlier step failed on this rank after the ranks had started it (OutOfMemoryError: injected)")
     assert first.startswith("failed after"), first
+
+
+def remat_with_rank_options(rank, world):
+    """remat on sp=2 ranks given different budgets plans once, for the least of them (rank 1's,
+    here), and both ranks run that plan: the same collectives in the same order. Ranks given
+    different options are refused alike."""
+    import re
+
+    config = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=64, num_attention_heads=4, num_key_value_heads=4,
+                  head_dim=32)
+    module = tiny_causal_lm("Llama", **config)
+    ids = torch.randint(0, 96, (1, 16 * SEQ + 1), generator=torch.Generator().manual_seed(2))
+    ep = torch.export.export(module, (ids, ids.clone()))
+    peak = autosp.compile(ep, sp=2).predicted_peak_bytes
+    budget = int(0.7 * peak) if rank == 1 else int(0.95 * peak)
+    step = autosp.compile(ep, sp=2, remat=True, memory_budget=budget, cost_model="h100")
+    collectives = re.findall(r"= (collectives\.\w+)\(", step.source)
+    refused = _raised(lambda: autosp.compile(ep, sp=2, remat=True, fuse=rank == 0, memory_budget=budget))
+    return collectives, step.predicted_peak_bytes, budget, refused
+
+
+def test_remat_plans_once_for_the_least_budget_and_refuses_other_options():
+    (collectives, predicted, budget, refused), (other, other_predicted, least, other_refused) = run_pooled(
+        2, remat_with_rank_options
+    )
+    assert collectives == other and "collectives.all_to_all" in collectives
+    assert predicted <= least and other_predicted <= least < budget  # rank 0 runs the plan made for rank 1's budget
+    assert refused == other_refused and refused.startswith(
+        "rank 0: rank 1 compiled with fuse=False, rank 0 with fuse=True: every rank must call autosp.compile with the same "
+        "options (the memory budget may differ: the plan is made for the least)"
+    ), refused
