@@ -9,13 +9,16 @@ from autosp.common.errors import AutoSPError
 
 def compile(ep, *, sp: int = 1, remat: bool = False, memory_budget=None, cost_model=None, fuse: bool = True, tile_mlp="auto",  # noqa: A001
             cache_dir=None, timeout=None, check_every: int = 0, shard: str = "none", optimizer=None, mesh=None,
-            prefetch: bool = True):
+            prefetch: bool = True, host_memory_budget=None):
     """Import `ep`, run the pipeline, generate the per-rank program; returns a `TrainStep`.
 
     remat=True recomputes what it must to fit `memory_budget` per rank (bytes, "70GiB", or
     "auto" = the parameters' device memory less a margin, less what other allocations already
     hold there) at the least time estimated by `cost_model` ("h100", "mi300x", "cpu"; default:
-    the parameters' device). fuse=False keeps elementwise chains as separate ATen calls (no
+    the parameters' device). `host_memory_budget` (bytes, "64GiB", or "auto" = 80% of the host's
+    memory over its local ranks; default None: no offload) lets remat also move values to the
+    host's memory after the forward and back before the backward needs them, copies that
+    overlap compute, as a third choice beside keeping and recomputing. fuse=False keeps elementwise chains as separate ATen calls (no
     generated kernels). tile_mlp=True computes gated MLPs in chunks of rows and recomputes their
     gate/up projections chunk by chunk in the backward; "auto" (default) does so only when remat
     finds no plan that fits otherwise.
@@ -39,7 +42,7 @@ def compile(ep, *, sp: int = 1, remat: bool = False, memory_budget=None, cost_mo
     return compile_program(
         ep, sp=sp, remat=remat, memory_budget=memory_budget, cost_model=cost_model, fuse=fuse, tile_mlp=tile_mlp,
         cache_dir=cache_dir, timeout=timeout, check_every=check_every, shard=shard, optimizer=optimizer, mesh=mesh,
-        prefetch=prefetch,
+        prefetch=prefetch, host_memory_budget=host_memory_budget,
     )
 
 

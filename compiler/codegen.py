@@ -34,7 +34,7 @@ from autosp.ir.autosp import FusedOp, YieldOp
 from autosp.ir.interfaces import RuntimeCallInterface
 from autosp.ir.dtypes import torch_dtype
 from autosp.ir.program import train_step_of
-from autosp.passes.memory_plan import liveness
+from autosp.passes.memory_plan import host_pool_bytes, liveness
 from autosp.common.errors import AutoSPError
 from autosp.common.rules import registrar
 from autosp.triton_codegen import kernel_source
@@ -252,9 +252,11 @@ import triton.language as tl
 
 from autosp.runtime import kernels
 from autosp.runtime import collectives
+from autosp.runtime import offload
 
 DEVICE = None  # set by the runtime before the first call
 GROUPS = {}  # process-group symbol -> torch.distributed group, set by the runtime
+HOST = None  # the host memory of offloaded values (runtime/offload.HostPool), set by the runtime
 '''
 MEASURED_HEADER = '''TRACK = None  # the runtime's memory tracker, set by TrainStep.measure_memory
 '''
@@ -318,7 +320,8 @@ def generate_programs(module: ModuleOp, index_inputs: str = NO_INDEX_CHECKS) -> 
         if i in tracked:
             measured_lines.append(f"    TRACK({tracked[i]})")
     definitions = "".join(f"\n\n{d}\n" for d in names.definitions)
-    body = definitions + "\n\n" + index_inputs + "\n\n"
+    pool = f"HOST_POOL_BYTES = {host_pool_bytes(module)}  # offsets + sizes of the values offloaded\n"
+    body = pool + definitions + "\n\n" + index_inputs + "\n\n"
     return (
         HEADER + body + "\n".join(lines) + "\n",
         HEADER + MEASURED_HEADER + body + "\n".join(measured_lines) + "\n",

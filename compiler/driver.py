@@ -189,7 +189,7 @@ def _disk_import(ep, tile_mlp: bool, cache_dir: Path, key: str) -> ModuleOp:
 def compile_with_one_plan(ep, options: dict, rank: int, tile_mlp, cache_dir: Path, timeout: float) -> tuple[ModuleOp, str]:
     """Import, run the pipeline and rematerialize with ONE plan for every rank: each rank makes
     its program up to remat; world rank 0 plans on its own (the largest sequence part and
-    parameter shards), at the least budget of all ranks (with tile_mlp="auto", with gated MLPs
+    parameter shards), at the least device and host budgets of all ranks (with tile_mlp="auto", with gated MLPs
     in row chunks when nothing fits without) and posts the plan; every rank applies it to its
     program, so a collective it recomputes runs on every rank, in the same place."""
     from autosp.passes.remat import RematInfeasible
@@ -206,7 +206,7 @@ def compile_with_one_plan(ep, options: dict, rank: int, tile_mlp, cache_dir: Pat
 
     def decide(contributions: list[str]) -> str:
         nonlocal tiled, module, checks
-        budgets, settings = zip(*(json.loads(c) for c in contributions))
+        budgets, host_budgets, settings = zip(*(json.loads(c) for c in contributions))
         for r, other in enumerate(settings):
             differ = [k for k in settings[0] if other.get(k) != settings[0][k]] if other != settings[0] else []
             if differ:
@@ -216,7 +216,7 @@ def compile_with_one_plan(ep, options: dict, rank: int, tile_mlp, cache_dir: Pat
                     f"rank {r} compiled with {theirs}, rank 0 with {ours}: every rank must call autosp.compile with the "
                     "same options (the memory budget may differ: the plan is made for the least)"
                 )
-        least = {**options, "memory_budget": str(min(budgets))}
+        least = {**options, "memory_budget": str(min(budgets)), "host_budget": str(min(host_budgets))}
         try:
             plan = remat_plan(module, **least)
         except RematInfeasible:
@@ -225,16 +225,16 @@ def compile_with_one_plan(ep, options: dict, rank: int, tile_mlp, cache_dir: Pat
             tiled = True
             module, checks = program(tiled)
             plan = remat_plan(module, **least)
-        return json.dumps([tiled, plan.name, plan.recompute, plan.structure])
+        return json.dumps([tiled, plan.name, plan.recompute, plan.offload, plan.structure])
 
+    budgets = [int(options["memory_budget"]), int(options["host_budget"])]
     if world == 1:
-        decided = decide([json.dumps([int(options["memory_budget"]), {}])])
+        decided = decide([json.dumps(budgets + [{}])])
     else:
-        settings = {k: v for k, v in options.items() if k not in ("memory_budget", "world_rank")} | {"tile_mlp": tile_mlp}
-        decided = decided_by_first(
-            "the remat plan", world_rank, world, json.dumps([int(options["memory_budget"]), settings]), decide, timeout
-        )
-    planned_tiled, name, recompute, structure = json.loads(decided)
+        settings = {k: v for k, v in options.items() if k not in ("memory_budget", "host_budget", "world_rank")}
+        settings["tile_mlp"] = tile_mlp
+        decided = decided_by_first("the remat plan", world_rank, world, json.dumps(budgets + [settings]), decide, timeout)
+    planned_tiled, name, recompute, offload, structure = json.loads(decided)
     if planned_tiled != tiled:  # rank 0 needed the gated MLPs in row chunks
         module, checks = program(planned_tiled)
     if structure_digest(module) != structure:
@@ -242,7 +242,8 @@ def compile_with_one_plan(ep, options: dict, rank: int, tile_mlp, cache_dir: Pat
             f"world rank {world_rank}'s program differs from rank 0's in its ops, not only in sizes, so rank 0's remat plan "
             "cannot be applied to it (a bug: please report it with the model)"
         )
-    _, tail = until_remat(pipeline_spec(**options, rank=rank, remat_plan=RematPlan(name, tuple(recompute), structure)))
+    plan = RematPlan(name, tuple(recompute), tuple(offload), structure)
+    _, tail = until_remat(pipeline_spec(**options, rank=rank, remat_plan=plan))
     return run_pipeline(module, tail), checks
 
 
@@ -252,7 +253,8 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, check_every, shard, mesh, prefetch) -> None:
+def check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, check_every, shard, mesh, prefetch,
+                  host_memory_budget=None) -> None:
     """compile's arguments, each refused by name (before any slow work)."""
     from autosp.ir.autosp import SHARD_LEVELS
 
@@ -268,8 +270,12 @@ def check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cach
             raise AutoSPError(f"{flag}={value!r}: give True or False")
     if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
         raise AutoSPError(f"cache_dir={cache_dir!r}: give a folder path (or set AUTOSP_CACHE_DIR)")
-    if (memory_budget is not None or cost_model is not None) and not remat:
-        raise AutoSPError("memory_budget and cost_model only apply with remat=True")
+    if (memory_budget is not None or cost_model is not None or host_memory_budget is not None) and not remat:
+        raise AutoSPError("memory_budget, host_memory_budget and cost_model only apply with remat=True")
+    if host_memory_budget is not None:
+        from autosp.passes.remat import parse_host_budget
+
+        parse_host_budget(host_memory_budget)
     if tile_mlp not in (True, False, "auto"):
         raise AutoSPError(f"tile_mlp={tile_mlp!r}: use True, False or 'auto'")
     if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 0:
@@ -296,17 +302,19 @@ def check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cach
 
 def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=None, fuse=True, tile_mlp="auto",
                     cache_dir=None, timeout=None, check_every=0, shard="none", optimizer=None, mesh=None,
-                    prefetch=True) -> TrainStep:
+                    prefetch=True, host_memory_budget=None) -> TrainStep:
     from autosp.passes.optimizers import optimizer_kind
     from autosp.runtime.mesh import place
 
-    check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, check_every, shard, mesh, prefetch)
+    check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, check_every, shard, mesh, prefetch,
+                  host_memory_budget)
     kind = optimizer_kind(optimizer)
     seconds = timeout_seconds(timeout)
     if sp > 1 and mesh is None:
         check_world(sp)
     options = dict(sp=sp, remat=remat, memory_budget=memory_budget, cost_model=cost_model, fuse=fuse,
-                   tile_mlp=tile_mlp, cache_dir=cache_dir, shard=shard, optimizer=kind, prefetch=prefetch)
+                   tile_mlp=tile_mlp, cache_dir=cache_dir, shard=shard, optimizer=kind, prefetch=prefetch,
+                   host_memory_budget=host_memory_budget)
     if _world_size() == 1 and mesh is None and shard == "none":
         return _compile(ep, **options, world=1, world_rank=0, rank=0, timeout=seconds)
     # Several processes: sp x dp. Every rank compiles its own program, then all agree (through
@@ -337,12 +345,14 @@ def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=Non
 
 
 def _compile(ep, *, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, shard, optimizer, prefetch, world,
-             world_rank, rank, timeout) -> TrainStep:
+             world_rank, rank, timeout, host_memory_budget) -> TrainStep:
+    from autosp.passes.remat import parse_host_budget
+
     options = dict(sp=sp, remat=remat, fuse=fuse, shard=shard, world=world, world_rank=world_rank, optimizer=optimizer,
                    prefetch=prefetch)
     if remat:
         budget, model = remat_options(ep, memory_budget, cost_model)
-        options.update(memory_budget=budget, cost_model=model)
+        options.update(memory_budget=budget, cost_model=model, host_budget=str(parse_host_budget(host_memory_budget)))
     pipeline_spec(**options)  # bad options fail before the (slow) import
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if remat:

@@ -18,11 +18,11 @@ BASE_PASSES = ("drop-aliases", "dce")
 
 
 def check_options(sp: int, budget: str | int, cost_model: str, shard: str = "none", world: int | None = None,
-                  world_rank: int = 0, optimizer: str = "none") -> None:
+                  world_rank: int = 0, optimizer: str = "none", host_budget: str | int = 0) -> None:
     from autosp.ir.autosp import SHARD_LEVELS
     from autosp.passes.cost_model import device_profile
     from autosp.passes.optimizers import state_size
-    from autosp.passes.remat import parse_budget
+    from autosp.passes.remat import parse_budget, parse_host_budget
 
     if not isinstance(sp, int) or sp < 1:
         raise AutoSPError(f"--sp={sp}: the sequence-parallel degree must be an integer >= 1")
@@ -33,22 +33,24 @@ def check_options(sp: int, budget: str | int, cost_model: str, shard: str = "non
         raise AutoSPError(f"world={world} (rank {world_rank}): the ranks sharing the state must be a multiple of sp={sp}")
     state_size(optimizer)
     parse_budget(budget, device_profile(cost_model))
+    parse_host_budget(host_budget)
 
 
 def pipeline_spec(
     sp: int = 1, remat: bool = False, rank: int = 0, memory_budget: str | int = "auto", cost_model: str = "h100",
     fuse: bool = True, shard: str = "none", world: int | None = None, world_rank: int = 0, optimizer: str = "none",
-    prefetch: bool = True, remat_plan: RematPlan | None = None,
+    prefetch: bool = True, host_budget: str | int = 0, remat_plan: RematPlan | None = None,
 ) -> str:
     """The passes for these options; `rank` (within the SP group) picks whose program to make
     (they differ only where the sequence does not divide by sp). `shard` (none, optimizer,
     gradients, parameters: ZeRO-0..3) shards the training state over the `world` ranks (sp x dp; default sp),
     as rank `world_rank` holds it; `optimizer` (a kind of passes/optimizers.py) is the state the
     memory plan counts; `prefetch` starts each parameter gather one bucket ahead. With remat, `memory_budget` (bytes, "70GiB" or "auto") is per rank and
-    `cost_model` prices recomputation; `remat_plan` is a plan made on another rank's program
+    `cost_model` prices recomputation and host copies; `host_budget` (bytes, or "auto") is what
+    remat may offload to the host's memory per rank; `remat_plan` is a plan made on another rank's program
     (`largest_rank_plan`), applied instead of solving here. `fuse`: elementwise chains into
     generated kernels (after remat, never raising the peak it planned)."""
-    check_options(sp, memory_budget, cost_model, shard, world, world_rank, optimizer)
+    check_options(sp, memory_budget, cost_model, shard, world, world_rank, optimizer, host_budget)
     passes = list(BASE_PASSES)
     if sp > 1:
         passes += [f"sp-propagate{{sp={sp}}}", f"sp-partition{{rank={rank}}}"]
@@ -58,10 +60,14 @@ def pipeline_spec(
             f'zero{{level="{shard}" world={world} rank={world_rank} optimizer="{optimizer}" prefetch={str(prefetch).lower()}}}'
         )
     if remat:
-        given = ""
+        options = f'budget="{memory_budget}" cost_model="{cost_model}" fused={str(fuse).lower()}'
+        if host_budget not in (0, "0", None):
+            options += f' host_budget="{host_budget}"'
         if remat_plan is not None:
-            given = f' given="{remat_plan.name}"' + (f" recompute={','.join(map(str, remat_plan.recompute))}" if remat_plan.recompute else "")
-        passes.append(f'remat{{budget="{memory_budget}" cost_model="{cost_model}" fused={str(fuse).lower()}{given}}}')
+            options += f' given="{remat_plan.name}"'
+            for name, indices in (("recompute", remat_plan.recompute), ("offload", remat_plan.offload)):
+                options += f" {name}={','.join(map(str, indices))}" if indices else ""
+        passes.append(f"remat{{{options}}}")
     if fuse:
         passes.append("fuse-elementwise")
     return ",".join(passes)
@@ -71,6 +77,7 @@ def pipeline_spec(
 class RematPlan:
     name: str
     recompute: tuple[int, ...]  # forward ops by index in the program remat sees
+    offload: tuple[int, ...]  # forward ops whose results go to the host's memory
     structure: str  # a digest of that program's op sequence: the plan is for programs with it
 
 
@@ -92,12 +99,13 @@ def remat_plan(module: ModuleOp, **options) -> RematPlan:
     shards), it fits the other ranks', and every rank applies it (`remat_plan=`): a collective
     it recomputes is recomputed on every rank, in the same place."""
     from autosp.passes.cost_model import device_profile
-    from autosp.passes.remat import parse_budget, rematerialize
+    from autosp.passes.remat import parse_budget, parse_host_budget, rematerialize
 
     profile = device_profile(options.get("cost_model", "h100"))
     budget = parse_budget(options.get("memory_budget", "auto"), profile)
-    plan = rematerialize(module, budget, profile, options.get("fuse", True)).plan
-    return RematPlan(plan.name, tuple(sorted(plan.recompute)), structure_digest(module))
+    host = parse_host_budget(options.get("host_budget", 0))
+    plan = rematerialize(module, budget, profile, options.get("fuse", True), host).plan
+    return RematPlan(plan.name, tuple(sorted(plan.recompute)), tuple(sorted(plan.offload)), structure_digest(module))
 
 
 def run_pipeline(module: ModuleOp, spec: str) -> ModuleOp:

@@ -18,7 +18,9 @@ from xdsl.ir import Operation, SSAValue
 
 from autosp.ir.autosp import AttentionGradOp, AttentionOp
 from autosp.ir.dist import AllGatherOp, AllReduceOp, BucketOp, CollectiveOp, GatherStartOp
-from autosp.passes.memory_plan import STATE_KINDS, human_bytes, plan_memory, state_breakdown
+from autosp.ir.dtypes import torch_dtype
+from autosp.ir.host import OffloadStartOp, OffloadWaitOp, PrefetchStartOp, PrefetchWaitOp
+from autosp.passes.memory_plan import STATE_KINDS, host_pool_bytes, human_bytes, plan_memory, state_breakdown
 from autosp.ir.program import partition_of, remat_of, train_step_of, zero_of
 from autosp.passes.remat import RECOMPUTE
 from autosp.passes.sp_propagate import UNSHARDED
@@ -38,6 +40,8 @@ class CommReport:
     recompute: dict[str, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0, 0.0, 0.0]))
     # op -> all-gathers made for it because no sharding rule covers it (whole-sequence values)
     unplanned: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    offload: dict[str, str] = field(default_factory=dict)  # host memory, bytes copied, exposed copy time
+    offloaded: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))  # type -> [count, bytes]
 
     @property
     def total(self) -> float:
@@ -79,6 +83,13 @@ class CommReport:
             total = [sum(v[i] for v in self.recompute.values()) for i in range(3)]
             recompute.add_row("total", str(int(total[0])), f"{total[1]:.3g}", f"{total[2] * 1e3:.3f} ms")
             console.print(recompute)
+        if self.offload:
+            offload = Table("offload (host memory)", "", title="offloaded to the host in the forward, back for the backward")
+            for key, value in self.offload.items():
+                offload.add_row(key, value)
+            for kind, (count, size) in sorted(self.offloaded.items(), key=lambda kv: -kv[1][1]):
+                offload.add_row(f"  {kind}", f"{count} x, {human_bytes(size)}")
+            console.print(offload)
         if self.by_kind:
             console.print(kinds)
             console.print(layers)
@@ -202,6 +213,48 @@ def _remat_report(module: ModuleOp, report: CommReport) -> None:
         entry[2] += op_seconds(op, profile)
     total = sum(v[2] for v in report.recompute.values())
     report.remat["recompute time (estimated)"] = f"{total * 1e3:.3f} ms per step"
+    _offload_report(module, report, profile)
+
+
+def _offload_report(module: ModuleOp, report: CommReport, profile) -> None:
+    """The host copies on a timeline: the program's ops one after another on the compute stream,
+    the copies one after another on the copy stream, each starting when issued (or when the one
+    before it ends); a wait whose copy has not ended stalls the compute stream: that is the
+    exposed copy time."""
+    from autosp.passes.cost_model import copy_seconds, op_seconds
+
+    ops = list(train_step_of(module).body.block.ops)
+    starts = [op for op in ops if isinstance(op, OffloadStartOp)]
+    if not starts:
+        return
+    now = copies = 0.0
+    ends: dict[SSAValue, float] = {}
+    moved = {"out": 0, "in": 0}
+    exposed = {"out": 0.0, "in": 0.0}
+    for op in ops:
+        if isinstance(op, (OffloadStartOp, PrefetchStartOp)):
+            copies = max(now, copies) + copy_seconds(op.copied_bytes(), profile)
+            ends[op.results[0]] = copies
+            moved["out" if isinstance(op, OffloadStartOp) else "in"] += op.copied_bytes()
+        elif isinstance(op, (OffloadWaitOp, PrefetchWaitOp)):
+            way, copy = ("out", op.host) if isinstance(op, OffloadWaitOp) else ("in", op.started)
+            stall = max(0.0, ends[copy] - now)
+            exposed[way] += stall
+            now += stall
+        else:
+            now += op_seconds(op, profile)
+    for op in starts:
+        kind = f"{list(op.value.type.get_shape())} {torch_dtype(op.value.type.element_type)}".replace("torch.", "")
+        report.offloaded[kind][0] += 1
+        report.offloaded[kind][1] += op.copied_bytes()
+    report.offload = {
+        "host memory per rank": human_bytes(host_pool_bytes(module)),
+        "values offloaded": str(len(starts)),
+        "copied to the host / back per step": f"{human_bytes(moved['out'])} / {human_bytes(moved['in'])}",
+        "copy time exposed (estimated)": (
+            f"{exposed['out'] * 1e3:.3f} ms out, {exposed['in'] * 1e3:.3f} ms back, of a {now * 1e3:.3f} ms step"
+        ),
+    }
 
 
 def ulysses_optimum_per_layer(batch: int, seq: int, q_heads: int, kv_heads: int, head_dim: int, dtype_bytes: int, sp: int) -> float:

@@ -27,7 +27,13 @@ def _dist() -> Dialect:
     return Dist
 
 
-DIALECTS = {"aten": _aten, "autosp": _autosp, "dist": _dist}
+def _host() -> Dialect:
+    from autosp.ir.host import Host
+
+    return Host
+
+
+DIALECTS = {"aten": _aten, "autosp": _autosp, "dist": _dist, "host": _host}
 
 
 class AutoSPContext(Context):

@@ -64,11 +64,21 @@ class CostInterface(ABC):
         return 0.0
 
 
+@dataclass(frozen=True)
+class ProgramGlobal:
+    """A name the generated program defines and the runtime sets (e.g. HOST, the host pool)."""
+
+    name: str
+
+    def __repr__(self) -> str:
+        return self.name
+
+
 @dataclass
 class RuntimeCall:
     callee: str  # in the generated program's namespace, e.g. "kernels.attention_forward"
     args: list[SSAValue | Attribute]
-    kwargs: dict[str, SSAValue | Attribute | int] = field(default_factory=dict)
+    kwargs: dict[str, SSAValue | Attribute | int | ProgramGlobal] = field(default_factory=dict)
 
 
 class RuntimeCallInterface(ABC):

@@ -44,6 +44,7 @@ class DeviceProfile:
     launch_s: float  # fixed cost per op
     memory_bytes: int  # device memory, for budget="auto"
     link_bandwidth: float  # what one device sends to its peers, bytes/s (NVLink, Infinity Fabric)
+    host_bandwidth: float  # device <-> host memory, one way, bytes/s (PCIe): offload's copies
 
 
 def host_memory() -> int:
@@ -51,12 +52,19 @@ def host_memory() -> int:
 
 
 # Datasheet numbers (dense, no sparsity); links one way: NVLink 4 (18 links, 450 GB/s), MI300X's
-# seven Infinity Fabric links (7 x 64 GB/s); gloo on one host for the CPU.
+# seven Infinity Fabric links (7 x 64 GB/s), gloo on one host for the CPU; host links one way:
+# PCIe 5 x16 (64 GB/s; ~55 reached in practice: override host_bandwidth to calibrate).
 PROFILES: dict[str, Callable[[], DeviceProfile]] = {
-    "h100": lambda: DeviceProfile("h100", 989e12, 67e12, 67e12, 3.35e12, 4e-6, 80 * GiB, 450e9),
-    "mi300x": lambda: DeviceProfile("mi300x", 1307e12, 163e12, 163e12, 5.3e12, 4e-6, 192 * GiB, 448e9),
-    "cpu": lambda: DeviceProfile("cpu", 2e12, 1e12, 2e11, 1e11, 2e-6, host_memory(), 1e10),
+    "h100": lambda: DeviceProfile("h100", 989e12, 67e12, 67e12, 3.35e12, 4e-6, 80 * GiB, 450e9, 64e9),
+    "h200": lambda: DeviceProfile("h200", 989e12, 67e12, 67e12, 4.8e12, 4e-6, 141 * 10**9, 450e9, 64e9),
+    "mi300x": lambda: DeviceProfile("mi300x", 1307e12, 163e12, 163e12, 5.3e12, 4e-6, 192 * GiB, 448e9, 64e9),
+    "cpu": lambda: DeviceProfile("cpu", 2e12, 1e12, 2e11, 1e11, 2e-6, host_memory(), 1e10, 1e10),
 }
+
+
+def copy_seconds(nbytes: float, profile: DeviceProfile) -> float:
+    """One copy between the device and the host's memory."""
+    return profile.launch_s + nbytes / profile.host_bandwidth
 
 
 def device_profile(name: str, **overrides: float) -> DeviceProfile:
@@ -161,5 +169,5 @@ def profile_for(device) -> DeviceProfile:
     if device.type != "cuda":
         return device_profile("cpu")
     props = torch.cuda.get_device_properties(device)
-    name = "mi300x" if "MI3" in props.name.upper() else "h100"
+    name = "mi300x" if "MI3" in props.name.upper() else "h200" if "H200" in props.name.upper() else "h100"
     return replace(device_profile(name), memory_bytes=props.total_memory)

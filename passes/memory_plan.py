@@ -27,6 +27,7 @@ from xdsl.passes import ModulePass
 from autosp.ir.program import train_step_of, zero_of
 from autosp.ir.aten import AtenOp, overload_of
 from autosp.ir.dtypes import tensor_bytes, torch_dtype
+from autosp.ir.host import OffloadStartOp, on_host
 from autosp.ir.interfaces import CostInterface
 from autosp.common.errors import AutoSPError
 
@@ -45,8 +46,10 @@ def human_bytes(n: float, digits: int = 1) -> str:
 
 
 def is_view(op: Operation) -> bool:
+    """Its result shares its first operand's storage: ATen views (by schema) and AutoSP ops that
+    say so (`IS_VIEW`, e.g. host.prefetch_wait)."""
     if not isinstance(op, AtenOp):
-        return False
+        return getattr(op, "IS_VIEW", False)
     returns = op.OVERLOAD._schema.returns
     return overload_of(op) in EXTRA_VIEWS or bool(returns) and returns[0].alias_info is not None
 
@@ -77,6 +80,7 @@ class MemoryPlan:
     peak_index: int
     returned_bytes: int  # the loss and the gradients
     saved_bytes: int  # forward results held for the backward (at the end of the forward)
+    host_bytes: int = 0  # the host pool of the offloaded values
 
 
 def forward_ops(ops: list[Operation]) -> set[Operation]:
@@ -144,10 +148,24 @@ def liveness(module: ModuleOp, *, workspace: bool = True, optimizer_state: bool 
 
     live, profile = held, []
     for index, op in enumerate(ops):
-        live += sum(tensor_bytes(r) for r in op.results if root[r] is r)
+        live += sum(device_bytes(r) for r in op.results if root[r] is r)
         profile.append(live + (workspace_bytes(op) if workspace else 0))
-        live -= sum(tensor_bytes(s) for s in frees.get(index, []))
+        live -= sum(device_bytes(s) for s in frees.get(index, []))
     return Liveness(ops, root, last_use, returned, held, profile, dead_after)
+
+
+def device_bytes(value: SSAValue) -> int:
+    """What a value holds in device memory: nothing if it lives in the host's (host dialect)."""
+    return 0 if on_host(value) else tensor_bytes(value)
+
+
+def host_pool_bytes(module: ModuleOp) -> int:
+    """The host memory the step's offloads use: its pool, up to the furthest offset + bytes."""
+    return max(
+        (op.offset.value.data + tensor_bytes(op.value) for op in train_step_of(module).body.block.ops
+         if isinstance(op, OffloadStartOp)),
+        default=0,
+    )
 
 
 def optimizer_state_bytes(module: ModuleOp) -> int:
@@ -187,7 +205,7 @@ def peak_breakdown(module: ModuleOp, seq: int | None = None) -> list[tuple[str, 
             recomputed = "autosp.recompute" in storage.owner.attributes
             kind = f"[{', '.join(dims)}] {torch_dtype(storage.type.element_type)}".replace("torch.", "")
             kind += " (recomputed)" if recomputed else ""
-        kinds[kind] = kinds.get(kind, 0) + tensor_bytes(storage)
+        kinds[kind] = kinds.get(kind, 0) + device_bytes(storage)
     if optimizer_state_bytes(module):
         kinds["optimizer state"] = optimizer_state_bytes(module)
     if workspace_bytes(lv.ops[at]):
@@ -224,7 +242,7 @@ def state_breakdown(module: ModuleOp) -> dict[str, int]:
             kind = "gathered parameters"
         else:
             kind = "activations"
-        held[kind] += tensor_bytes(storage)
+        held[kind] += device_bytes(storage)
     held["optimizer state"] = optimizer_state_bytes(module)
     held["kernel workspace"] = workspace_bytes(lv.ops[at])
     return held
@@ -250,7 +268,7 @@ def plan_memory(module: ModuleOp, *, workspace: bool = True, optimizer_state: bo
         lv.root[o] for op in lv.ops if op not in forward and not isinstance(op, func.ReturnOp) for o in op.operands
     }
     saved = sum(
-        tensor_bytes(s) for s in read_by_backward
+        device_bytes(s) for s in read_by_backward
         if isinstance(s, OpResult) and s.owner in forward and s not in lv.returned
     )
     return MemoryPlan(
@@ -260,6 +278,7 @@ def plan_memory(module: ModuleOp, *, workspace: bool = True, optimizer_state: bo
         peak_index=peak_index,
         returned_bytes=sum(tensor_bytes(s) for s in lv.returned if s not in args),
         saved_bytes=saved,
+        host_bytes=host_pool_bytes(module),
     )
 
 

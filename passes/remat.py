@@ -45,7 +45,7 @@ import networkx as nx
 import numpy as np
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import FloatData, IntAttr, ModuleOp, StringAttr, UnitAttr
+from xdsl.dialects.builtin import FloatData, IntAttr, IntegerAttr, ModuleOp, StringAttr, UnitAttr
 from xdsl.ir import Operation, OpResult, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.traits import Pure
@@ -54,9 +54,10 @@ from autosp.ir.autosp import RematAttr
 from autosp.ir.program import REMAT, partition_of, train_step_of, zero_of
 from autosp.ir.autosp import AttentionOp
 from autosp.ir.dist import CollectiveOp, GatherWaitOp, GroupOp
+from autosp.ir.host import POOL_ALIGNMENT, OffloadStartOp, OffloadWaitOp, PrefetchStartOp, PrefetchWaitOp, host_type
 from autosp.passes.segments import forward_segments
 from autosp.passes.views import rebased
-from autosp.passes.cost_model import GiB, DeviceProfile, device_profile, op_seconds
+from autosp.passes.cost_model import GiB, DeviceProfile, copy_seconds, device_profile, host_memory, op_seconds
 from autosp.ir.dtypes import tensor_bytes
 from autosp.passes.memory_plan import (
     MemoryPlan,
@@ -72,6 +73,8 @@ from autosp.common.errors import AutoSPError
 RECOMPUTE = "autosp.recompute"  # marks the clones the pass inserts
 log = logging.getLogger("autosp.remat")
 ILP_TIME_LIMIT_S = 10.0
+MIN_OFFLOAD_BYTES = 4096
+HIDDEN_COPY_COST = 0.01  # of a copy's time, for a copy that compute hides
 MAX_REFINEMENTS = 4
 
 _UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
@@ -116,6 +119,31 @@ def parse_budget(budget: str | int | float, profile: DeviceProfile) -> int:
     return value
 
 
+HOST_FRACTION = 0.8  # of the host's memory, for "auto": the rest for the OS, the data loader, ...
+
+
+def local_ranks() -> int:
+    """The processes of this job on this host (torchrun's LOCAL_WORLD_SIZE; else the GPUs here)."""
+    if os.environ.get("LOCAL_WORLD_SIZE", "").isdigit():
+        return max(1, int(os.environ["LOCAL_WORLD_SIZE"]))
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+def parse_host_budget(budget: str | int | float | None) -> int:
+    """Bytes of the host's memory values may be offloaded to, per rank: None or 0 (no offload),
+    a size as `parse_budget` takes, or "auto" (80% of the host's memory over its local ranks)."""
+    if budget is None or budget == 0 or isinstance(budget, str) and budget.strip() == "0":
+        return 0
+    if isinstance(budget, str) and budget.strip().lower() == "auto":
+        return int(HOST_FRACTION * host_memory() / local_ranks())
+    try:
+        return parse_budget(budget, device_profile("cpu"))
+    except AutoSPError as err:
+        raise AutoSPError(str(err).replace("memory budget", "host memory budget", 1)) from None
+
+
 def recomputable(op: Operation) -> bool:
     """Deterministic: Pure ops, the rank-local layout changes, and the collectives that only
     move data (all-to-all, all-gather: replayed, they give the same bits on every rank), since
@@ -143,17 +171,25 @@ class Unit:
     needed: bool = False  # by the backward, directly or to recompute a consumer
     first_need: int = 0  # recomputed: materialized before this op (len(ops): never)
     recompute_death: int = -1  # recomputed: last read
-    death: int = 0  # kept: last read
+    death: int = 0  # kept or offloaded: last read
+    earliest_need: int = 0  # kept or offloaded: first read by the backward or a recomputed consumer
     slot: int = -1
     segment: int = 0
+    # Offloaded (placed by RematProblem._place_offloads): the copy out is waited for after op
+    # `offload_wait`, the copy back started before op `prefetch_at`; their exposed time.
+    host_bytes: int = 0
+    offload_wait: int = 0
+    prefetch_at: int = 0
+    offload_seconds: float = 0.0
 
 
 @dataclass
 class Plan:
     name: str  # "ilp", "per-layer checkpointing", ...
     recompute: frozenset[int]  # op indices of the recomputed forward ops
-    seconds: float  # estimated recompute time per step
+    seconds: float  # estimated time per step: recomputation and exposed host copies
     peak_bytes: int = 0  # exact, from memory-plan on the rewritten program
+    offload: frozenset[int] = frozenset()  # op indices of the forward ops whose results go to the host
 
 
 @dataclass
@@ -165,11 +201,12 @@ class RematResult:
     slots: int
     ilp_seconds: float
     ilp_status: str
+    placement: list[tuple[int, int, int]] = field(default_factory=list)  # the plan's offloads (offload_placement)
 
 
 class RematProblem:
-    def __init__(self, module: ModuleOp, profile: DeviceProfile, fused: bool = False):
-        self.module, self.fused = module, fused
+    def __init__(self, module: ModuleOp, profile: DeviceProfile, fused: bool = False, host_budget: int = 0):
+        self.module, self.fused, self.profile, self.host_budget = module, fused, profile, host_budget
         self.lv = lv = liveness(module)
         ops = lv.ops
         self.forward = forward = forward_ops(ops)
@@ -225,9 +262,41 @@ class RematProblem:
             unit.needed = True
             unit.first_need = unit.first_direct if unit.first_direct is not None else min(local, default=len(ops))
             unit.recompute_death = max(local + [unit.last_direct])
+            direct = [] if unit.first_direct is None else [unit.first_direct]
+            unit.earliest_need = min(direct + [c.first_need for c in users])
             unit.death = max([c.first_need for c in users] + [unit.last_direct])
         self.candidates = [u for u in self.units.values() if u.needed]
         self._assign_slots()
+        if host_budget > 0 and self.candidates:
+            self._place_offloads()
+
+    def _place_offloads(self) -> None:
+        """Where each candidate's copies go if it is offloaded: the copy out starts as the value
+        is made and is waited for after its last forward use (its device memory is free from
+        there; the compute in between hides the copy, or the wait stalls); the copy back starts early enough before
+        its first backward need for the compute in between to hide it (but not before the
+        backward begins), and is waited for just before that need. Its cost is the copy time
+        left exposed, each way (and a little of the hidden part)."""
+        ops = self.lv.ops
+        elapsed = np.concatenate([[0.0], np.cumsum([op_seconds(op, self.profile) for op in ops])])
+        backward = min(u.first_direct for u in self.candidates if u.first_direct is not None)
+        for u in self.candidates:
+            u.host_bytes = sum(size for _, size, _ in u.results)
+            copy = copy_seconds(u.host_bytes, self.profile)
+            u.offload_wait = max(last for _, _, last in u.results)  # freed as soon as the forward is done with it
+            need = u.earliest_need
+            early = int(np.searchsorted(elapsed, elapsed[need] - copy, side="right")) - 1
+            u.prefetch_at = min(need, max(early, backward))
+            exposed_out = max(0.0, copy - (elapsed[u.offload_wait + 1] - elapsed[u.index + 1]))
+            exposed_in = max(0.0, copy - (elapsed[need] - elapsed[u.prefetch_at]))
+            # A hidden copy still takes the host link and host memory: a little, so that a value
+            # that fits on the device is kept there.
+            u.offload_seconds = exposed_out + exposed_in + HIDDEN_COPY_COST * 2 * copy
+
+    def offload_placement(self, offload: frozenset[int]) -> list[tuple[int, int, int]]:
+        """(op, wait after, prefetch before) by index, for each offloaded op."""
+        by_index = {u.index: u for u in self.candidates}
+        return [(i, by_index[i].offload_wait, by_index[i].prefetch_at) for i in sorted(offload)]
 
     # Segments between attention ops with the same op sequence share their decision slots.
     def _assign_slots(self) -> None:
@@ -260,15 +329,34 @@ class RematProblem:
 
     # --- plans --------------------------------------------------------------------------
 
-    def seconds(self, recompute: frozenset[int]) -> float:
-        return sum(u.seconds for u in self.candidates if u.index in recompute)
+    def seconds(self, recompute: frozenset[int], offload: frozenset[int] = frozenset()) -> float:
+        return sum(u.seconds for u in self.candidates if u.index in recompute) + sum(
+            u.offload_seconds for u in self.candidates if u.index in offload
+        )
+
+    def plan(self, name: str, recompute: frozenset[int], offload: frozenset[int] = frozenset()) -> Plan:
+        return Plan(name, recompute, self.seconds(recompute, offload), offload=offload)
 
     def evaluate(self, plan: Plan) -> Plan:
         """The exact peak of the rewritten program (fused, when elementwise fusion follows)."""
         clone = self.module.clone()
-        apply_recompute(clone, plan.recompute)
+        apply_plan(clone, plan.recompute, self.offload_placement(plan.offload))
         plan.peak_bytes = exact_peak(clone, self.fused)
         return plan
+
+    def offloaded_checkpointing(self) -> Plan | None:
+        """Per-layer checkpointing with what it keeps (the layer inputs, values nothing
+        recomputes) on the host instead, earliest first, as far as the host budget goes (the
+        hand-written systems' activation offload)."""
+        checkpointing = self.checkpointing()
+        offload, room = set(), self.host_budget
+        for u in sorted(self.candidates, key=lambda u: u.index):
+            if u.index not in checkpointing.recompute and 0 < u.host_bytes <= room:
+                offload.add(u.index)
+                room -= u.host_bytes
+        if not offload:
+            return None
+        return self.plan("per-layer checkpointing, kept values offloaded", checkpointing.recompute, frozenset(offload))
 
     def checkpointing(self) -> Plan:
         """Full per-layer checkpointing: keep each layer's input (the residual stream entering
@@ -301,12 +389,14 @@ class RematProblem:
     # --- the ILP ------------------------------------------------------------------------
 
     @cached_property
-    def _rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """const[t] + keep[t] . k + recompute[t] . r = bytes live while op t runs."""
+    def _rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """const[t] + keep[t] . k + recompute[t] . r + offload[t] . o = bytes live on the device
+        while op t runs."""
         n, s = len(self.lv.ops), self.num_slots
         const = np.array(self.lv.live, dtype=np.float64)
         keep = np.zeros((n + 1, s))
         rec = np.zeros((n + 1, s))
+        off = np.zeros((n + 1, s))
         base = np.zeros(n + 1)
         for u in self.candidates:
             for storage, size, last_fwd in u.results:
@@ -319,6 +409,11 @@ class RematProblem:
                 if u.first_need <= u.recompute_death:
                     rec[u.first_need, u.slot] += size
                     rec[u.recompute_death + 1, u.slot] -= size
+                if self.host_budget:  # on the device until the copy out is waited for, and from the copy back
+                    off[last_fwd + 1, u.slot] += size
+                    off[max(u.offload_wait, last_fwd) + 1, u.slot] -= size
+                    off[u.prefetch_at, u.slot] += size
+                    off[u.death + 1, u.slot] -= size
             # A clone's scratch is in use before the op it feeds allocates its results and its
             # own scratch.
             t = u.first_need
@@ -331,23 +426,28 @@ class RematProblem:
                 rec[t, u.slot] += extra
                 rec[t + 1, u.slot] -= extra
         const += np.cumsum(base)[:n]
-        return const, np.cumsum(keep, axis=0)[:n], np.cumsum(rec, axis=0)[:n]
+        return const, np.cumsum(keep, axis=0)[:n], np.cumsum(rec, axis=0)[:n], np.cumsum(off, axis=0)[:n]
 
-    def solve(self, budget: float | None) -> tuple[frozenset[int] | None, str, float]:
-        """Least recompute time with every memory row <= budget; budget None: the least peak.
-        Per slot: `keep` (its forward values stay until the backward) and `recompute` (they are
-        cloned before their first backward use), binary. Rows are in GiB and costs in ms, so the
-        solver sees coefficients near 1."""
+    def solve(self, budget: float | None) -> tuple[tuple[frozenset[int], frozenset[int]] | None, str, float]:
+        """Least estimated time with every memory row <= budget; budget None: the least peak.
+        Per slot: `keep` (its forward values stay until the backward), `recompute` (they are
+        cloned before their first backward use) and, with a host budget, `offload` (they go to
+        the host and come back), binary. Returns (recomputed, offloaded) op indices. Rows are in
+        GiB and costs in ms, so the solver sees coefficients near 1."""
         s = self.num_slots
-        const, keep_bytes, rec_bytes = self._rows  # the same for every budget
-        slot_ms = np.zeros(s)
+        const, keep_bytes, rec_bytes, off_bytes = self._rows  # the same for every budget
+        slot_ms, offload_ms, host_mib = np.zeros(s), np.zeros(s), np.zeros(s)
         must, recomputable = np.zeros(s, bool), np.ones(s, bool)
         for u in self.candidates:
             slot_ms[u.slot] += u.seconds * 1e3
+            offload_ms[u.slot] += u.offload_seconds * 1e3
+            host_mib[u.slot] += u.host_bytes / 2**20
             must[u.slot] |= u.first_direct is not None
             recomputable[u.slot] &= u.recomputable
+        offloading = self.host_budget > 0
         limit = None if budget is None else budget / GiB
-        coeffs, offsets = _binding_rows(np.hstack([keep_bytes, rec_bytes]) / GiB, const / GiB, limit)
+        choices = [keep_bytes, rec_bytes] + ([off_bytes] if offloading else [])
+        coeffs, offsets = _binding_rows(np.hstack(choices) / GiB, const / GiB, limit)
         if limit is not None and np.any(~coeffs.any(axis=1) & (offsets > limit)):
             return None, "Infeasible", 0.0  # a row over the budget that no choice changes
 
@@ -358,30 +458,42 @@ class RematProblem:
         kind = highspy.HighsVarType.kInteger
         keep = [highs.addVariable(0, 1, type=kind, name=f"keep_{j}") for j in range(s)]
         recompute = [highs.addVariable(0, float(recomputable[j]), type=kind, name=f"recompute_{j}") for j in range(s)]
-        columns = keep + recompute
+        # (values under a page are not worth a copy each way)
+        offload = [highs.addVariable(0, float(host_mib[j] * 2**20 >= MIN_OFFLOAD_BYTES), type=kind, name=f"offload_{j}")
+                   for j in range(s)] if offloading else []
+        columns = keep + recompute + offload
         peak = highs.addVariable(name="peak") if limit is None else None
         for i, (row, offset) in enumerate(zip(coeffs, offsets)):
             # (terms under 1e-8 GiB, a few bytes, are below what the solver keeps)
             held = highs.qsum(float(row[j]) * columns[j] for j in np.flatnonzero(np.abs(row) >= 1e-8))
             bound = held - peak <= -offset if peak is not None else held <= limit - offset
             highs.addConstr(bound, name=f"memory_{i}")
-        for j in range(s):  # a slot's values are kept, recomputed, or (if the backward never reads them) neither
-            highs.addConstr(keep[j] + recompute[j] <= 1, name=f"one_way_{j}")
+
+        def available(j):  # in the backward without recomputing it
+            return keep[j] + offload[j] if offloading else keep[j]
+
+        for j in range(s):  # a slot's values are kept, recomputed, offloaded or (if the backward never reads them) none
+            highs.addConstr(available(j) + recompute[j] <= 1, name=f"one_way_{j}")
             if must[j]:
-                highs.addConstr(keep[j] + recompute[j] >= 1, name=f"needed_{j}")
-        # A recomputed value needs its inputs kept or recomputed. An input from an earlier
-        # segment must be kept: recompute chains stay inside one layer template (otherwise
-        # r_v <= r_u along the residual stream would let a chain run back through every earlier
-        # layer, L^2 recompute, all of it held at once).
+                highs.addConstr(available(j) + recompute[j] >= 1, name=f"needed_{j}")
+        if offloading:
+            highs.addConstr(highs.qsum(float(host_mib[j]) * offload[j] for j in range(s)) <= self.host_budget / 2**20,
+                            name="host_budget")  # MiB
+        # A recomputed value needs its inputs kept (or offloaded) or recomputed. An input from an
+        # earlier segment must be kept: recompute chains stay inside one layer template
+        # (otherwise r_v <= r_u along the residual stream would let a chain run back through
+        # every earlier layer, L^2 recompute, all of it held at once).
         inner = {(u.slot, v.slot) for v in self.candidates for u in v.inputs
                  if u.needed and v.recomputable and u.segment == v.segment}
         across = {(u.slot, v.slot) for v in self.candidates for u in v.inputs
                   if u.needed and v.recomputable and u.segment != v.segment}
         for u, v in inner - across:
-            highs.addConstr(recompute[v] <= keep[u] + recompute[u], name=f"inputs_of_{v}_{u}")
+            highs.addConstr(recompute[v] <= available(u) + recompute[u], name=f"inputs_of_{v}_{u}")
         for u, v in across:
-            highs.addConstr(recompute[v] <= keep[u], name=f"kept_input_of_{v}_{u}")
+            highs.addConstr(recompute[v] <= available(u), name=f"kept_input_of_{v}_{u}")
         time_ms = highs.qsum(float(slot_ms[j]) * recompute[j] for j in range(s))
+        if offloading:
+            time_ms = time_ms + highs.qsum(float(offload_ms[j]) * offload[j] for j in range(s))
         started = time.perf_counter()
         highs.minimize(time_ms if peak is None else peak + 1e-6 * time_ms)  # least peak first, then time
         elapsed = time.perf_counter() - started
@@ -389,7 +501,11 @@ class RematProblem:
         if highs.getInfo().primal_solution_status != 2:  # no feasible solution
             return None, status, elapsed
         chosen = {j for j in range(s) if highs.val(recompute[j]) > 0.5}
-        return frozenset(u.index for u in self.candidates if u.slot in chosen), status, elapsed
+        moved = {j for j in range(s) if offloading and highs.val(offload[j]) > 0.5}
+        return (
+            frozenset(u.index for u in self.candidates if u.slot in chosen),
+            frozenset(u.index for u in self.candidates if u.slot in moved),
+        ), status, elapsed
 
 
 def _binding_rows(coeffs: np.ndarray, offsets: np.ndarray, limit: float | None) -> tuple[np.ndarray, np.ndarray]:
@@ -499,6 +615,62 @@ def apply_recompute(module: ModuleOp, recompute: frozenset[int]) -> list[Operati
     return made
 
 
+def apply_plan(module: ModuleOp, recompute: frozenset[int], offload: list[tuple[int, int, int]]) -> None:
+    """Recompute and offload as planned (op indices in `module` as it is now; `offload`: (op,
+    wait after, prefetch before) for each offloaded op, RematProblem.offload_placement)."""
+    ops = list(train_step_of(module).body.block.ops)
+    targets = [(ops[i], ops[wait], ops[prefetch]) for i, wait, prefetch in offload]
+    apply_recompute(module, recompute)
+    apply_offload(module, targets)
+
+
+def apply_offload(module: ModuleOp, targets: list[tuple[Operation, Operation, Operation]]) -> None:
+    """For each (op, wait after, prefetch before): each result of `op` the backward reads (or the
+    clones remat put there) is copied to the host pool as it is made (`host.offload_start`), the
+    copy is waited for after `wait after` (its device memory free from there), copied back from
+    before `prefetch before` (or its first backward reader, if that comes first), waited for
+    right before that reader; backward readers of it, and of forward views of it, read the copy."""
+    block = train_step_of(module).body.block
+    ops = list(block.ops)
+    forward = forward_ops(ops)
+    position = {op: i for i, op in enumerate(ops)}
+    offset = 0
+    for op, wait_after, prefetch_before in sorted(targets, key=lambda t: position[t[0]]):
+        for result in op.results:
+            views, frontier = [result], [result]
+            while frontier:  # the forward's views of it
+                value = frontier.pop()
+                for use in value.uses:
+                    user = use.operation
+                    if user in forward and is_view(user) and user.operands[0] is value:
+                        views += user.results
+                        frontier += user.results
+            readers = sorted(
+                ((use.operation, use.index, value) for value in views for use in list(value.uses)
+                 if use.operation not in forward and not isinstance(use.operation, func.ReturnOp)),
+                key=lambda r: position.get(r[0], len(ops)),
+            )
+            if not readers:
+                continue
+            first = min((r[0] for r in readers), key=lambda o: block.get_operation_index(o))
+            start = OffloadStartOp.build(operands=[result], result_types=[host_type(result.type)],
+                                         properties={"offset": IntegerAttr(offset, 64)})
+            start.host.name_hint = f"{result.name_hint or 'v'}_host"
+            block.insert_op_after(start, op)
+            block.insert_op_after(OffloadWaitOp.build(operands=[result, start.host]), wait_after)
+            prefetch = PrefetchStartOp.build(operands=[start.host], result_types=[result.type])
+            prefetch.value.name_hint = f"{result.name_hint or 'v'}_dev"
+            early = block.get_operation_index(prefetch_before) <= block.get_operation_index(first)
+            block.insert_op_before(prefetch, prefetch_before if early else first)
+            done = PrefetchWaitOp.build(operands=[prefetch.value], result_types=[result.type])
+            done.value.name_hint = f"{result.name_hint or 'v'}_back"
+            block.insert_op_before(done, first)
+            twins, made = {result: done.value}, {}
+            for reader, index, value in readers:
+                reader.operands[index] = twins.get(value) or rebased(value, twins, made, lambda v: block.insert_op_before(v, first))
+            offset += -(-tensor_bytes(result) // POOL_ALIGNMENT) * POOL_ALIGNMENT
+
+
 def backward_twins(ops: list[Operation]) -> dict[SSAValue, SSAValue]:
     """Each whole parameter the forward gathered -> the same parameter gathered again for the
     backward (`dist.gather_params_wait` phase forward / backward of one bucket, passes/zero.py)."""
@@ -541,18 +713,18 @@ def exact_peak(module: ModuleOp, fused: bool) -> int:
     return plan_memory(module).peak_bytes
 
 
-def least_memory(module: ModuleOp, profile, fused: bool = False) -> int:
-    """The least peak remat reaches on `module`: per-layer checkpointing or the ILP's
-    least-memory plan, whichever holds less."""
-    problem = RematProblem(module, profile, fused)
-    plans = [problem.checkpointing()]
+def least_memory(module: ModuleOp, profile, fused: bool = False, host_budget: int = 0) -> int:
+    """The least peak remat reaches on `module`: per-layer checkpointing (with what it keeps
+    offloaded, given a host budget) or the ILP's least-memory plan, whichever holds less."""
+    problem = RematProblem(module, profile, fused, host_budget)
+    plans = [problem.checkpointing(), problem.offloaded_checkpointing()]
     least, _, _ = problem.solve(None)
     if least is not None:
-        plans.append(Plan("least memory", least, problem.seconds(least)))
-    return min(problem.evaluate(plan).peak_bytes for plan in plans)
+        plans.append(problem.plan("least memory", *least))
+    return min(problem.evaluate(plan).peak_bytes for plan in plans if plan is not None)
 
 
-def infeasible(module: ModuleOp, plan: MemoryPlan, needs: int, budget: int) -> AutoSPError:
+def infeasible(module: ModuleOp, plan: MemoryPlan, needs: int, budget: int, host_budget: int = 0) -> AutoSPError:
     """The error for a budget nothing fits; `plan` is the step's plan without remat."""
     partition = partition_of(module)
     sp = partition.sp.data if partition is not None else 1
@@ -566,9 +738,10 @@ def infeasible(module: ModuleOp, plan: MemoryPlan, needs: int, budget: int) -> A
     else:
         factor = 2 ** math.ceil(math.log2(max(1.0, (needs - fixed) / (budget - fixed))))
         hint = f"try sp={sp * max(2, factor)} or a larger budget"
+    offloading = f" and up to {human_bytes(host_budget, 2)} offloaded to the host" if host_budget else ""
     return RematInfeasible(
         f"remat: the step needs {human_bytes(needs, 2)} per rank{where} (sp={sp}) even with everything "
-        f"recomputable recomputed; budget {human_bytes(budget, 2)}; {hint}"
+        f"recomputable recomputed{offloading}; budget {human_bytes(budget, 2)}; {hint}"
     )
 
 
@@ -587,66 +760,74 @@ def _state_hint(module: ModuleOp, fixed: int) -> str:
     return hint + f"; shard over more ranks ({human_bytes(zero.unsharded_bytes.data, 2)} in all) or raise the budget"
 
 
-def rematerialize(module: ModuleOp, budget: int, profile: DeviceProfile, fused: bool = False) -> RematResult:
+def rematerialize(module: ModuleOp, budget: int, profile: DeviceProfile, fused: bool = False,
+                  host_budget: int = 0) -> RematResult:
     """The cheapest plan whose exact peak fits `budget` (`fused`: the peak after the elementwise
-    fusion that follows in the pipeline)."""
+    fusion that follows in the pipeline), offloading at most `host_budget` bytes to the host."""
     baseline = plan_memory(module)
     runs_at = exact_peak(module, fused) if fused else baseline.peak_bytes
     if runs_at <= budget:  # remat costs nothing when memory allows
         plan = Plan("none (fits without recompute)", frozenset(), 0.0, runs_at)
         return RematResult(budget, baseline.peak_bytes, plan, [plan], 0, 0.0, "not needed")
-    problem = RematProblem(module, profile, fused)
+    problem = RematProblem(module, profile, fused, host_budget)
     candidates: list[Plan] = []
     ilp_seconds, status = 0.0, "no solution"
     target = float(budget)
     for attempt in range(MAX_REFINEMENTS):
-        recompute, status, elapsed = problem.solve(target)
+        chosen, status, elapsed = problem.solve(target)
         ilp_seconds += elapsed
-        if recompute is None:
+        if chosen is None:
             break
-        plan = problem.evaluate(Plan("ilp", recompute, problem.seconds(recompute)))
+        plan = problem.evaluate(problem.plan("ilp", *chosen))
         candidates.append(plan)
         if plan.peak_bytes <= budget:
             break
         target -= (plan.peak_bytes - budget) * 2**attempt  # the model was optimistic here: tighten
-    candidates.append(problem.evaluate(problem.checkpointing()))
+    for plan in (problem.checkpointing(), problem.offloaded_checkpointing()):
+        if plan is not None:
+            candidates.append(problem.evaluate(plan))
     fitting = [p for p in candidates if p.peak_bytes <= budget]
     if not fitting:  # the least memory the ILP can reach, if that fits
         least, _, elapsed = problem.solve(None)
         ilp_seconds += elapsed
         if least is not None:
-            candidates.append(problem.evaluate(Plan("least memory", least, problem.seconds(least))))
+            candidates.append(problem.evaluate(problem.plan("least memory", *least)))
         fitting = [p for p in candidates if p.peak_bytes <= budget]
     if not fitting:
-        raise infeasible(module, baseline, min(p.peak_bytes for p in candidates), budget)
+        raise infeasible(module, baseline, min(p.peak_bytes for p in candidates), budget, host_budget)
     best = min(fitting, key=lambda p: (p.seconds, p.peak_bytes))
-    return RematResult(budget, baseline.peak_bytes, best, candidates, problem.num_slots, ilp_seconds, status)
+    return RematResult(budget, baseline.peak_bytes, best, candidates, problem.num_slots, ilp_seconds, status,
+                       problem.offload_placement(best.offload))
 
 
 def apply_given(module: ModuleOp, budget: int, profile: DeviceProfile, fused: bool, name: str,
-                recompute: frozenset[int]) -> RematResult:
+                recompute: frozenset[int], offload: frozenset[int] = frozenset(), host_budget: int = 0) -> RematResult:
     """A plan made on another rank's program (the largest: world rank 0's), checked to be one for
-    this program (the same forward ops, recomputable) and to fit `budget` here too."""
+    this program (the same forward ops; recomputed ones recomputable) and to fit `budget` here too."""
     baseline = plan_memory(module)
     ops = list(train_step_of(module).body.block.ops)
     forward = forward_ops(ops)
-    wrong = [i for i in recompute if not (0 <= i < len(ops) and ops[i] in forward and recomputable(ops[i]))]
-    if wrong:
-        raise AutoSPError(
-            f"remat: the given plan recomputes op {wrong[0]}, which is not a recomputable forward op of this program "
-            "(the plan was made for another program)"
-        )
-    seconds = sum(op_seconds(ops[i], profile) for i in recompute)
-    plan = Plan(name, recompute, seconds)
+    for verb, indices, fits in (("recomputes", recompute, recomputable), ("offloads", offload, lambda op: bool(op.results))):
+        wrong = [i for i in sorted(indices) if not (0 <= i < len(ops) and ops[i] in forward and fits(ops[i]))]
+        if wrong:
+            what = "recomputable forward op" if verb == "recomputes" else "forward op with results"
+            raise AutoSPError(
+                f"remat: the given plan {verb} op {wrong[0]}, which is not a {what} of this program (the plan was made "
+                "for another program)"
+            )
+    problem = RematProblem(module, profile, fused, host_budget) if offload else None
+    placement = problem.offload_placement(offload) if problem else []
+    seconds = sum(op_seconds(ops[i], profile) for i in recompute) + (problem.seconds(frozenset(), offload) if problem else 0.0)
+    plan = Plan(name, recompute, seconds, offload=offload)
     clone = module.clone()
-    apply_recompute(clone, recompute)
+    apply_plan(clone, recompute, placement)
     plan.peak_bytes = exact_peak(clone, fused)
     if plan.peak_bytes > budget:
         raise RematInfeasible(
             f"remat: the plan made on the largest rank's program needs {human_bytes(plan.peak_bytes, 2)} on this rank, "
             f"over its budget of {human_bytes(budget, 2)}"
         )
-    return RematResult(budget, baseline.peak_bytes, plan, [plan], 0, 0.0, "given")
+    return RematResult(budget, baseline.peak_bytes, plan, [plan], 0, 0.0, "given", placement)
 
 
 @dataclass(frozen=True)
@@ -660,22 +841,26 @@ class Remat(ModulePass):
     budget: str = "auto"
     cost_model: str = "h100"
     fused: bool = False  # fuse-elementwise follows: plans are checked on the fused program
+    host_budget: str = "0"  # bytes, "64GiB" or "auto" that values may take in the host's memory
     given: str = ""
     recompute: tuple[int, ...] | None = None
+    offload: tuple[int, ...] | None = None
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         profile = device_profile(self.cost_model)
         budget = parse_budget(self.budget, profile)
+        host_budget = parse_host_budget(self.host_budget)
         if self.given:
-            result = apply_given(op, budget, profile, self.fused, self.given, frozenset(self.recompute or ()))
+            result = apply_given(op, budget, profile, self.fused, self.given, frozenset(self.recompute or ()),
+                                 frozenset(self.offload or ()), host_budget)
         else:
-            result = rematerialize(op, budget, profile, self.fused)
+            result = rematerialize(op, budget, profile, self.fused, host_budget)
         log.info(
-            "remat: ILP %.2f s (%s, %d slots); plan %s: %d ops recomputed, %.3f ms estimated, peak %s of %s",
+            "remat: ILP %.2f s (%s, %d slots); plan %s: %d ops recomputed, %d offloaded, %.3f ms estimated, peak %s of %s",
             result.ilp_seconds, result.ilp_status, result.slots, result.plan.name, len(result.plan.recompute),
-            result.plan.seconds * 1e3, human_bytes(result.plan.peak_bytes, 2), human_bytes(budget, 2),
+            len(result.plan.offload), result.plan.seconds * 1e3, human_bytes(result.plan.peak_bytes, 2), human_bytes(budget, 2),
         )
-        apply_recompute(op, result.plan.recompute)
+        apply_plan(op, result.plan.recompute, result.placement)
         op.attributes[REMAT] = RematAttr(
             StringAttr(result.plan.name), IntAttr(budget), IntAttr(result.baseline_peak), StringAttr(profile.name),
             FloatData(result.plan.seconds),

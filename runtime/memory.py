@@ -14,8 +14,11 @@ import torch
 
 
 class MemoryTracker:
-    def __init__(self, held: list[torch.Tensor]):
+    def __init__(self, held: list[torch.Tensor], not_device: list[torch.Tensor] = ()):
+        """`held`: the step's arguments (counted for the whole step); `not_device`: memory that is
+        not the device's (the host pool of offloaded values, which on a CPU shares its kind)."""
         self.baseline = {t.untyped_storage().data_ptr() for t in held}
+        self.elsewhere = {t.untyped_storage().data_ptr() for t in not_device}
         self.held_bytes = sum(t.untyped_storage().nbytes() for t in held)
         self.live: dict[int, list[int]] = {}  # storage pointer -> [bytes, tensors alive]
         self.bytes = 0
@@ -37,7 +40,7 @@ class MemoryTracker:
                 continue
             storage = value.untyped_storage()
             pointer = storage.data_ptr()
-            if pointer in self.baseline or storage.nbytes() == 0:
+            if pointer in self.baseline or pointer in self.elsewhere or storage.nbytes() == 0:
                 continue
             entry = self.live.setdefault(pointer, [storage.nbytes(), 0])
             if entry[1] == 0:

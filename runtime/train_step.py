@@ -29,6 +29,7 @@ import torch
 
 from autosp.runtime.agreement import error_text
 from autosp.common.errors import AutoSPError
+from autosp.runtime.offload import HostPool
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,8 @@ class TrainStep:
         self._slots = _module_slots([t for _, t in self._state_specs])
         self.program = load_program(self.program_path)
         self.program.DEVICE = self.device
+        pool_bytes = getattr(self.program, "HOST_POOL_BYTES", 0)
+        self.program.HOST = HostPool(pool_bytes, self.device) if pool_bytes else None
 
     def distribute(self, groups: dict[str, object], dp_group, dp_size: int, agreement) -> None:
         """Run as one rank of sp x dp: the program's process groups, the data-parallel group
@@ -371,8 +374,10 @@ class TrainStep:
         if self._measured is None:
             self._measured = load_program(self.measured_path)
             self._measured.DEVICE, self._measured.GROUPS = self.device, self.program.GROUPS
+            self._measured.HOST = self.program.HOST
         call_args = self._prepare(self._bind(args, kwargs))
-        tracker = MemoryTracker(call_args)
+        host = [self.program.HOST.buffer] if self.program.HOST is not None else []
+        tracker = MemoryTracker(call_args, not_device=host)
         self._measured.TRACK = tracker.track
         try:
             with self._in_step():

@@ -119,7 +119,11 @@ class AutoSPOptMain(xDSLOptMain):
             help="per-rank memory budget for --remat: bytes, 70GiB, 512MiB, or auto (the cost model's device memory less a margin; default)",
         )
         arg_parser.add_argument(
-            "--cost-model", default=None, help="device whose roofline prices recomputation for --remat: h100 (default), mi300x, cpu"
+            "--cost-model", default=None, help="device whose roofline prices recomputation for --remat: h100 (default), h200, mi300x, cpu"
+        )
+        arg_parser.add_argument(
+            "--host-memory-budget", default=None,
+            help="with --remat: host memory per rank values may be offloaded to (bytes, 64GiB, or auto: 80%% of this host's memory over its ranks)",
         )
         arg_parser.add_argument(
             "--no-fuse", action="store_true", help="with --sp/--remat: leave elementwise chains unfused (no fuse-elementwise)"
@@ -156,7 +160,8 @@ class AutoSPOptMain(xDSLOptMain):
         if pipeline:
             if self.args.passes:
                 raise ValueError("give either -p PASSES or the pipeline options (--sp/--remat/--shard/--optimizer), not both")
-            given = {"memory_budget": self.args.memory_budget, "cost_model": self.args.cost_model}
+            given = {"memory_budget": self.args.memory_budget, "cost_model": self.args.cost_model,
+                     "host_budget": self.args.host_memory_budget}
             remat = {k: v for k, v in given.items() if v is not None and self.args.remat}  # else the defaults
             from autosp.passes.optimizers import optimizer_kind
 
@@ -167,8 +172,9 @@ class AutoSPOptMain(xDSLOptMain):
                 optimizer=optimizer_kind(self.args.optimizer), prefetch=not self.args.no_prefetch, **remat,
             )
             self.args.passes = pipeline_spec(**self.pipeline_options)
-        if not self.args.remat and (self.args.memory_budget is not None or self.args.cost_model is not None):
-            raise ValueError("--memory-budget and --cost-model only apply with --remat")
+        if not self.args.remat and (self.args.memory_budget is not None or self.args.cost_model is not None
+                                    or self.args.host_memory_budget is not None):
+            raise ValueError("--memory-budget, --host-memory-budget and --cost-model only apply with --remat")
         super().setup_pipeline()
 
 

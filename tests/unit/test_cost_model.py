@@ -34,7 +34,7 @@ def test_bad_budgets_are_refused(bad):
 
 
 def test_unknown_cost_model():
-    with pytest.raises(AutoSPError, match="unknown cost model 'tpu'; known: cpu, h100, mi300x"):
+    with pytest.raises(AutoSPError, match="unknown cost model 'tpu'; known: cpu, h100, h200, mi300x"):
         device_profile("tpu")
 
 
