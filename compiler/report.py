@@ -216,43 +216,49 @@ def _remat_report(module: ModuleOp, report: CommReport) -> None:
     _offload_report(module, report, profile)
 
 
-def _offload_report(module: ModuleOp, report: CommReport, profile) -> None:
+def offload_timeline(module: ModuleOp, profile) -> dict:
     """The host copies on a timeline: the program's ops one after another on the compute stream,
     the copies one after another on the copy stream, each starting when issued (or when the one
     before it ends); a wait whose copy has not ended stalls the compute stream: that is the
-    exposed copy time."""
+    exposed copy time. Seconds, and bytes copied each way."""
     from autosp.passes.cost_model import copy_seconds, op_seconds
 
-    ops = list(train_step_of(module).body.block.ops)
-    starts = [op for op in ops if isinstance(op, OffloadStartOp)]
-    if not starts:
-        return
     now = copies = 0.0
     ends: dict[SSAValue, float] = {}
-    moved = {"out": 0, "in": 0}
-    exposed = {"out": 0.0, "in": 0.0}
-    for op in ops:
+    timeline = {"values": 0, "out": 0, "in": 0, "exposed_out": 0.0, "exposed_in": 0.0}
+    for op in train_step_of(module).body.block.ops:
         if isinstance(op, (OffloadStartOp, PrefetchStartOp)):
             copies = max(now, copies) + copy_seconds(op.copied_bytes(), profile)
             ends[op.results[0]] = copies
-            moved["out" if isinstance(op, OffloadStartOp) else "in"] += op.copied_bytes()
+            timeline["out" if isinstance(op, OffloadStartOp) else "in"] += op.copied_bytes()
+            timeline["values"] += isinstance(op, OffloadStartOp)
         elif isinstance(op, (OffloadWaitOp, PrefetchWaitOp)):
             way, copy = ("out", op.host) if isinstance(op, OffloadWaitOp) else ("in", op.started)
             stall = max(0.0, ends[copy] - now)
-            exposed[way] += stall
+            timeline[f"exposed_{way}"] += stall
             now += stall
         else:
             now += op_seconds(op, profile)
-    for op in starts:
-        kind = f"{list(op.value.type.get_shape())} {torch_dtype(op.value.type.element_type)}".replace("torch.", "")
-        report.offloaded[kind][0] += 1
-        report.offloaded[kind][1] += op.copied_bytes()
+    timeline["step"] = now
+    return timeline
+
+
+def _offload_report(module: ModuleOp, report: CommReport, profile) -> None:
+    timeline = offload_timeline(module, profile)
+    if not timeline["values"]:
+        return
+    for op in train_step_of(module).body.block.ops:
+        if isinstance(op, OffloadStartOp):
+            kind = f"{list(op.value.type.get_shape())} {torch_dtype(op.value.type.element_type)}".replace("torch.", "")
+            report.offloaded[kind][0] += 1
+            report.offloaded[kind][1] += op.copied_bytes()
     report.offload = {
         "host memory per rank": human_bytes(host_pool_bytes(module)),
-        "values offloaded": str(len(starts)),
-        "copied to the host / back per step": f"{human_bytes(moved['out'])} / {human_bytes(moved['in'])}",
+        "values offloaded": str(timeline["values"]),
+        "copied to the host / back per step": f"{human_bytes(timeline['out'])} / {human_bytes(timeline['in'])}",
         "copy time exposed (estimated)": (
-            f"{exposed['out'] * 1e3:.3f} ms out, {exposed['in'] * 1e3:.3f} ms back, of a {now * 1e3:.3f} ms step"
+            f"{timeline['exposed_out'] * 1e3:.3f} ms out, {timeline['exposed_in'] * 1e3:.3f} ms back, "
+            f"of a {timeline['step'] * 1e3:.3f} ms step"
         ),
     }
 

@@ -46,6 +46,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     remat.add_argument("--optimizer", default="none",
                        help="optimizer state the plan holds: adamw (moments in the parameters' dtype), adamw-fp32, adamw-master "
                             "(fp32 master weights + moments), sgd, ... (default none)")
+    remat.add_argument("--host-memory", default=None,
+                       help="host memory per node that remat may offload to (e.g. 1TiB; default: no offload)")
+    remat.add_argument("--ranks-per-node", type=int, default=8,
+                       help="GPUs per node sharing --host-memory (default 8; each rank plans for 80%% of its share)")
     remat.add_argument("-o", "--output", default="remat.json")
     kernels = commands.add_parser("kernels", help="attention TFLOP/s vs SDPA flash/cuDNN (GPU)")
     kernels.add_argument("--seq", type=int, nargs="+", default=[2048, 4096, 8192, 16384, 32768])
@@ -65,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str, cost_model: str, dtype: str,
-                shard: str = "none", dp: int = 1, optimizer: str = "none", prefetch: bool = True) -> dict:
+                shard: str = "none", dp: int = 1, optimizer: str = "none", prefetch: bool = True, host_budget: int = 0) -> dict:
     import torch
 
     from autosp.frontends import import_program
@@ -78,7 +82,7 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str,
     profile = device_profile(cost_model)
     profile = device_profile(cost_model, memory_bytes=parse_budget(memory, profile))
     point: dict = {"seq": seq, "sp": sp, "dp": dp, "shard": shard, "optimizer": optimizer, "prefetch": prefetch,
-                   "budget_gib": parse_budget("auto", profile) / 2**30}
+                   "budget_gib": parse_budget("auto", profile) / 2**30, "host_budget_gib": host_budget / 2**30}
     started = time.perf_counter()
     ep = export_preset(preset, seq=seq, layers=layers, fake=True, dtype=getattr(torch, DTYPES[dtype]))
     point["export_s"] = time.perf_counter() - started
@@ -90,13 +94,15 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str,
         point["import_and_sp_s"] = time.perf_counter() - started
         started = time.perf_counter()
         try:
-            result = rematerialize(module, parse_budget("auto", profile), profile, fused=True)  # as compile runs it
+            result = rematerialize(module, parse_budget("auto", profile), profile, fused=True, host_budget=host_budget)  # as compile runs it
             break
         except RematInfeasible as error:
             point.update(fits=False, error=str(error), remat_s=time.perf_counter() - started, tiled_mlp=tiled)
     else:
         # Where the memory goes under per-layer checkpointing (about the least remat can reach).
-        point["checkpointing"] = breakdown(module, RematProblem(module, profile, fused=True).checkpointing().recompute, seq, sp)
+        problem = RematProblem(module, profile, fused=True, host_budget=host_budget)
+        plan = problem.offloaded_checkpointing() or problem.checkpointing()
+        point["checkpointing"] = breakdown(module, plan.recompute, problem.offload_placement(plan.offload), seq, sp, profile)
         return point
     point.update(
         fits=True,
@@ -110,27 +116,42 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str,
         recompute_ms=result.plan.seconds * 1e3,
         recomputed_ops=len(result.plan.recompute),
         slots=result.slots,
-        **breakdown(module, result.plan.recompute, seq, sp),
+        **breakdown(module, result.plan.recompute, result.placement, seq, sp, profile),
     )
     return point
 
 
-def breakdown(module, recompute, seq: int, sp: int) -> dict:
-    """What compile would run (this recompute, then fusion): its peak, per token, by kind."""
-    from autosp.passes.memory_plan import peak_breakdown, plan_memory
-    from autosp.passes.remat import apply_recompute
+def breakdown(module, recompute, offload, seq: int, sp: int, profile) -> dict:
+    """What compile would run (this recompute and offload, then fusion): its peak, per token, by
+    kind; the host memory and the host copies' estimated exposed time."""
+    from autosp.passes.memory_plan import peak_breakdown, plan_memory, state_breakdown
+    from autosp.passes.remat import apply_plan
     from autosp.pipeline import run_pipeline
+    from autosp.report import offload_timeline
 
-    apply_recompute(module, recompute)
+    apply_plan(module, recompute, offload)
     run_pipeline(module, "fuse-elementwise")
-    from autosp.passes.memory_plan import state_breakdown
-
+    plan = plan_memory(module)
+    timeline = offload_timeline(module, profile)
     return {
-        "peak_fused_gib": plan_memory(module).peak_bytes / 2**30,
+        "peak_fused_gib": plan.peak_bytes / 2**30,
         "held_gib": {kind: size / 2**30 for kind, size in state_breakdown(module).items()},
+        "host_gib": plan.host_bytes / 2**30,
+        "offloaded_values": timeline["values"],
+        "copy_exposed_ms": (timeline["exposed_out"] + timeline["exposed_in"]) * 1e3,
+        "step_estimate_ms": timeline["step"] * 1e3,
         # per token of this rank's part of the sequence
         "kb_per_token": {kind: size * sp / seq / 1024 for kind, size in peak_breakdown(module, seq // sp)[:12]},
     }
+
+
+def host_budget_per_rank(host_memory: str | None, ranks_per_node: int) -> int:
+    """What each rank may offload: HOST_FRACTION of the node's host memory over its ranks."""
+    from autosp.passes.remat import HOST_FRACTION, parse_host_budget
+
+    if host_memory is None:
+        return 0
+    return int(HOST_FRACTION * parse_host_budget(host_memory) / ranks_per_node)
 
 
 def check_remat_args(args: argparse.Namespace) -> None:
@@ -149,6 +170,15 @@ def check_remat_args(args: argparse.Namespace) -> None:
         raise AutoSPError(f"--layers {args.layers}: give at least one layer")
     if args.dp < 1:
         raise AutoSPError(f"--dp {args.dp}: give at least one replica")
+    if args.ranks_per_node < 1:
+        raise AutoSPError(f"--ranks-per-node {args.ranks_per_node}: give at least one")
+    if args.host_memory is not None:
+        from autosp.passes.remat import parse_host_budget
+
+        try:
+            parse_host_budget(args.host_memory)
+        except AutoSPError as err:
+            raise AutoSPError(f"--host-memory {args.host_memory}: {err}") from None
     from autosp.passes.optimizers import state_size
 
     try:
@@ -184,13 +214,14 @@ def run_remat(args: argparse.Namespace) -> None:
     from rich.table import Table
 
     check_remat_args(args)
+    host_budget = host_budget_per_rank(args.host_memory, args.ranks_per_node)
     console = Console(width=150)
     points, best = [], {}
     for sp in args.sp:
         seq = args.min_seq
         while seq <= args.max_seq:
             point = remat_point(args.preset, args.layers, seq, sp, args.memory, args.cost_model, args.dtype,
-                                args.shard, args.dp, args.optimizer, not args.no_prefetch)
+                                args.shard, args.dp, args.optimizer, not args.no_prefetch, host_budget)
             points.append(point)
             status = f"peak {point['peak_gib']:.1f} GiB, {point['plan']}" if point["fits"] else point["error"]
             if point["tiled_mlp"]:
@@ -223,8 +254,12 @@ def run_remat(args: argparse.Namespace) -> None:
             for kind, kb in where["kb_per_token"].items():
                 console.print(f"    {kb:8.1f}  {kind}")
             console.print("  GiB held at the peak: " + ", ".join(f"{kind} {gib:.1f}" for kind, gib in where["held_gib"].items()))
+            if where.get("host_gib"):
+                console.print(f"  offloaded: {where['offloaded_values']} values, {where['host_gib']:.1f} GiB of host memory; "
+                              f"copies exposed {where['copy_exposed_ms']:.1f} ms of a {where['step_estimate_ms']:.0f} ms step (estimated)")
     write_atomically(args.output, json.dumps({"preset": args.preset, "dtype": args.dtype, "memory": args.memory, "cost_model": args.cost_model,
                    "shard": args.shard, "dp": args.dp, "optimizer": args.optimizer, "prefetch": not args.no_prefetch,
+                   "host_memory": args.host_memory, "ranks_per_node": args.ranks_per_node,
                    "max_context": {str(sp): best.get(sp) for sp in args.sp}, "points": points}, indent=1))
     console.print(f"wrote {args.output}")
 
