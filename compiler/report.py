@@ -10,10 +10,11 @@ padded segment, so ZeRO-3 moves 3 x the parameter bytes x (n-1)/n per step.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from xdsl.dialects.builtin import ModuleOp
+from xdsl.dialects.builtin import ModuleOp, NameLoc
 from xdsl.ir import Operation, SSAValue
 
 from autosp.ir.autosp import AttentionGradOp, AttentionOp
@@ -216,6 +217,9 @@ def _remat_report(module: ModuleOp, report: CommReport) -> None:
     _offload_report(module, report, profile)
 
 
+_LAYER = re.compile(r"layers\.(\d+)\b")
+
+
 def offload_timeline(module: ModuleOp, profile) -> dict:
     """The host copies on a timeline: the program's ops one after another on the compute stream,
     the copies one after another on the copy stream, each starting when issued (or when the one
@@ -226,7 +230,12 @@ def offload_timeline(module: ModuleOp, profile) -> dict:
     now = copies = 0.0
     ends: dict[SSAValue, float] = {}
     timeline = {"values": 0, "out": 0, "in": 0, "exposed_out": 0.0, "exposed_in": 0.0}
+    layer = "other"  # of the model: from the ops' locations (copies and loose ops join the one before)
+    by_layer: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # layer -> [compute, exposed]
+    timeline["by_layer"] = by_layer
     for op in train_step_of(module).body.block.ops:
+        if isinstance(op.location, NameLoc) and (found := _LAYER.search(op.location.desc.data)):
+            layer = f"layer {found.group(1)}"
         if isinstance(op, (OffloadStartOp, PrefetchStartOp)):
             copies = max(now, copies) + copy_seconds(op.copied_bytes(), profile)
             ends[op.results[0]] = copies
@@ -236,9 +245,12 @@ def offload_timeline(module: ModuleOp, profile) -> dict:
             way, copy = ("out", op.host) if isinstance(op, OffloadWaitOp) else ("in", op.started)
             stall = max(0.0, ends[copy] - now)
             timeline[f"exposed_{way}"] += stall
+            by_layer[layer][1] += stall
             now += stall
         else:
-            now += op_seconds(op, profile)
+            seconds = op_seconds(op, profile)
+            by_layer[layer][0] += seconds
+            now += seconds
     timeline["step"] = now
     return timeline
 
@@ -261,6 +273,8 @@ def _offload_report(module: ModuleOp, report: CommReport, profile) -> None:
             f"of a {timeline['step'] * 1e3:.3f} ms step"
         ),
     }
+    worst = max(timeline["by_layer"].items(), key=lambda kv: (kv[1][1], kv[1][0]))
+    report.offload["most exposed layer"] = f"{worst[0]}: {worst[1][1] * 1e3:.3f} ms of {worst[1][0] * 1e3:.3f} ms compute"
 
 
 def ulysses_optimum_per_layer(batch: int, seq: int, q_heads: int, kv_heads: int, head_dim: int, dtype_bytes: int, sp: int) -> float:
