@@ -9,7 +9,7 @@ from autosp.common.errors import AutoSPError
 
 def compile(ep, *, sp: int = 1, remat: bool = False, memory_budget=None, cost_model=None, fuse: bool = True, tile_mlp="auto",  # noqa: A001
             cache_dir=None, timeout=None, check_every: int = 0, shard: str = "none", optimizer=None, mesh=None,
-            prefetch: bool = True, host_memory_budget=None):
+            prefetch: bool = True, host_memory_budget=None, tile_rows="auto"):
     """Import `ep`, run the pipeline, generate the per-rank program; returns a `TrainStep`.
 
     remat=True recomputes what it must to fit `memory_budget` per rank (bytes, "70GiB", or
@@ -21,7 +21,10 @@ def compile(ep, *, sp: int = 1, remat: bool = False, memory_budget=None, cost_mo
     overlap compute, as a third choice beside keeping and recomputing. fuse=False keeps elementwise chains as separate ATen calls (no
     generated kernels). tile_mlp=True computes gated MLPs in chunks of rows and recomputes their
     gate/up projections chunk by chunk in the backward; "auto" (default) does so only when remat
-    finds no plan that fits otherwise.
+    finds no plan that fits otherwise. tile_rows=True computes every token-wise chain (norms,
+    MLPs of any shape, projections, RoPE, residual adds: what sits between two attentions) in
+    chunks of rows, forward and backward, its backward recomputing each chunk's forward;
+    "auto" (default) does so only when nothing fits with the gated MLPs in chunks.
 
     With torch.distributed initialized and several processes, world = sp x dp (`mesh`: your
     DeviceMesh with dims ("dp", "sp"), else one is built: SP groups of contiguous ranks),
@@ -42,7 +45,7 @@ def compile(ep, *, sp: int = 1, remat: bool = False, memory_budget=None, cost_mo
     return compile_program(
         ep, sp=sp, remat=remat, memory_budget=memory_budget, cost_model=cost_model, fuse=fuse, tile_mlp=tile_mlp,
         cache_dir=cache_dir, timeout=timeout, check_every=check_every, shard=shard, optimizer=optimizer, mesh=mesh,
-        prefetch=prefetch, host_memory_budget=host_memory_budget,
+        prefetch=prefetch, host_memory_budget=host_memory_budget, tile_rows=tile_rows,
     )
 
 

@@ -30,7 +30,7 @@ from xdsl.dialects.builtin import (
 from xdsl.ir import Attribute, Operation, SSAValue
 
 from autosp.ir.aten import OPT_TENSOR, TENSOR, TENSOR_LIST, AtenCallOp, AtenOp
-from autosp.ir.autosp import FusedOp, YieldOp
+from autosp.ir.autosp import FusedOp, TiledOp, YieldOp
 from autosp.ir.interfaces import RuntimeCallInterface
 from autosp.ir.dtypes import torch_dtype
 from autosp.ir.program import train_step_of
@@ -235,6 +235,34 @@ def emit_fused(op: FusedOp, names: Names) -> str:
     return f"{name}({', '.join(names[v] for v in op.inputs)})"
 
 
+@emits(TiledOp)
+def emit_tiled(op: TiledOp, names: Names) -> str:
+    """The region as a function of one chunk (its ATen calls, position-named, so the same region
+    in every layer is one function), run by the runtime once per chunk of rows."""
+    inner = Names()
+    params = []
+    for i, arg in enumerate(op.block.args):
+        inner.of[arg] = f"x{i}"
+        params.append(f"x{i}")
+    lines = [f"def KERNEL({', '.join(params)}):"]
+    for j, inner_op in enumerate(op.block.ops):
+        if isinstance(inner_op, YieldOp):
+            lines.append(f"    return ({''.join(inner[v] + ', ' for v in inner_op.operands)})")
+            continue
+        call = emitter_for(inner_op)(inner_op, inner)
+        targets = [f"t{j}_{k}" if len(inner_op.results) > 1 else f"t{j}" for k in range(len(inner_op.results))]
+        for result, target in zip(inner_op.results, targets):
+            inner.of[result] = target
+        lines.append(f"    {', '.join(targets)} = {call}")
+    name = names.kernel("\n".join(lines), "tiled")
+    dtypes = "[" + ", ".join(literal(r.type.element_type) for r in op.outputs) + "]"
+    inputs = "".join(f", {names[v]}" for v in op.inputs)
+    return (
+        f"tiles.run({name}{inputs}, slices={list(op.slices.get_values())}, combines={list(op.combines.get_values())}, "
+        f"dtypes={dtypes}, rows={op.rows.value.data}, chunk={op.chunk.value.data})"
+    )
+
+
 def emitter_for(op: Operation) -> Emitter:
     for cls in type(op).__mro__:
         if cls in EMITTERS:
@@ -253,6 +281,7 @@ import triton.language as tl
 from autosp.runtime import kernels
 from autosp.runtime import collectives
 from autosp.runtime import offload
+from autosp.runtime import tiles
 
 DEVICE = None  # set by the runtime before the first call
 GROUPS = {}  # process-group symbol -> torch.distributed group, set by the runtime

@@ -186,26 +186,28 @@ def _disk_import(ep, tile_mlp: bool, cache_dir: Path, key: str) -> ModuleOp:
         return module
 
 
-def compile_with_one_plan(ep, options: dict, rank: int, tile_mlp, cache_dir: Path, timeout: float) -> tuple[ModuleOp, str]:
+def compile_with_one_plan(ep, options: dict, rank: int, tiling: dict, cache_dir: Path, timeout: float) -> tuple[ModuleOp, str]:
     """Import, run the pipeline and rematerialize with ONE plan for every rank: each rank makes
     its program up to remat; world rank 0 plans on its own (the largest sequence part and
-    parameter shards), at the least device and host budgets of all ranks (with tile_mlp="auto", with gated MLPs
-    in row chunks when nothing fits without) and posts the plan; every rank applies it to its
-    program, so a collective it recomputes runs on every rank, in the same place."""
+    parameter shards) at the least device and host budgets of all ranks and posts the plan;
+    every rank applies it to its program, so a collective it recomputes runs on every rank, in
+    the same place. When nothing fits, rank 0 tries again with more in row chunks, as far as
+    `tiling` allows ("auto": when needed): the gated MLPs (`tile_mlp`), then every token-wise
+    chain (`tile_rows`)."""
     from autosp.passes.remat import RematInfeasible
 
     world, world_rank = options["world"], options["world_rank"]
-    head, _ = until_remat(pipeline_spec(**options, rank=rank))
 
-    def program(tiled: bool) -> tuple[ModuleOp, str]:
-        module, checks = imported(ep, tiled, cache_dir)
+    def program(level: list[bool]) -> tuple[ModuleOp, str]:
+        module, checks = imported(ep, level[0], cache_dir)
+        head, _ = until_remat(pipeline_spec(**options, rank=rank, tile_rows=level[1]))
         return run_pipeline(module, head), checks
 
-    tiled = tile_mlp is True
-    module, checks = program(tiled)
+    level = [tiling["tile_mlp"] is True, tiling["tile_rows"] is True]
+    module, checks = program(level)
 
     def decide(contributions: list[str]) -> str:
-        nonlocal tiled, module, checks
+        nonlocal module, checks
         budgets, host_budgets, settings = zip(*(json.loads(c) for c in contributions))
         for r, other in enumerate(settings):
             differ = [k for k in settings[0] if other.get(k) != settings[0][k]] if other != settings[0] else []
@@ -217,33 +219,36 @@ def compile_with_one_plan(ep, options: dict, rank: int, tile_mlp, cache_dir: Pat
                     "same options (the memory budget may differ: the plan is made for the least)"
                 )
         least = {**options, "memory_budget": str(min(budgets)), "host_budget": str(min(host_budgets))}
-        try:
-            plan = remat_plan(module, **least)
-        except RematInfeasible:
-            if tile_mlp != "auto" or tiled:
-                raise
-            tiled = True
-            module, checks = program(tiled)
-            plan = remat_plan(module, **least)
-        return json.dumps([tiled, plan.name, plan.recompute, plan.offload, plan.structure])
+        while True:
+            try:
+                plan = remat_plan(module, **least)
+                break
+            except RematInfeasible:
+                more = [i for i, key in enumerate(("tile_mlp", "tile_rows")) if tiling[key] == "auto" and not level[i]]
+                if not more:
+                    raise
+                level[more[0]] = True
+                module, checks = program(level)
+        return json.dumps([level, plan.name, plan.recompute, plan.offload, plan.structure])
 
     budgets = [int(options["memory_budget"]), int(options["host_budget"])]
     if world == 1:
         decided = decide([json.dumps(budgets + [{}])])
     else:
         settings = {k: v for k, v in options.items() if k not in ("memory_budget", "host_budget", "world_rank")}
-        settings["tile_mlp"] = tile_mlp
+        settings.update(tiling)
         decided = decided_by_first("the remat plan", world_rank, world, json.dumps(budgets + [settings]), decide, timeout)
-    planned_tiled, name, recompute, offload, structure = json.loads(decided)
-    if planned_tiled != tiled:  # rank 0 needed the gated MLPs in row chunks
-        module, checks = program(planned_tiled)
+    planned_level, name, recompute, offload, structure = json.loads(decided)
+    if planned_level != level:  # rank 0 needed more in row chunks
+        level = planned_level
+        module, checks = program(level)
     if structure_digest(module) != structure:
         raise AutoSPError(
             f"world rank {world_rank}'s program differs from rank 0's in its ops, not only in sizes, so rank 0's remat plan "
             "cannot be applied to it (a bug: please report it with the model)"
         )
     plan = RematPlan(name, tuple(recompute), tuple(offload), structure)
-    _, tail = until_remat(pipeline_spec(**options, rank=rank, remat_plan=plan))
+    _, tail = until_remat(pipeline_spec(**options, rank=rank, tile_rows=level[1], remat_plan=plan))
     return run_pipeline(module, tail), checks
 
 
@@ -254,7 +259,7 @@ def _world_size() -> int:
 
 
 def check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, check_every, shard, mesh, prefetch,
-                  host_memory_budget=None) -> None:
+                  host_memory_budget=None, tile_rows="auto") -> None:
     """compile's arguments, each refused by name (before any slow work)."""
     from autosp.ir.autosp import SHARD_LEVELS
 
@@ -276,8 +281,9 @@ def check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cach
         from autosp.passes.remat import parse_host_budget
 
         parse_host_budget(host_memory_budget)
-    if tile_mlp not in (True, False, "auto"):
-        raise AutoSPError(f"tile_mlp={tile_mlp!r}: use True, False or 'auto'")
+    for flag, value in (("tile_mlp", tile_mlp), ("tile_rows", tile_rows)):
+        if value not in (True, False, "auto") or isinstance(value, int) and not isinstance(value, bool):
+            raise AutoSPError(f"{flag}={value!r}: use True, False or 'auto'")
     if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 0:
         raise AutoSPError(f"check_every={check_every!r}: give a number of steps >= 0 (0: the first step only)")
     if shard not in SHARD_LEVELS:
@@ -302,19 +308,19 @@ def check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cach
 
 def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=None, fuse=True, tile_mlp="auto",
                     cache_dir=None, timeout=None, check_every=0, shard="none", optimizer=None, mesh=None,
-                    prefetch=True, host_memory_budget=None) -> TrainStep:
+                    prefetch=True, host_memory_budget=None, tile_rows="auto") -> TrainStep:
     from autosp.passes.optimizers import optimizer_kind
     from autosp.runtime.mesh import place
 
     check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, check_every, shard, mesh, prefetch,
-                  host_memory_budget)
+                  host_memory_budget, tile_rows)
     kind = optimizer_kind(optimizer)
     seconds = timeout_seconds(timeout)
     if sp > 1 and mesh is None:
         check_world(sp)
     options = dict(sp=sp, remat=remat, memory_budget=memory_budget, cost_model=cost_model, fuse=fuse,
                    tile_mlp=tile_mlp, cache_dir=cache_dir, shard=shard, optimizer=kind, prefetch=prefetch,
-                   host_memory_budget=host_memory_budget)
+                   host_memory_budget=host_memory_budget, tile_rows=tile_rows)
     if _world_size() == 1 and mesh is None and shard == "none":
         return _compile(ep, **options, world=1, world_rank=0, rank=0, timeout=seconds)
     # Several processes: sp x dp. Every rank compiles its own program, then all agree (through
@@ -345,7 +351,7 @@ def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=Non
 
 
 def _compile(ep, *, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, shard, optimizer, prefetch, world,
-             world_rank, rank, timeout, host_memory_budget) -> TrainStep:
+             world_rank, rank, timeout, host_memory_budget, tile_rows) -> TrainStep:
     from autosp.passes.remat import parse_host_budget
 
     options = dict(sp=sp, remat=remat, fuse=fuse, shard=shard, world=world, world_rank=world_rank, optimizer=optimizer,
@@ -355,11 +361,14 @@ def _compile(ep, *, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_
         options.update(memory_budget=budget, cost_model=model, host_budget=str(parse_host_budget(host_memory_budget)))
     pipeline_spec(**options)  # bad options fail before the (slow) import
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    from autosp.passes import tile_rows as tiling
+
+    options["tile_bytes"] = tiling.CHUNK_BYTES
     if remat:
-        module, checks = compile_with_one_plan(ep, options, rank, tile_mlp, cache, timeout)
-    else:  # nothing to fit: gated MLPs in row chunks only when asked for
+        module, checks = compile_with_one_plan(ep, options, rank, {"tile_mlp": tile_mlp, "tile_rows": tile_rows}, cache, timeout)
+    else:  # nothing to fit: in row chunks only what is asked for
         module, checks = imported(ep, tile_mlp is True, cache)
-        module = run_pipeline(module, pipeline_spec(**options, rank=rank))
+        module = run_pipeline(module, pipeline_spec(**options, rank=rank, tile_rows=tile_rows is True))
     program, measured = generate_programs(module, checks)
     paths = write_programs({"program": program, "measured": measured}, cache)
     inputs, grad_of = signature(module)

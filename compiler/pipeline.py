@@ -39,13 +39,16 @@ def check_options(sp: int, budget: str | int, cost_model: str, shard: str = "non
 def pipeline_spec(
     sp: int = 1, remat: bool = False, rank: int = 0, memory_budget: str | int = "auto", cost_model: str = "h100",
     fuse: bool = True, shard: str = "none", world: int | None = None, world_rank: int = 0, optimizer: str = "none",
-    prefetch: bool = True, host_budget: str | int = 0, remat_plan: RematPlan | None = None,
+    prefetch: bool = True, host_budget: str | int = 0, tile_rows: bool = False, tile_bytes: int = 128 << 20,
+    remat_plan: RematPlan | None = None,
 ) -> str:
     """The passes for these options; `rank` (within the SP group) picks whose program to make
     (they differ only where the sequence does not divide by sp). `shard` (none, optimizer,
     gradients, parameters: ZeRO-0..3) shards the training state over the `world` ranks (sp x dp; default sp),
     as rank `world_rank` holds it; `optimizer` (a kind of passes/optimizers.py) is the state the
-    memory plan counts; `prefetch` starts each parameter gather one bucket ahead. With remat, `memory_budget` (bytes, "70GiB" or "auto") is per rank and
+    memory plan counts; `prefetch` starts each parameter gather one bucket ahead; `tile_rows`
+    computes token-wise chains in chunks of rows (each chunk's widest row value within
+    `tile_bytes`). With remat, `memory_budget` (bytes, "70GiB" or "auto") is per rank and
     `cost_model` prices recomputation and host copies; `host_budget` (bytes, or "auto") is what
     remat may offload to the host's memory per rank; `remat_plan` is a plan made on another rank's program
     (`largest_rank_plan`), applied instead of solving here. `fuse`: elementwise chains into
@@ -59,6 +62,8 @@ def pipeline_spec(
         passes.append(
             f'zero{{level="{shard}" world={world} rank={world_rank} optimizer="{optimizer}" prefetch={str(prefetch).lower()}}}'
         )
+    if tile_rows:
+        passes.append(f"tile-rows{{chunk_bytes={tile_bytes}}}")
     if remat:
         options = f'budget="{memory_budget}" cost_model="{cost_model}" fused={str(fuse).lower()}'
         if host_budget not in (0, "0", None):

@@ -761,11 +761,80 @@ class FusedOp(IRDLOperation, CostInterface):
 
 
 @irdl_op_definition
+class TiledOp(IRDLOperation, CostInterface):
+    """The region run once per chunk of `chunk` rows (tokens; the last chunk may be shorter: the
+    region's shape properties leave the rows as -1): input i is cut
+    along dim `slices[i]` (-1: passed whole), output j is the chunks' results put together along
+    dim `combines[j]`, or (-1) summed over the chunks (accumulated in f32, f64 for f64, and
+    rounded once). The region's values exist one chunk at a time: a token-wise chain's
+    intermediates, or, in the backward, that chain recomputed and its gradient (the tile-rows
+    pass); `scratch` is what one chunk holds at its peak, with the sums' accumulators."""
+
+    name = "autosp.tiled"
+    inputs = var_operand_def(TensorType)
+    outputs = var_result_def(TensorType)
+    rows = prop_def(IntegerAttr)
+    chunk = prop_def(IntegerAttr)
+    slices = prop_def(DenseArrayBase)
+    combines = prop_def(DenseArrayBase)
+    scratch = prop_def(IntegerAttr)
+    body = region_def("single_block")
+
+    irdl_options = (ParsePropInAttrDict(),)
+    traits = traits_def(Pure())
+
+    assembly_format = "`(` $inputs `)` attr-dict `:` functional-type($inputs, $outputs) $body"
+
+    @property
+    def block(self) -> Block:
+        return self.body.block
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.rows.value.data // self.chunk.value.data)
+
+    def flops(self, flops_of) -> float:
+        return self.chunks * sum(flops_of(op) for op in self.block.ops if not isinstance(op, YieldOp))
+
+    def workspace_bytes(self) -> int:
+        return self.scratch.value.data
+
+    def verify_(self) -> None:
+        rows, chunk = self.rows.value.data, self.chunk.value.data
+        slices, combines = list(self.slices.get_values()), list(self.combines.get_values())
+        if not 1 <= chunk <= rows:
+            raise VerifyException(f"{self.name}: chunk {chunk} must be in 1..{rows} rows")
+        if len(slices) != len(self.inputs) or len(combines) != len(self.outputs):
+            raise VerifyException(f"{self.name}: one slice dim per input and one combine dim per output")
+
+        def part(value_type, dim: int) -> list[int]:
+            shape = list(value_type.get_shape())
+            if dim >= 0:
+                if not dim < len(shape) or shape[dim] != rows:
+                    raise VerifyException(f"{self.name}: dim {dim} of {shape} is not the {rows} rows")
+                shape[dim] = chunk
+            return shape
+
+        args = self.block.args
+        if len(args) != len(self.inputs):
+            raise VerifyException(f"{self.name}: one block argument per input")
+        for arg, value, dim in zip(args, self.inputs, slices):
+            if list(arg.type.get_shape()) != part(value.type, dim) or arg.type.element_type != value.type.element_type:
+                raise VerifyException(f"{self.name}: block argument {arg.type} is not a chunk of {value.type}")
+        terminator = self.block.last_op
+        if not isinstance(terminator, YieldOp) or len(terminator.operands) != len(self.outputs):
+            raise VerifyException(f"{self.name}: the body must end with autosp.yield of one value per output")
+        for value, result, dim in zip(terminator.operands, self.outputs, combines):
+            if list(value.type.get_shape()) != part(result.type, dim) or value.type.element_type != result.type.element_type:
+                raise VerifyException(f"{self.name}: yielded {value.type} is not a chunk of {result.type}")
+
+
+@irdl_op_definition
 class YieldOp(IRDLOperation):
     name = "autosp.yield"
     values = var_operand_def(TensorType)
 
-    traits = traits_def(IsTerminator(), HasParent(FusedOp), Pure())
+    traits = traits_def(IsTerminator(), HasParent(FusedOp, TiledOp), Pure())
     assembly_format = "$values attr-dict `:` type($values)"
 
     def __init__(self, *values: SSAValue):
@@ -785,4 +854,4 @@ def mask_properties(causal: bool, window: int, scale: float) -> dict[str, Attrib
     }
 
 
-AutoSP = Dialect("autosp", [AttentionOp, AttentionGradOp, LinearCrossEntropyOp, GatedMlpOp, GatedMlpGradOp, FusedOp, YieldOp, LocalShardOp, PlaceShardOp, ToPartialOp], [LayoutAttr, PartitionAttr, RematAttr, ZeroAttr])
+AutoSP = Dialect("autosp", [AttentionOp, AttentionGradOp, LinearCrossEntropyOp, GatedMlpOp, GatedMlpGradOp, FusedOp, TiledOp, YieldOp, LocalShardOp, PlaceShardOp, ToPartialOp], [LayoutAttr, PartitionAttr, RematAttr, ZeroAttr])

@@ -29,6 +29,12 @@ def _zero() -> type[ModulePass]:
     return Zero
 
 
+def _tile_rows() -> type[ModulePass]:
+    from autosp.passes.tile_rows import TileRows
+
+    return TileRows
+
+
 def _memory_plan() -> type[ModulePass]:
     from autosp.passes.memory_plan import MemoryPlanPass
 
@@ -52,6 +58,7 @@ PASSES: dict[str, Callable[[], type[ModulePass]]] = {
     "sp-propagate": _sp_propagate,
     "sp-partition": _sp_partition,
     "zero": _zero,
+    "tile-rows": _tile_rows,
     "remat": _remat,
     "memory-plan": _memory_plan,
     "fuse-elementwise": _fuse_elementwise,

@@ -21,13 +21,14 @@ import torch
 from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import IntegerAttr, ModuleOp, StringAttr
-from xdsl.ir import Operation, OpResult, SSAValue
+from xdsl.ir import Block, Operation, OpResult, SSAValue
 from xdsl.passes import ModulePass
 
 from autosp.ir.program import train_step_of, zero_of
 from autosp.ir.aten import AtenOp, overload_of
 from autosp.ir.dtypes import tensor_bytes, torch_dtype
 from autosp.ir.host import OffloadStartOp, on_host
+from autosp.ir.autosp import YieldOp
 from autosp.ir.interfaces import CostInterface
 from autosp.common.errors import AutoSPError
 
@@ -114,10 +115,13 @@ class Liveness:
     dead_after: dict[int, list[SSAValue]]
 
 
-def liveness(module: ModuleOp, *, workspace: bool = True, optimizer_state: bool = True, fn: func.FuncOp | None = None) -> Liveness:
-    """Lifetimes in @train_step (or in `fn`). The bytes held count the optimizer's state
+def liveness(module: ModuleOp | None, *, workspace: bool = True, optimizer_state: bool = True, fn: func.FuncOp | None = None,
+             block: Block | None = None) -> Liveness:
+    """Lifetimes in @train_step (or in `fn`, or in a region's `block`, whose arguments are views
+    of its op's inputs: held by nobody). The bytes held count the optimizer's state
     (`#autosp.zero`: it is on the device for the whole step) unless `optimizer_state` is False."""
-    block = (fn or train_step_of(module)).body.block
+    region = block is not None
+    block = block if region else (fn or train_step_of(module)).body.block
     ops = list(block.ops)
     root: dict[SSAValue, SSAValue] = {arg: arg for arg in block.args}
     for op in ops:
@@ -133,14 +137,14 @@ def liveness(module: ModuleOp, *, workspace: bool = True, optimizer_state: bool 
     last_use: dict[SSAValue, int] = {}  # a storage lives as long as any value on it
     for value, index in value_last_use.items():
         last_use[root[value]] = max(index, last_use.get(root[value], -1))
-    returned_values = set(ops[-1].operands) if isinstance(ops[-1], func.ReturnOp) else set()
+    returned_values = set(ops[-1].operands) if isinstance(ops[-1], (func.ReturnOp, YieldOp)) else set()
     returned = {root[v] for v in returned_values}
     args = set(block.args)
     dead_after: dict[int, list[SSAValue]] = {}
     for value, index in value_last_use.items():
         if value not in returned_values and value not in args:
             dead_after.setdefault(index, []).append(value)
-    held = sum(tensor_bytes(arg) for arg in block.args) + (optimizer_state_bytes(module) if optimizer_state else 0)
+    held = 0 if region else sum(tensor_bytes(arg) for arg in block.args) + (optimizer_state_bytes(module) if optimizer_state else 0)
     frees: dict[int, list[SSAValue]] = {}
     for storage, index in last_use.items():
         if storage not in returned and storage not in args:
@@ -152,6 +156,11 @@ def liveness(module: ModuleOp, *, workspace: bool = True, optimizer_state: bool 
         profile.append(live + (workspace_bytes(op) if workspace else 0))
         live -= sum(device_bytes(s) for s in frees.get(index, []))
     return Liveness(ops, root, last_use, returned, held, profile, dead_after)
+
+
+def region_peak(block: Block) -> int:
+    """The most a region's run holds at once (its results included, its arguments not)."""
+    return max(liveness(None, block=block).live, default=0)
 
 
 def device_bytes(value: SSAValue) -> int:

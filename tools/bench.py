@@ -86,10 +86,14 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str,
     started = time.perf_counter()
     ep = export_preset(preset, seq=seq, layers=layers, fake=True, dtype=getattr(torch, DTYPES[dtype]))
     point["export_s"] = time.perf_counter() - started
-    for tiled in (False, True):  # as compile's tile_mlp="auto": gated MLPs in row chunks only if needed
+    from autosp.passes.tile_rows import CHUNK_BYTES
+
+    # As compile's tile_mlp="auto", tile_rows="auto": more in row chunks only if needed.
+    for tiled, rows in ((False, False), (True, False), (True, True)):
         started = time.perf_counter()
         # Rank 0 of sp x dp: the largest sequence part and the largest parameter shards.
-        spec = pipeline_spec(sp=sp, fuse=False, shard=shard, world=sp * dp, optimizer=optimizer, prefetch=prefetch)  # remat plans the unfused program
+        spec = pipeline_spec(sp=sp, fuse=False, shard=shard, world=sp * dp, optimizer=optimizer, prefetch=prefetch,
+                             tile_rows=rows, tile_bytes=CHUNK_BYTES)  # remat plans the unfused program
         module = run_pipeline(import_program(ep, tile_mlp=tiled), spec)
         point["import_and_sp_s"] = time.perf_counter() - started
         started = time.perf_counter()
@@ -97,7 +101,7 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str,
             result = rematerialize(module, parse_budget("auto", profile), profile, fused=True, host_budget=host_budget)  # as compile runs it
             break
         except RematInfeasible as error:
-            point.update(fits=False, error=str(error), remat_s=time.perf_counter() - started, tiled_mlp=tiled)
+            point.update(fits=False, error=str(error), remat_s=time.perf_counter() - started, tiled_mlp=tiled, tiled_rows=rows)
     else:
         # Where the memory goes under per-layer checkpointing (about the least remat can reach).
         problem = RematProblem(module, profile, fused=True, host_budget=host_budget)
@@ -108,6 +112,7 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str,
         fits=True,
         error=None,
         tiled_mlp=tiled,
+        tiled_rows=rows,
         remat_s=time.perf_counter() - started,
         ilp_s=result.ilp_seconds,
         plan=result.plan.name,
@@ -224,7 +229,9 @@ def run_remat(args: argparse.Namespace) -> None:
                                 args.shard, args.dp, args.optimizer, not args.no_prefetch, host_budget)
             points.append(point)
             status = f"peak {point['peak_gib']:.1f} GiB, {point['plan']}" if point["fits"] else point["error"]
-            if point["tiled_mlp"]:
+            if point.get("tiled_rows"):
+                status += " (token-wise chains in row chunks)"
+            elif point["tiled_mlp"]:
                 status += " (gated MLPs in row chunks)"
             console.print(f"sp={sp} S={seq}: {status} (remat {point['remat_s']:.1f}s)")
             if point["fits"]:
