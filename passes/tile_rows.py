@@ -126,17 +126,27 @@ def _token_wise(op: Operation, strategy, have: list[Layout], rows: int) -> bool:
 # --- regions ------------------------------------------------------------------------------
 
 
+def _reach(graph: nx.DiGraph, sources: set[Operation], down: bool) -> set[Operation]:
+    """Everything reachable from `sources` (not themselves unless on a path), down or up."""
+    step = graph.successors if down else graph.predecessors
+    seen: set[Operation] = set()
+    frontier = [n for s in sources for n in step(s)]
+    while frontier:
+        node = frontier.pop()
+        if node not in seen:
+            seen.add(node)
+            frontier.extend(step(node))
+    return seen
+
+
 def _convex(ops: set[Operation], graph: nx.DiGraph) -> set[Operation]:
     """The part of `ops` no path leaves and re-enters: ops reached through an outside op that
     itself depends on the set are dropped (they would have to wait for the tiled op)."""
     while True:
-        below = set().union(*(nx.descendants(graph, op) for op in ops)) - ops
-        above = set().union(*(nx.ancestors(graph, op) for op in ops)) - ops
-        through = below & above
+        through = (_reach(graph, ops, True) & _reach(graph, ops, False)) - ops
         if not through:
             return ops
-        late = set().union(*(nx.descendants(graph, op) for op in through)) & ops
-        ops = ops - late
+        ops = ops - _reach(graph, through, True)
 
 
 def _components(ops: set[Operation], graph: nx.DiGraph) -> list[set[Operation]]:
