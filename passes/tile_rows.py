@@ -313,7 +313,7 @@ class _Tiler:
         earliest, latest = self.window(list(tiled.inputs), replaced, skip)
         assert earliest <= latest
         before, after = self._movable(list(tiled.inputs), replaced, skip)
-        anchor = list(self.block.ops)[earliest]
+        anchor = next(op for op in list(self.block.ops)[earliest:] if op not in before)
         position = {op: i for i, op in enumerate(self.block.ops)}
         for op in before:
             if position[op] >= earliest:
@@ -365,6 +365,13 @@ class TileRows(ModulePass):
         grads: set[Operation] = set()
         for o in backward:
             if o in order and info.needs.get(o) is not None and any(v in made or v.owner in grads for v in o.operands):
+                grads.add(o)
+        # And the token-wise backward ops whose results only they read (the gradient flowing in:
+        # RoPE's backward, the projections' input gradients), computed per chunk with them.
+        for o in reversed(backward):
+            if o in order and o not in grads and info.needs.get(o) is not None and o.results and all(
+                u.operation in grads for r in o.results for u in r.uses
+            ):
                 grads.add(o)
         grads = _convex(grads, graph) if grads else grads
         grad_ops = sorted(grads, key=order.__getitem__)
