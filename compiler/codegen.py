@@ -192,26 +192,34 @@ def kernel_base_name(op: FusedOp) -> str:
     return "_".join(["fused", *words[:4]])
 
 
+def region_function(block, name: str, always_tuple: bool) -> str:
+    """A region as a Python function of its block arguments (`x0`, `x1`, ...; values `t<op>`):
+    position-based names, so the same region in every layer is the same code."""
+    inner = Names()
+    for i, arg in enumerate(block.args):
+        inner.of[arg] = f"x{i}"
+    lines = [f"def {name}({', '.join(inner.of[a] for a in block.args)}):"]
+    for j, inner_op in enumerate(block.ops):
+        if isinstance(inner_op, YieldOp):
+            values = [inner[v] for v in inner_op.operands]
+            returned = f"({''.join(v + ', ' for v in values)})" if always_tuple or len(values) > 1 else values[0]
+            lines.append(f"    return {returned}")
+            continue
+        call = emitter_for(inner_op)(inner_op, inner)
+        targets = [f"t{j}_{k}" if len(inner_op.results) > 1 else f"t{j}" for k in range(len(inner_op.results))]
+        for result, target in zip(inner_op.results, targets):
+            inner.of[result] = target
+        lines.append(f"    {', '.join(targets)} = {call}")
+    return "\n".join(lines)
+
+
 @emits(FusedOp)
 def emit_fused(op: FusedOp, names: Names) -> str:
     """A generated Triton kernel, its reference (the region's ATen calls) and a wrapper that picks
     one (runtime/kernels.use_triton); the call site calls the wrapper. All three are written with
     position-based names, so the same group in every layer is one kernel, compiled once."""
     kernel, launch = kernel_source(op, "KERNEL")
-    inner = Names()
-    params = []
-    for i, arg in enumerate(op.block.args):
-        inner.of[arg] = f"x{i}"
-        params.append(f"x{i}")
-    reference = [f"def KERNEL_reference({', '.join(params)}):"]
-    for j, inner_op in enumerate(op.block.ops):
-        if isinstance(inner_op, YieldOp):
-            values = [inner[v] for v in inner_op.operands]
-            reference.append(f"    return {values[0]}" if len(values) == 1 else f"    return {', '.join(values)}")
-        else:
-            call = emitter_for(inner_op)(inner_op, inner)
-            inner.of[inner_op.results[0]] = f"t{j}"
-            reference.append(f"    t{j} = {call}")
+    reference = region_function(op.block, "KERNEL_reference", always_tuple=False)
     shape = list(op.shape.get_values())
     inputs = [f"in{i}" for i in range(len(op.inputs))]
     outputs = [f"out{i}" for i in range(len(op.outputs))]
@@ -230,7 +238,7 @@ def emit_fused(op: FusedOp, names: Names) -> str:
         f"ROWS={launch['rows']}, BLOCK={launch['block']}, num_warps={launch['warps']})"
     )
     wrapper.append(f"    return {', '.join(outputs)}")
-    code = "\n\n\n".join([kernel, "\n".join(reference), "\n".join(wrapper)])
+    code = "\n\n\n".join([kernel, reference, "\n".join(wrapper)])
     name = names.kernel(code, kernel_base_name(op))
     return f"{name}({', '.join(names[v] for v in op.inputs)})"
 
@@ -239,22 +247,7 @@ def emit_fused(op: FusedOp, names: Names) -> str:
 def emit_tiled(op: TiledOp, names: Names) -> str:
     """The region as a function of one chunk (its ATen calls, position-named, so the same region
     in every layer is one function), run by the runtime once per chunk of rows."""
-    inner = Names()
-    params = []
-    for i, arg in enumerate(op.block.args):
-        inner.of[arg] = f"x{i}"
-        params.append(f"x{i}")
-    lines = [f"def KERNEL({', '.join(params)}):"]
-    for j, inner_op in enumerate(op.block.ops):
-        if isinstance(inner_op, YieldOp):
-            lines.append(f"    return ({''.join(inner[v] + ', ' for v in inner_op.operands)})")
-            continue
-        call = emitter_for(inner_op)(inner_op, inner)
-        targets = [f"t{j}_{k}" if len(inner_op.results) > 1 else f"t{j}" for k in range(len(inner_op.results))]
-        for result, target in zip(inner_op.results, targets):
-            inner.of[result] = target
-        lines.append(f"    {', '.join(targets)} = {call}")
-    name = names.kernel("\n".join(lines), "tiled")
+    name = names.kernel(region_function(op.block, "KERNEL", always_tuple=True), "tiled")
     dtypes = "[" + ", ".join(literal(r.type.element_type) for r in op.outputs) + "]"
     inputs = "".join(f", {names[v]}" for v in op.inputs)
     return (

@@ -60,7 +60,7 @@ from xdsl.utils.exceptions import VerifyException
 
 from autosp.ir.dist import GroupOp
 from autosp.ir.dtypes import BYTES, torch_dtype
-from autosp.ir.interfaces import CostInterface, IndexReaderInterface, IndexUse, RuleContext, RuntimeCall, RuntimeCallInterface, ShardingInterface, Strategy
+from autosp.ir.interfaces import CostInterface, IndexReaderInterface, IndexUse, MovesData, RuleContext, RuntimeCall, RuntimeCallInterface, ShardingInterface, Strategy
 from autosp.ir.layout import Layout, LayoutKind
 from autosp.common.errors import AutoSPError
 from autosp.common.sizes import GRAD_WEIGHT_SLICE, split_sizes
@@ -403,17 +403,10 @@ class AttentionGradOp(_AttentionBase):
         return self.call("kernels.attention_backward")
 
 
-class _LocalOp(GroupOp, CostInterface, RuntimeCallInterface):
-    """A rank-local layout change (no communication; rank-dependent, so not Pure). It computes
-    nothing (its time is its bytes) and allocates only its result."""
+class _LocalOp(GroupOp, MovesData, RuntimeCallInterface):
+    """A rank-local layout change (no communication; rank-dependent, so not Pure)."""
 
     CALLEE: ClassVar[str]
-
-    def flops(self, flops_of) -> float:
-        return 0.0
-
-    def workspace_bytes(self) -> int:
-        return 0
 
     def runtime_call(self) -> RuntimeCall:
         properties = {name: attr for name, attr in self.properties.items() if name != "group"}

@@ -37,7 +37,7 @@ from xdsl.irdl import (
 from xdsl.utils.exceptions import VerifyException
 
 from autosp.ir.dtypes import tensor_bytes
-from autosp.ir.interfaces import CostInterface, ProgramGlobal, RuntimeCall, RuntimeCallInterface
+from autosp.ir.interfaces import MovesData, ProgramGlobal, RuntimeCall, RuntimeCallInterface
 
 POOL_ALIGNMENT = 512  # bytes: each offloaded value starts at a multiple (DMA-friendly, any dtype)
 
@@ -66,17 +66,11 @@ def device_type(host: TensorType) -> TensorType:
 # --- ops ----------------------------------------------------------------------------------
 
 
-class _CopyOp(IRDLOperation, CostInterface, RuntimeCallInterface):
-    """Computes nothing and allocates nothing beyond its result; its time is the host link's."""
+class _CopyOp(IRDLOperation, MovesData, RuntimeCallInterface):
+    """A copy over the host link (or the wait for one)."""
 
     irdl_options = (ParsePropInAttrDict(),)
     CALLEE: ClassVar[str]
-
-    def flops(self, flops_of) -> float:
-        return 0.0
-
-    def workspace_bytes(self) -> int:
-        return 0
 
     def runtime_call(self) -> RuntimeCall:
         return RuntimeCall(self.CALLEE, list(self.operands))

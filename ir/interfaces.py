@@ -64,6 +64,16 @@ class CostInterface(ABC):
         return 0.0
 
 
+class MovesData(CostInterface):
+    """An op that computes nothing (its time is the bytes it moves) and allocates only its results."""
+
+    def flops(self, flops_of) -> float:
+        return 0.0
+
+    def workspace_bytes(self) -> int:
+        return 0
+
+
 @dataclass(frozen=True)
 class ProgramGlobal:
     """A name the generated program defines and the runtime sets (e.g. HOST, the host pool)."""
