@@ -129,6 +129,9 @@ class AutoSPOptMain(xDSLOptMain):
             "--no-fuse", action="store_true", help="with --sp/--remat: leave elementwise chains unfused (no fuse-elementwise)"
         )
         arg_parser.add_argument(
+            "--tile-rows", action="store_true", help="compute token-wise chains in chunks of rows (the tile-rows pass), as compile does when nothing else fits"
+        )
+        arg_parser.add_argument(
             "--report", action="store_true",
             help="print what the step will do (memory, recomputation, communication) instead of the IR; -o still writes the IR",
         )
@@ -146,7 +149,8 @@ class AutoSPOptMain(xDSLOptMain):
             import logging
 
             logging.basicConfig(level=logging.INFO, format="%(message)s")
-        pipeline = self.args.sp is not None or self.args.remat or self.args.shard is not None or self.args.optimizer is not None
+        pipeline = (self.args.sp is not None or self.args.remat or self.args.shard is not None or self.args.optimizer is not None
+                    or self.args.tile_rows)
         if (self.args.rank is not None or self.args.dp is not None) and self.args.sp is None:
             raise ValueError("--rank and --dp place a rank on the sp x dp mesh: give --sp too")
         if self.args.dp is not None and self.args.dp < 1:
@@ -159,15 +163,18 @@ class AutoSPOptMain(xDSLOptMain):
             raise ValueError(f"--rank={self.args.rank}: give a rank in 0..{world - 1} for --sp={sp} --dp={dp}")
         if pipeline:
             if self.args.passes:
-                raise ValueError("give either -p PASSES or the pipeline options (--sp/--remat/--shard/--optimizer), not both")
+                raise ValueError("give either -p PASSES or the pipeline options (--sp/--remat/--shard/--optimizer/--tile-rows), not both")
             given = {"memory_budget": self.args.memory_budget, "cost_model": self.args.cost_model,
                      "host_budget": self.args.host_memory_budget}
             remat = {k: v for k, v in given.items() if v is not None and self.args.remat}  # else the defaults
             from autosp.passes.optimizers import optimizer_kind
 
             rank = self.args.rank or 0
+            from autosp.passes.tile_rows import CHUNK_BYTES
+
             self.pipeline_options = dict(
                 sp=sp, remat=self.args.remat, rank=rank % sp, fuse=not self.args.no_fuse,
+                tile_rows=self.args.tile_rows, tile_bytes=CHUNK_BYTES,
                 shard=self.args.shard or "none", world=world, world_rank=rank,
                 optimizer=optimizer_kind(self.args.optimizer), prefetch=not self.args.no_prefetch, **remat,
             )
