@@ -229,7 +229,7 @@ def compile_with_one_plan(ep, options: dict, rank: int, tiling: dict, cache_dir:
                     raise
                 level[more[0]] = True
                 module, checks = program(level)
-        return json.dumps([level, plan.name, plan.recompute, plan.offload, plan.structure])
+        return json.dumps([level, plan.name, plan.recompute, plan.offload, plan.rerun, plan.structure])
 
     budgets = [int(options["memory_budget"]), int(options["host_budget"])]
     if world == 1:
@@ -238,7 +238,7 @@ def compile_with_one_plan(ep, options: dict, rank: int, tiling: dict, cache_dir:
         settings = {k: v for k, v in options.items() if k not in ("memory_budget", "host_budget", "world_rank")}
         settings.update(tiling)
         decided = decided_by_first("the remat plan", world_rank, world, json.dumps(budgets + [settings]), decide, timeout)
-    planned_level, name, recompute, offload, structure = json.loads(decided)
+    planned_level, name, recompute, offload, rerun, structure = json.loads(decided)
     if planned_level != level:  # rank 0 needed more in row chunks
         level = planned_level
         module, checks = program(level)
@@ -247,7 +247,7 @@ def compile_with_one_plan(ep, options: dict, rank: int, tiling: dict, cache_dir:
             f"world rank {world_rank}'s program differs from rank 0's in its ops, not only in sizes, so rank 0's remat plan "
             "cannot be applied to it (a bug: please report it with the model)"
         )
-    plan = RematPlan(name, tuple(recompute), tuple(offload), structure)
+    plan = RematPlan(name, tuple(recompute), tuple(offload), tuple(rerun), structure)
     _, tail = until_remat(pipeline_spec(**options, rank=rank, tile_rows=level[1], remat_plan=plan))
     return run_pipeline(module, tail), checks
 

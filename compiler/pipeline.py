@@ -70,7 +70,8 @@ def pipeline_spec(
             options += f' host_budget="{host_budget}"'
         if remat_plan is not None:
             options += f' given="{remat_plan.name}"'
-            for name, indices in (("recompute", remat_plan.recompute), ("offload", remat_plan.offload)):
+            for name, indices in (("recompute", remat_plan.recompute), ("offload", remat_plan.offload),
+                                  ("rerun", remat_plan.rerun)):
                 options += f" {name}={','.join(map(str, indices))}" if indices else ""
         passes.append(f"remat{{{options}}}")
     if fuse:
@@ -83,6 +84,7 @@ class RematPlan:
     name: str
     recompute: tuple[int, ...]  # forward ops by index in the program remat sees
     offload: tuple[int, ...]  # forward ops whose results go to the host's memory
+    rerun: tuple[int, ...]  # layer inputs made again by running the layer before (two-level checkpointing)
     structure: str  # a digest of that program's op sequence: the plan is for programs with it
 
 
@@ -110,7 +112,8 @@ def remat_plan(module: ModuleOp, **options) -> RematPlan:
     budget = parse_budget(options.get("memory_budget", "auto"), profile)
     host = parse_host_budget(options.get("host_budget", 0))
     plan = rematerialize(module, budget, profile, options.get("fuse", True), host).plan
-    return RematPlan(plan.name, tuple(sorted(plan.recompute)), tuple(sorted(plan.offload)), structure_digest(module))
+    return RematPlan(plan.name, tuple(sorted(plan.recompute)), tuple(sorted(plan.offload)), tuple(sorted(plan.rerun)),
+                     structure_digest(module))
 
 
 def run_pipeline(module: ModuleOp, spec: str) -> ModuleOp:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from xdsl.dialects.builtin import ModuleOp, NameLoc
 from xdsl.ir import Operation, SSAValue
 
-from autosp.ir.autosp import AttentionGradOp, AttentionOp
+from autosp.ir.autosp import AttentionGradOp, AttentionOp, TiledOp, YieldOp
 from autosp.ir.dist import AllGatherOp, AllReduceOp, BucketOp, CollectiveOp, GatherStartOp
 from autosp.ir.dtypes import torch_dtype
 from autosp.ir.host import OffloadStartOp, OffloadWaitOp, PrefetchStartOp, PrefetchWaitOp
@@ -43,6 +43,9 @@ class CommReport:
     unplanned: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     offload: dict[str, str] = field(default_factory=dict)  # host memory, bytes copied, exposed copy time
     offloaded: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))  # type -> [count, bytes]
+    offload_by_layer: dict[str, list[float]] = field(default_factory=dict)  # layer -> [compute, exposed copies] seconds
+    # what a tiled region computes -> [count, rows per chunk, chunks, scratch bytes]
+    tiled: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0]))
 
     @property
     def total(self) -> float:
@@ -91,6 +94,18 @@ class CommReport:
             for kind, (count, size) in sorted(self.offloaded.items(), key=lambda kv: -kv[1][1]):
                 offload.add_row(f"  {kind}", f"{count} x, {human_bytes(size)}")
             console.print(offload)
+            by_layer = Table("where", "compute (estimated)", "copies exposed (estimated)",
+                             title="host copies by layer (a wait for a copy not done stalls the compute)")
+            for where in sorted(self.offload_by_layer, key=_layer_key):
+                compute, exposed = self.offload_by_layer[where]
+                by_layer.add_row(where, f"{compute * 1e3:.3f} ms", f"{exposed * 1e3:.3f} ms")
+            console.print(by_layer)
+        if self.tiled:
+            tiled = Table("token-wise region", "count", "rows per chunk", "chunks", "scratch",
+                          title="computed in chunks of rows (autosp.tiled)")
+            for what, (count, rows, chunks, scratch) in sorted(self.tiled.items(), key=lambda kv: -kv[1][0]):
+                tiled.add_row(what, str(count), str(rows), str(chunks), human_bytes(scratch))
+            console.print(tiled)
         if self.by_kind:
             console.print(kinds)
             console.print(layers)
@@ -149,7 +164,12 @@ def comm_report(module: ModuleOp) -> CommReport:
             source = source.input.owner
         if isinstance(source, AttentionOp) and RECOMPUTE in source.attributes:
             layer_of[source] = layer_of[op]
+    for op in module.walk():  # a layer's attention rerun for the next layer's backward
+        if isinstance(op, AttentionOp) and op not in layer_of and isinstance(op.location, NameLoc):
+            if found := _LAYER.search(op.location.desc.data):
+                layer_of[op] = int(found.group(1))
     _remat_report(module, report)
+    _tiled_report(module, report)
     buckets = _bucket_names(module)
     for op in module.walk():
         if isinstance(op, BucketOp):
@@ -275,6 +295,21 @@ def _offload_report(module: ModuleOp, report: CommReport, profile) -> None:
     }
     worst = max(timeline["by_layer"].items(), key=lambda kv: (kv[1][1], kv[1][0]))
     report.offload["most exposed layer"] = f"{worst[0]}: {worst[1][1] * 1e3:.3f} ms of {worst[1][0] * 1e3:.3f} ms compute"
+    report.offload_by_layer = dict(timeline["by_layer"])
+
+
+def _tiled_report(module: ModuleOp, report: CommReport) -> None:
+    """Each kind of tiled region (the op families it computes, forward or backward), how many."""
+    for op in module.walk():
+        if isinstance(op, TiledOp):
+            families = dict.fromkeys(
+                inner.name.split(".")[1] if inner.name.startswith("aten.") else inner.name
+                for inner in op.block.ops if not isinstance(inner, YieldOp)
+            )
+            what = ", ".join(list(families)[:6]) + (", ..." if len(families) > 6 else "")
+            entry = report.tiled[what]
+            entry[0] += 1
+            entry[1:] = [op.chunk.value.data, op.chunks, max(entry[3], op.scratch.value.data)]
 
 
 def ulysses_optimum_per_layer(batch: int, seq: int, q_heads: int, kv_heads: int, head_dim: int, dtype_bytes: int, sp: int) -> float:

@@ -23,9 +23,11 @@ The rows are a conservative linear model of the rewritten program (a recomputed 
 from the first point any consumer could need it to the last). The plan the pass applies is then
 checked exactly by memory-plan; if the exact peak overshoots, the ILP is re-solved with the
 budget lowered by the overshoot. Full per-layer checkpointing (layer inputs kept, every other
-recomputable value recomputed) is always evaluated as well, and used when the ILP plan costs more
-or does not fit (e.g. the solver timed out). If nothing fits, the pass refuses with the memory the
-step needs and the sp degree that would fit it.
+recomputable value recomputed) is always evaluated as well, with its layer inputs offloaded as far
+as the host budget goes, and two-level checkpointing (some layer inputs `rerun`: made again where
+their layer's backward begins, by running the layer before from its held input); one of these is
+used when the ILP plan costs more or does not fit (e.g. the solver timed out). If nothing fits,
+the pass refuses with the memory the step needs and the sp degree that would fit it.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from autosp.ir.autosp import AttentionOp
 from autosp.ir.dist import CollectiveOp, GatherWaitOp, GroupOp
 from autosp.ir.host import POOL_ALIGNMENT, OffloadStartOp, OffloadWaitOp, PrefetchStartOp, PrefetchWaitOp, host_type
 from autosp.passes.segments import forward_segments
-from autosp.passes.views import rebased
+from autosp.passes.views import rebased, view_chain
 from autosp.passes.cost_model import GiB, DeviceProfile, copy_seconds, device_profile, host_memory, op_seconds
 from autosp.ir.dtypes import tensor_bytes
 from autosp.passes.memory_plan import (
@@ -190,6 +192,7 @@ class Plan:
     seconds: float  # estimated time per step: recomputation and exposed host copies
     peak_bytes: int = 0  # exact, from memory-plan on the rewritten program
     offload: frozenset[int] = frozenset()  # op indices of the forward ops whose results go to the host
+    rerun: frozenset[int] = frozenset()  # layer inputs made again by running the layer before (apply_recompute)
 
 
 @dataclass
@@ -278,25 +281,60 @@ class RematProblem:
         backward begins), and is waited for just before that need. Its cost is the copy time
         left exposed, each way (and a little of the hidden part)."""
         ops = self.lv.ops
-        elapsed = np.concatenate([[0.0], np.cumsum([op_seconds(op, self.profile) for op in ops])])
-        backward = min(u.first_direct for u in self.candidates if u.first_direct is not None)
+        self._elapsed = np.concatenate([[0.0], np.cumsum([op_seconds(op, self.profile) for op in ops])])
+        self._backward = min(u.first_direct for u in self.candidates if u.first_direct is not None)
         for u in self.candidates:
             u.host_bytes = sum(size for _, size, _ in u.results)
-            copy = copy_seconds(u.host_bytes, self.profile)
             u.offload_wait = max(last for _, _, last in u.results)  # freed as soon as the forward is done with it
-            need = u.earliest_need
-            early = int(np.searchsorted(elapsed, elapsed[need] - copy, side="right")) - 1
-            u.prefetch_at = min(need, max(early, backward))
-            exposed_out = max(0.0, copy - (elapsed[u.offload_wait + 1] - elapsed[u.index + 1]))
-            exposed_in = max(0.0, copy - (elapsed[need] - elapsed[u.prefetch_at]))
-            # A hidden copy still takes the host link and host memory: a little, so that a value
-            # that fits on the device is kept there.
-            u.offload_seconds = exposed_out + exposed_in + HIDDEN_COPY_COST * 2 * copy
+            u.prefetch_at, u.offload_seconds = self._copy_back(u, u.earliest_need)
 
-    def offload_placement(self, offload: frozenset[int]) -> list[tuple[int, int, int]]:
-        """(op, wait after, prefetch before) by index, for each offloaded op."""
+    def _copy_back(self, u: Unit, need: int) -> tuple[int, float]:
+        """Where the copy back of offloaded `u` starts for a first need at op `need`, and the
+        estimated time of both its copies (exposed, and a little of the hidden part)."""
+        elapsed, copy = self._elapsed, copy_seconds(u.host_bytes, self.profile)
+        early = int(np.searchsorted(elapsed, elapsed[need] - copy, side="right")) - 1
+        prefetch_at = min(need, max(early, self._backward))
+        exposed_out = max(0.0, copy - (elapsed[u.offload_wait + 1] - elapsed[u.index + 1]))
+        exposed_in = max(0.0, copy - (elapsed[need] - elapsed[prefetch_at]))
+        # A hidden copy still takes the host link and host memory: a little, so that a value
+        # that fits on the device is kept there.
+        return prefetch_at, exposed_out + exposed_in + HIDDEN_COPY_COST * 2 * copy
+
+    def _rerun_chains(self, plan: Plan) -> dict[Unit, set[Unit]]:
+        """Each rerun layer input -> the units its private chain makes again (itself included):
+        back through what the backward does not hold, to what it does (apply_recompute)."""
         by_index = {u.index: u for u in self.candidates}
-        return [(i, by_index[i].offload_wait, by_index[i].prefetch_at) for i in sorted(offload)]
+        recomputed = plan.recompute | plan.rerun
+        chains = {}
+        for index in plan.rerun:
+            if index not in by_index:
+                continue
+            chain, stack = set(), [by_index[index]]
+            while stack:
+                u = stack.pop()
+                if u in chain:
+                    continue
+                chain.add(u)
+                stack += [i for i in u.inputs if i.recomputable and (i.index in recomputed or not i.needed)]
+            chains[by_index[index]] = chain
+        return chains
+
+    def _needs(self, plan: Plan) -> dict[Unit, int]:
+        """The first backward need of each offloaded unit under `plan`: a rerun chain that reads it
+        needs it where the chain runs, before that layer's own backward."""
+        by_index = {u.index: u for u in self.candidates}
+        needs = {by_index[i]: by_index[i].earliest_need for i in plan.offload}
+        for target, chain in self._rerun_chains(plan).items():
+            for u in chain:
+                for i in u.inputs:
+                    if i in needs:
+                        needs[i] = min(needs[i], target.earliest_need)
+        return needs
+
+    def offload_placement(self, plan: Plan) -> list[tuple[int, int, int]]:
+        """(op, wait after, prefetch before) by index, for each op `plan` offloads."""
+        return [(u.index, u.offload_wait, self._copy_back(u, need)[0])
+                for u, need in sorted(self._needs(plan).items(), key=lambda kv: kv[0].index)] if plan.offload else []
 
     # Segments between attention ops with the same op sequence share their decision slots.
     def _assign_slots(self) -> None:
@@ -329,38 +367,80 @@ class RematProblem:
 
     # --- plans --------------------------------------------------------------------------
 
-    def seconds(self, recompute: frozenset[int], offload: frozenset[int] = frozenset()) -> float:
-        return sum(u.seconds for u in self.candidates if u.index in recompute) + sum(
-            u.offload_seconds for u in self.candidates if u.index in offload
-        )
-
-    def plan(self, name: str, recompute: frozenset[int], offload: frozenset[int] = frozenset()) -> Plan:
-        return Plan(name, recompute, self.seconds(recompute, offload), offload=offload)
+    def plan(self, name: str, recompute: frozenset[int], offload: frozenset[int] = frozenset(),
+             rerun: frozenset[int] = frozenset()) -> Plan:
+        """A plan and its estimated time: the recomputed ops, the rerun chains and the host copies."""
+        plan = Plan(name, recompute, 0.0, offload=offload, rerun=rerun)
+        plan.seconds = sum(u.seconds for u in self.candidates if u.index in recompute)
+        plan.seconds += sum(u.seconds for chain in self._rerun_chains(plan).values() for u in chain)
+        plan.seconds += sum(self._copy_back(u, need)[1] for u, need in self._needs(plan).items()) if offload else 0.0
+        return plan
 
     def evaluate(self, plan: Plan) -> Plan:
         """The exact peak of the rewritten program (fused, when elementwise fusion follows)."""
+        if plan.peak_bytes:  # evaluated already
+            return plan
         clone = self.module.clone()
-        apply_plan(clone, plan.recompute, self.offload_placement(plan.offload))
+        apply_plan(clone, plan.recompute, self.offload_placement(plan), plan.rerun)
         plan.peak_bytes = exact_peak(clone, self.fused)
         return plan
 
-    def offloaded_checkpointing(self) -> Plan | None:
-        """Per-layer checkpointing with what it keeps (the layer inputs, values nothing
-        recomputes) on the host instead, earliest first, as far as the host budget goes (the
-        hand-written systems' activation offload)."""
-        checkpointing = self.checkpointing()
+    def checkpointing_plans(self, budget: int | None = None) -> list[Plan]:
+        """Per-layer checkpointing, and variants that hold less: with a host budget, what it keeps
+        offloaded as far as the budget goes (the hand-written systems' activation offload); and
+        two-level checkpointing, where some layer inputs are made again from the input of the
+        layer before (one more forward of that layer) instead of held: every other one, and
+        given `budget`, the fewest that fit it (bisected, evaluated), from as many as the host
+        has no room for."""
+        plain = self.checkpointing()
+        plans = [plain]
+        offloaded = self._offloaded(plain.name, plain.recompute)
+        if offloaded is not None:
+            plans.append(offloaded)
+        inputs = [u for u in self.layer_inputs if u.recomputable]
+        n = len(inputs)
+        if n < 2:
+            return plans
+
+        def two_level(r: int) -> Plan:
+            # Spread out (n / r >= 2 apart): each rerun chain runs one layer, from a held input.
+            rerun = frozenset(inputs[int((i + 0.5) * n / r)].index for i in range(r))
+            name = f"two-level checkpointing ({r} of {n} layer inputs rerun)"
+            return self._offloaded(name, plain.recompute, rerun) or self.plan(name, plain.recompute, rerun=rerun)
+
+        left_on_device = sum(u.index not in offloaded.offload for u in inputs) if offloaded is not None else 0
+        low, high = min(n // 2, max(1, left_on_device)), n // 2
+        most = self.evaluate(two_level(high))
+        plans.append(most)
+        if budget is None or most.peak_bytes > budget:
+            return plans + ([two_level(low)] if low < high else [])
+        while low < high:  # the fewest reruns that fit (`high` fits): each costs a layer's forward
+            middle = (low + high) // 2
+            plan = self.evaluate(two_level(middle))
+            if plan.peak_bytes <= budget:
+                plans.append(plan)
+                high = middle
+            else:
+                low = middle + 1
+        return plans
+
+    def _offloaded(self, name: str, recompute: frozenset[int], rerun: frozenset[int] = frozenset()) -> Plan | None:
+        """The plan with what it keeps (values neither recomputed nor rerun) on the host, earliest
+        first, as far as the host budget goes; None if nothing goes."""
         offload, room = set(), self.host_budget
         for u in sorted(self.candidates, key=lambda u: u.index):
-            if u.index not in checkpointing.recompute and 0 < u.host_bytes <= room:
+            if u.index not in recompute and u.index not in rerun and 0 < u.host_bytes <= room:
                 offload.add(u.index)
                 room -= u.host_bytes
         if not offload:
             return None
-        return self.plan("per-layer checkpointing, kept values offloaded", checkpointing.recompute, frozenset(offload))
+        return self.plan(f"{name}, kept values offloaded", recompute, frozenset(offload), rerun)
 
-    def checkpointing(self) -> Plan:
-        """Full per-layer checkpointing: keep each layer's input (the residual stream entering
-        it), recompute every other recomputable value the backward needs."""
+    @cached_property
+    def layer_inputs(self) -> list[Unit]:
+        """Each layer's input (the residual stream entering it), in program order: between two
+        attention ops, the latest value every path to the second passes through that is also
+        used past it (the residual connection)."""
         graph = nx.DiGraph()
         for unit in self.units.values():
             graph.add_node(unit)
@@ -368,7 +448,7 @@ class RematProblem:
                 graph.add_edge(unit, consumer)
         attentions = [u for u in self.units.values() if isinstance(u.op, AttentionOp)]
         attentions.sort(key=lambda u: u.index)
-        keep: set[Unit] = set()
+        found: list[Unit] = []
         for prev, attn in zip(attentions, attentions[1:]):
             between = nx.descendants(graph, prev) & (ancestors := nx.ancestors(graph, attn))
             sub = graph.subgraph(between | {prev, attn})
@@ -377,14 +457,18 @@ class RematProblem:
             while node is not None and node is not prev:
                 chain.append(node)
                 node = dominators.get(node)
-            # The layer input is the latest dominator that is also used past the attention
-            # (the residual connection).
             for node in sorted(chain, key=lambda u: -u.index):
                 if any(c not in ancestors and c is not attn for c in node.consumers):
-                    keep.add(node)
+                    found.append(node)
                     break
+        return [u for u in found if u.needed]
+
+    def checkpointing(self) -> Plan:
+        """Full per-layer checkpointing: keep each layer's input, recompute every other
+        recomputable value the backward needs."""
+        keep = set(self.layer_inputs)
         recompute = frozenset(u.index for u in self.candidates if u.recomputable and u not in keep)
-        return Plan("per-layer checkpointing", recompute, self.seconds(recompute))
+        return self.plan("per-layer checkpointing", recompute)
 
     # --- the ILP ------------------------------------------------------------------------
 
@@ -548,63 +632,100 @@ def _quiet_highs():
 # --- the rewrite ------------------------------------------------------------------------
 
 
-def apply_recompute(module: ModuleOp, recompute: frozenset[int]) -> list[Operation]:
-    """Clone the chosen forward ops (by index) into the backward, before their first use there.
-    Returns the clones, in program order."""
+def apply_recompute(module: ModuleOp, recompute: frozenset[int], rerun: frozenset[int] = frozenset()) -> list[Operation]:
+    """Clone the chosen forward ops (by index) into the backward, before their first use there,
+    each once. A `rerun` op (a layer input: two-level checkpointing) is made at its first backward
+    use by a private chain of clones back to the values the backward holds (kept or offloaded:
+    the input of the layer before): the chain's clones die there, and the ops the backward needs
+    again later are cloned again then. Returns the clones, in program order."""
     block = train_step_of(module).body.block
     ops = list(block.ops)
     forward = forward_ops(ops)
     chosen = {ops[i] for i in recompute}
+    replayed = {ops[i] for i in rerun}
     root: dict[SSAValue, SSAValue] = {}
     for op in ops:
         if op not in forward:
             continue
         for r in op.results:
             root[r] = root.get(op.operands[0], op.operands[0]) if is_view(op) and op.operands else r
+    # What the backward holds as the forward left it: what it reads, and the inputs of clones.
+    held = {root.get(o, o) for op in ops if op not in forward for o in op.operands}
+    held |= {root.get(o, o) for op in chosen | replayed for o in op.operands}
+
+    def storage_of(value: SSAValue) -> Operation | None:
+        if not isinstance(value, OpResult) or value.owner not in forward:
+            return None
+        base = root[value]
+        return base.owner if isinstance(base, OpResult) else None
 
     def storage_recomputed(value: SSAValue) -> bool:
-        if not isinstance(value, OpResult) or value.owner not in forward:
+        return storage_of(value) in chosen or storage_of(value) in replayed
+
+    def in_chain(value: SSAValue) -> bool:  # made again by a rerun's private chain
+        owner = storage_of(value)
+        if owner is None:
             return False
-        base = root[value]
-        return isinstance(base, OpResult) and base.owner in chosen
+        return owner in chosen or owner in replayed or root[value] not in held and recomputable(owner)
 
     clones: dict[SSAValue, SSAValue] = {}
     made: list[Operation] = []
     # Whole parameters gathered again for the backward (ZeRO-3): clones read that copy (or their
-    # views of it) once it exists, not the forward's, which then dies after the forward.
+    # views of it) once it exists, not the forward's, which then dies after the forward. A
+    # rerun chain runs the layer before ahead of that layer's backward: its gathers move up.
     twins = backward_twins(ops)
     regathered: dict[SSAValue, SSAValue] = {}
     seen: set[Operation] = set()
 
-    def operand_of_clone(value: SSAValue, before: Operation) -> SSAValue:
-        if value in clones:
-            return clones[value]
+    def hoist_gather(value: SSAValue, before: Operation) -> None:
+        base, _ = view_chain(value)
+        wait = twins[base].owner if base in twins else None
+        if not isinstance(wait, GatherWaitOp) or wait in seen:
+            return
+        for op in (wait.start, wait):
+            if op not in seen:
+                op.detach()
+                block.insert_op_before(op, before)
+                seen.add(op)
+
+    def operand_of_clone(value: SSAValue, before: Operation, cache: dict[SSAValue, SSAValue], private: bool) -> SSAValue:
+        if value in cache:
+            return cache[value]
+        if private:
+            hoist_gather(value, before)
         ready = {v: t for v, t in twins.items() if t.owner in seen}
         return rebased(value, ready, regathered, lambda op: block.insert_op_before(op, before)) or value
 
-    def materialize(value: SSAValue, before: Operation) -> SSAValue:
+    def materialize(value: SSAValue, before: Operation, cache: dict[SSAValue, SSAValue] | None = None) -> SSAValue:
         # Iterative post-order: recompute chains can be as long as the forward.
+        private = cache is not None
+        cache = clones if cache is None else cache
+        wanted = in_chain if private else storage_recomputed
         stack = [value]
         while stack:
             top = stack[-1]
-            if top in clones or not storage_recomputed(top):
+            if top in cache or not wanted(top):
                 stack.pop()
                 continue
             owner = top.owner
             assert isinstance(owner, Operation)
-            pending = [o for o in owner.operands if o not in clones and storage_recomputed(o)]
+            if not private and owner in replayed and root[top] is top:
+                clones[top] = materialize(top, before, {})  # its own chain, dead once it is made
+                stack.pop()
+                continue
+            pending = [o for o in owner.operands if o not in cache and wanted(o)]
             if pending:
                 stack.extend(pending)
                 continue
-            clone = owner.clone(value_mapper={o: operand_of_clone(o, before) for o in owner.operands})
+            clone = owner.clone(value_mapper={o: operand_of_clone(o, before, cache, private) for o in owner.operands})
             clone.attributes[RECOMPUTE] = UnitAttr()
             for old, new in zip(owner.results, clone.results):
                 new.name_hint = f"{old.name_hint or 'v'}_re"
-                clones[old] = new
+                cache[old] = new
             block.insert_op_before(clone, before)
             made.append(clone)
             stack.pop()
-        return clones.get(value, value)
+        return cache.get(value, value)
 
     for op in ops:
         if op not in forward and not isinstance(op, func.ReturnOp):
@@ -615,12 +736,13 @@ def apply_recompute(module: ModuleOp, recompute: frozenset[int]) -> list[Operati
     return made
 
 
-def apply_plan(module: ModuleOp, recompute: frozenset[int], offload: list[tuple[int, int, int]]) -> None:
-    """Recompute and offload as planned (op indices in `module` as it is now; `offload`: (op,
-    wait after, prefetch before) for each offloaded op, RematProblem.offload_placement)."""
+def apply_plan(module: ModuleOp, recompute: frozenset[int], offload: list[tuple[int, int, int]],
+               rerun: frozenset[int] = frozenset()) -> None:
+    """Recompute, rerun and offload as planned (op indices in `module` as it is now; `offload`:
+    (op, wait after, prefetch before) for each offloaded op, RematProblem.offload_placement)."""
     ops = list(train_step_of(module).body.block.ops)
     targets = [(ops[i], ops[wait], ops[prefetch]) for i, wait, prefetch in offload]
-    apply_recompute(module, recompute)
+    apply_recompute(module, recompute, rerun)
     apply_offload(module, targets)
 
 
@@ -717,11 +839,11 @@ def least_memory(module: ModuleOp, profile, fused: bool = False, host_budget: in
     """The least peak remat reaches on `module`: per-layer checkpointing (with what it keeps
     offloaded, given a host budget) or the ILP's least-memory plan, whichever holds less."""
     problem = RematProblem(module, profile, fused, host_budget)
-    plans = [problem.checkpointing(), problem.offloaded_checkpointing()]
+    plans = problem.checkpointing_plans()
     least, _, _ = problem.solve(None)
     if least is not None:
         plans.append(problem.plan("least memory", *least))
-    return min(problem.evaluate(plan).peak_bytes for plan in plans if plan is not None)
+    return min(problem.evaluate(plan).peak_bytes for plan in plans)
 
 
 def infeasible(module: ModuleOp, plan: MemoryPlan, needs: int, budget: int, host_budget: int = 0) -> AutoSPError:
@@ -783,9 +905,7 @@ def rematerialize(module: ModuleOp, budget: int, profile: DeviceProfile, fused: 
         if plan.peak_bytes <= budget:
             break
         target -= (plan.peak_bytes - budget) * 2**attempt  # the model was optimistic here: tighten
-    for plan in (problem.checkpointing(), problem.offloaded_checkpointing()):
-        if plan is not None:
-            candidates.append(problem.evaluate(plan))
+    candidates += [problem.evaluate(plan) for plan in problem.checkpointing_plans(budget)]
     fitting = [p for p in candidates if p.peak_bytes <= budget]
     if not fitting:  # the least memory the ILP can reach, if that fits
         least, _, elapsed = problem.solve(None)
@@ -797,17 +917,18 @@ def rematerialize(module: ModuleOp, budget: int, profile: DeviceProfile, fused: 
         raise infeasible(module, baseline, min(p.peak_bytes for p in candidates), budget, host_budget)
     best = min(fitting, key=lambda p: (p.seconds, p.peak_bytes))
     return RematResult(budget, baseline.peak_bytes, best, candidates, problem.num_slots, ilp_seconds, status,
-                       problem.offload_placement(best.offload))
+                       problem.offload_placement(best))
 
 
 def apply_given(module: ModuleOp, budget: int, profile: DeviceProfile, fused: bool, name: str,
-                recompute: frozenset[int], offload: frozenset[int] = frozenset(), host_budget: int = 0) -> RematResult:
+                recompute: frozenset[int], offload: frozenset[int] = frozenset(), host_budget: int = 0,
+                rerun: frozenset[int] = frozenset()) -> RematResult:
     """A plan made on another rank's program (the largest: world rank 0's), checked to be one for
     this program (the same forward ops; recomputed ones recomputable) and to fit `budget` here too."""
     baseline = plan_memory(module)
     ops = list(train_step_of(module).body.block.ops)
     forward = forward_ops(ops)
-    for verb, indices, fits in (("recomputes", recompute, recomputable), ("offloads", offload, lambda op: bool(op.results))):
+    for verb, indices, fits in (("recomputes", recompute | rerun, recomputable), ("offloads", offload, lambda op: bool(op.results))):
         wrong = [i for i in sorted(indices) if not (0 <= i < len(ops) and ops[i] in forward and fits(ops[i]))]
         if wrong:
             what = "recomputable forward op" if verb == "recomputes" else "forward op with results"
@@ -815,12 +936,14 @@ def apply_given(module: ModuleOp, budget: int, profile: DeviceProfile, fused: bo
                 f"remat: the given plan {verb} op {wrong[0]}, which is not a {what} of this program (the plan was made "
                 "for another program)"
             )
-    problem = RematProblem(module, profile, fused, host_budget) if offload else None
-    placement = problem.offload_placement(offload) if problem else []
-    seconds = sum(op_seconds(ops[i], profile) for i in recompute) + (problem.seconds(frozenset(), offload) if problem else 0.0)
-    plan = Plan(name, recompute, seconds, offload=offload)
+    if offload or rerun:
+        problem = RematProblem(module, profile, fused, host_budget)
+        plan = problem.plan(name, recompute, offload, rerun)
+        placement = problem.offload_placement(plan)
+    else:
+        plan, placement = Plan(name, recompute, sum(op_seconds(ops[i], profile) for i in recompute)), []
     clone = module.clone()
-    apply_plan(clone, recompute, placement)
+    apply_plan(clone, recompute, placement, rerun)
     plan.peak_bytes = exact_peak(clone, fused)
     if plan.peak_bytes > budget:
         raise RematInfeasible(
@@ -835,7 +958,8 @@ class Remat(ModulePass):
     """Fit `budget` (bytes, "70GiB", or "auto": the cost model's device memory less a margin)
     at the least recompute time estimated for `cost_model` (h100, mi300x, cpu). With `given`
     (a plan's name), apply the plan another rank made instead of solving: `recompute` are its
-    forward ops by index (none: nothing recomputed)."""
+    forward ops by index (none: nothing recomputed), `offload` those whose results go to the
+    host, `rerun` the layer inputs made again by running the layer before."""
 
     name = "remat"
     budget: str = "auto"
@@ -845,6 +969,7 @@ class Remat(ModulePass):
     given: str = ""
     recompute: tuple[int, ...] | None = None
     offload: tuple[int, ...] | None = None
+    rerun: tuple[int, ...] | None = None
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         profile = device_profile(self.cost_model)
@@ -852,7 +977,7 @@ class Remat(ModulePass):
         host_budget = parse_host_budget(self.host_budget)
         if self.given:
             result = apply_given(op, budget, profile, self.fused, self.given, frozenset(self.recompute or ()),
-                                 frozenset(self.offload or ()), host_budget)
+                                 frozenset(self.offload or ()), host_budget, frozenset(self.rerun or ()))
         else:
             result = rematerialize(op, budget, profile, self.fused, host_budget)
         log.info(
@@ -860,7 +985,7 @@ class Remat(ModulePass):
             result.ilp_seconds, result.ilp_status, result.slots, result.plan.name, len(result.plan.recompute),
             len(result.plan.offload), result.plan.seconds * 1e3, human_bytes(result.plan.peak_bytes, 2), human_bytes(budget, 2),
         )
-        apply_plan(op, result.plan.recompute, result.placement)
+        apply_plan(op, result.plan.recompute, result.placement, result.plan.rerun)
         op.attributes[REMAT] = RematAttr(
             StringAttr(result.plan.name), IntAttr(budget), IntAttr(result.baseline_peak), StringAttr(profile.name),
             FloatData(result.plan.seconds),

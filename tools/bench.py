@@ -105,8 +105,8 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str,
     else:
         # Where the memory goes under per-layer checkpointing (about the least remat can reach).
         problem = RematProblem(module, profile, fused=True, host_budget=host_budget)
-        plan = problem.offloaded_checkpointing() or problem.checkpointing()
-        point["checkpointing"] = breakdown(module, plan.recompute, problem.offload_placement(plan.offload), seq, sp, profile)
+        plan = min((problem.evaluate(p) for p in problem.checkpointing_plans()), key=lambda p: p.peak_bytes)
+        point["checkpointing"] = breakdown(module, plan, problem.offload_placement(plan), seq, sp, profile)
         return point
     point.update(
         fits=True,
@@ -121,20 +121,20 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str,
         recompute_ms=result.plan.seconds * 1e3,
         recomputed_ops=len(result.plan.recompute),
         slots=result.slots,
-        **breakdown(module, result.plan.recompute, result.placement, seq, sp, profile),
+        **breakdown(module, result.plan, result.placement, seq, sp, profile),
     )
     return point
 
 
-def breakdown(module, recompute, offload, seq: int, sp: int, profile) -> dict:
-    """What compile would run (this recompute and offload, then fusion): its peak, per token, by
-    kind; the host memory and the host copies' estimated exposed time."""
+def breakdown(module, plan, placement, seq: int, sp: int, profile) -> dict:
+    """What compile would run (this remat plan with its offloads placed, then fusion): its peak,
+    per token, by kind; the host memory and the host copies' estimated exposed time."""
     from autosp.passes.memory_plan import peak_breakdown, plan_memory, state_breakdown
     from autosp.passes.remat import apply_plan
     from autosp.pipeline import run_pipeline
     from autosp.report import offload_timeline
 
-    apply_plan(module, recompute, offload)
+    apply_plan(module, plan.recompute, placement, plan.rerun)
     run_pipeline(module, "fuse-elementwise")
     plan = plan_memory(module)
     timeline = offload_timeline(module, profile)

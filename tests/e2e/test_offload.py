@@ -69,7 +69,7 @@ def offload_case(rank, world, *, arch):
             alone=alone, offloading=offloading, budget=budget, measured=measured, tracked=step.predicted_tracked_bytes,
             predicted=step.predicted_peak_bytes, offloads=step.source.count("offload.offload_start("),
             pool=pool.buffer.numel() if pool is not None else 0, planned_pool=step.program.HOST_POOL_BYTES,
-            reported="host memory per rank" in step.report,
+            reported="host memory per rank" in step.report and "host copies by layer" in step.report,
             bitwise=torch.equal(loss, offload_loss) and all(torch.equal(a, b) for a, b in zip(grads, offload_grads)),
         )
     finally:
