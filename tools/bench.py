@@ -103,10 +103,10 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str,
         except RematInfeasible as error:
             point.update(fits=False, error=str(error), remat_s=time.perf_counter() - started, tiled_mlp=tiled, tiled_rows=rows)
     else:
-        # Where the memory goes under per-layer checkpointing (about the least remat can reach).
+        # Where the memory goes under the checkpointing plan that holds least (about the least remat reaches).
         problem = RematProblem(module, profile, fused=True, host_budget=host_budget)
         plan = min((problem.evaluate(p) for p in problem.checkpointing_plans()), key=lambda p: p.peak_bytes)
-        point["checkpointing"] = breakdown(module, plan, problem.offload_placement(plan), seq, sp, profile)
+        point["checkpointing"] = {"plan": plan.name, **breakdown(module, plan, problem.offload_placement(plan), seq, sp, profile)}
         return point
     point.update(
         fits=True,
@@ -256,7 +256,7 @@ def run_remat(args: argparse.Namespace) -> None:
         last = [p for p in points if p["sp"] == sp][-1]
         where = last.get("checkpointing") or last
         if "kb_per_token" in where:
-            state = "fits" if last["fits"] else "does not fit; with per-layer checkpointing"
+            state = "fits" if last["fits"] else f"does not fit; with {where['plan']}"
             console.print(f"  at S={last['seq']} ({state}): peak {where['peak_fused_gib']:.1f} GiB; KB per token held at the peak:")
             for kind, kb in where["kb_per_token"].items():
                 console.print(f"    {kb:8.1f}  {kind}")

@@ -75,3 +75,36 @@ def test_tiled_chains_match_eager_sp1(arch, tmp_cache):
 def test_tiled_chains_match_eager_sp2(arch):
     for stats in run_pooled(2, tiled_case, arch=arch):
         check(stats)
+
+
+def test_tile_rows_auto_where_nothing_else_fits(tmp_cache, monkeypatch):
+    """A budget below the least peak remat reaches with whole token-wise chains (and gated MLPs
+    in chunks) but above the least with them tiled: compile's default tile_rows="auto" tiles."""
+    from autosp.driver import imported
+    from autosp.passes import tile_rows
+    from autosp.passes.cost_model import device_profile
+    from autosp.passes.remat import least_memory
+    from autosp.pipeline import pipeline_spec, run_pipeline, until_remat
+
+    chunk = CHUNK_BYTES // 2  # ~50 tokens: here the tiled step's least peak is below the others'
+    monkeypatch.setattr(tile_rows, "CHUNK_BYTES", chunk)
+    module, ids, labels = _model("Llama")
+    reference = copy.deepcopy(module)
+    ep = torch.export.export(module, (ids, labels))
+
+    def least(mlp: bool, rows: bool) -> int:
+        head, _ = until_remat(pipeline_spec(remat=True, tile_rows=rows, tile_bytes=chunk))
+        return least_memory(run_pipeline(imported(ep, mlp)[0], head), device_profile("cpu"), fused=True)
+
+    whole, tiled = min(least(False, False), least(True, False)), least(True, True)
+    assert tiled < whole
+    budget = (whole + tiled) // 2
+    step = autosp.compile(ep, remat=True, memory_budget=budget, cost_model="cpu")
+    assert step.source.count("tiles.run(") >= 4
+    assert step.measure_memory(ids, labels) <= step.predicted_peak_bytes <= budget
+    module.zero_grad(set_to_none=True)
+    loss = step(ids, labels)
+    eager = reference(ids, labels)
+    eager.backward()
+    assert relative_error(loss, eager.detach()) <= 1e-5
+    assert max(relative_error(p.grad, r.grad) for p, r in zip(module.parameters(), reference.parameters())) <= 1e-5
