@@ -220,11 +220,11 @@ def compile_with_one_plan(ep, options: dict, rank: int, tiling: dict, cache_dir:
                 )
         least = {**options, "memory_budget": str(min(budgets)), "host_budget": str(min(host_budgets))}
         while True:
-            try:
-                plan = remat_plan(module, **least)
+            more = [i for i, key in enumerate(("tile_mlp", "tile_rows")) if tiling[key] == "auto" and not level[i]]
+            try:  # layers run twice (two-level checkpointing) only when no more tiling is left to try
+                plan = remat_plan(module, **least, two_level=not more)
                 break
             except RematInfeasible:
-                more = [i for i, key in enumerate(("tile_mlp", "tile_rows")) if tiling[key] == "auto" and not level[i]]
                 if not more:
                     raise
                 level[more[0]] = True

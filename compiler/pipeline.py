@@ -100,18 +100,19 @@ def until_remat(spec: str) -> tuple[str, str]:
     return (passes[0], "remat{" + passes[1]) if len(passes) == 2 else (spec, "")
 
 
-def remat_plan(module: ModuleOp, **options) -> RematPlan:
+def remat_plan(module: ModuleOp, two_level: bool = True, **options) -> RematPlan:
     """remat's plan for `module`, the program as it is before remat (`options` as
     `pipeline_spec`'s). Made on world rank 0's program (the largest sequence part and parameter
     shards), it fits the other ranks', and every rank applies it (`remat_plan=`): a collective
-    it recomputes is recomputed on every rank, in the same place."""
+    it recomputes is recomputed on every rank, in the same place. `two_level`: plans may rerun
+    layers (two-level checkpointing)."""
     from autosp.passes.cost_model import device_profile
     from autosp.passes.remat import parse_budget, parse_host_budget, rematerialize
 
     profile = device_profile(options.get("cost_model", "h100"))
     budget = parse_budget(options.get("memory_budget", "auto"), profile)
     host = parse_host_budget(options.get("host_budget", 0))
-    plan = rematerialize(module, budget, profile, options.get("fuse", True), host).plan
+    plan = rematerialize(module, budget, profile, options.get("fuse", True), host, two_level).plan
     return RematPlan(plan.name, tuple(sorted(plan.recompute)), tuple(sorted(plan.offload)), tuple(sorted(plan.rerun)),
                      structure_digest(module))
 

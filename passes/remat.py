@@ -385,7 +385,7 @@ class RematProblem:
         plan.peak_bytes = exact_peak(clone, self.fused)
         return plan
 
-    def checkpointing_plans(self, budget: int | None = None) -> list[Plan]:
+    def checkpointing_plans(self, budget: int | None = None, two_level: bool = True) -> list[Plan]:
         """Per-layer checkpointing, and variants that hold less: with a host budget, what it keeps
         offloaded as far as the budget goes (the hand-written systems' activation offload); and
         two-level checkpointing, where some layer inputs are made again from the input of the
@@ -399,7 +399,7 @@ class RematProblem:
             plans.append(offloaded)
         inputs = [u for u in self.layer_inputs if u.recomputable]
         n = len(inputs)
-        if n < 2:
+        if n < 2 or not two_level:
             return plans
 
         def two_level(r: int) -> Plan:
@@ -883,9 +883,10 @@ def _state_hint(module: ModuleOp, fixed: int) -> str:
 
 
 def rematerialize(module: ModuleOp, budget: int, profile: DeviceProfile, fused: bool = False,
-                  host_budget: int = 0) -> RematResult:
+                  host_budget: int = 0, two_level: bool = True) -> RematResult:
     """The cheapest plan whose exact peak fits `budget` (`fused`: the peak after the elementwise
-    fusion that follows in the pipeline), offloading at most `host_budget` bytes to the host."""
+    fusion that follows in the pipeline), offloading at most `host_budget` bytes to the host;
+    `two_level`: plans that rerun layers are candidates too (compile tries tiling first)."""
     baseline = plan_memory(module)
     runs_at = exact_peak(module, fused) if fused else baseline.peak_bytes
     if runs_at <= budget:  # remat costs nothing when memory allows
@@ -905,7 +906,7 @@ def rematerialize(module: ModuleOp, budget: int, profile: DeviceProfile, fused: 
         if plan.peak_bytes <= budget:
             break
         target -= (plan.peak_bytes - budget) * 2**attempt  # the model was optimistic here: tighten
-    candidates += [problem.evaluate(plan) for plan in problem.checkpointing_plans(budget)]
+    candidates += [problem.evaluate(plan) for plan in problem.checkpointing_plans(budget, two_level)]
     fitting = [p for p in candidates if p.peak_bytes <= budget]
     if not fitting:  # the least memory the ILP can reach, if that fits
         least, _, elapsed = problem.solve(None)

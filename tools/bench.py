@@ -98,7 +98,8 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str,
         point["import_and_sp_s"] = time.perf_counter() - started
         started = time.perf_counter()
         try:
-            result = rematerialize(module, parse_budget("auto", profile), profile, fused=True, host_budget=host_budget)  # as compile runs it
+            result = rematerialize(module, parse_budget("auto", profile), profile, fused=True, host_budget=host_budget,
+                                   two_level=rows)  # as compile runs it
             break
         except RematInfeasible as error:
             point.update(fits=False, error=str(error), remat_s=time.perf_counter() - started, tiled_mlp=tiled, tiled_rows=rows)
