@@ -15,10 +15,11 @@ def compile(ep, *, sp: int = 1, remat: bool = False, memory_budget=None, cost_mo
     remat=True recomputes what it must to fit `memory_budget` per rank (bytes, "70GiB", or
     "auto" = the parameters' device memory less a margin, less what other allocations already
     hold there) at the least time estimated by `cost_model` ("h100", "mi300x", "cpu"; default:
-    the parameters' device). `host_memory_budget` (bytes, "64GiB", or "auto" = 80% of the host's
-    memory over its local ranks; default None: no offload) lets remat also move values to the
-    host's memory after the forward and back before the backward needs them, copies that
-    overlap compute, as a third choice beside keeping and recomputing. fuse=False keeps elementwise chains as separate ATen calls (no
+    the parameters' device). `host_memory_budget` (bytes, "64GiB", 0: none, or "auto" = 80% of
+    the host's memory over its local ranks; default "auto" on a GPU, none on CPU) lets remat also
+    move values to the host's memory after the forward and back before the backward needs them,
+    copies that overlap compute, as a third choice beside keeping and recomputing (when cheaper
+    than recomputing; nothing moves when the step fits). fuse=False keeps elementwise chains as separate ATen calls (no
     generated kernels). tile_mlp=True computes gated MLPs in chunks of rows and recomputes their
     gate/up projections chunk by chunk in the backward; "auto" (default) does so only when remat
     finds no plan that fits otherwise. tile_rows=True computes every token-wise chain (norms,

@@ -90,13 +90,14 @@ def signature(module: ModuleOp) -> tuple[list[InputSpec], list[str]]:
     return specs, grad_of
 
 
-def remat_options(ep, memory_budget, cost_model) -> tuple[str, str]:
+def remat_options(ep, memory_budget, cost_model, host_memory_budget) -> tuple[str, str, str]:
     """The budget in bytes ("auto": the memory of the device holding the parameters, less a
     margin, less what is already allocated there besides the exported program's own state, which
-    the plan counts itself) and the cost model (by default the preset for that device)."""
+    the plan counts itself), the cost model (by default the preset for that device) and the host
+    budget in bytes (by default "auto" on a GPU; none on CPU, where the host is the device)."""
     from autosp.passes.cost_model import device_profile, profile_for
     from autosp.passes.memory_plan import human_bytes
-    from autosp.passes.remat import parse_budget
+    from autosp.passes.remat import parse_budget, parse_host_budget
 
     tensors = [*ep.state_dict.values(), *ep.constants.values()]
     device = tensors[0].device if tensors else torch.device("cpu")
@@ -115,7 +116,9 @@ def remat_options(ep, memory_budget, cost_model) -> tuple[str, str]:
                 "tensors besides the model's), leaving nothing to plan; free them or give memory_budget in bytes"
             )
         budget -= others
-    return str(budget), profile.name
+    if host_memory_budget is None:
+        host_memory_budget = "auto" if device.type == "cuda" else 0
+    return str(budget), profile.name, str(parse_host_budget(host_memory_budget))
 
 
 # The joint export dominates compile time (seconds per layer-heavy model), and compiling one
@@ -352,13 +355,11 @@ def compile_program(ep, *, sp=1, remat=False, memory_budget=None, cost_model=Non
 
 def _compile(ep, *, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_dir, shard, optimizer, prefetch, world,
              world_rank, rank, timeout, host_memory_budget, tile_rows) -> TrainStep:
-    from autosp.passes.remat import parse_host_budget
-
     options = dict(sp=sp, remat=remat, fuse=fuse, shard=shard, world=world, world_rank=world_rank, optimizer=optimizer,
                    prefetch=prefetch)
     if remat:
-        budget, model = remat_options(ep, memory_budget, cost_model)
-        options.update(memory_budget=budget, cost_model=model, host_budget=str(parse_host_budget(host_memory_budget)))
+        budget, model, host = remat_options(ep, memory_budget, cost_model, host_memory_budget)
+        options.update(memory_budget=budget, cost_model=model, host_budget=host)
     pipeline_spec(**options)  # bad options fail before the (slow) import
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     from autosp.passes import tile_rows as tiling
