@@ -44,6 +44,7 @@ class CommReport:
     offload: dict[str, str] = field(default_factory=dict)  # host memory, bytes copied, exposed copy time
     offloaded: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))  # type -> [count, bytes]
     offload_by_layer: dict[str, list[float]] = field(default_factory=dict)  # layer -> [compute, exposed copies] seconds
+    timeline: dict = field(default_factory=dict)  # offload_timeline's estimate, when values are offloaded
     # what a tiled region computes -> [count, rows per chunk, chunks, scratch bytes]
     tiled: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0]))
 
@@ -296,6 +297,7 @@ def _offload_report(module: ModuleOp, report: CommReport, profile) -> None:
     worst = max(timeline["by_layer"].items(), key=lambda kv: (kv[1][1], kv[1][0]))
     report.offload["most exposed layer"] = f"{worst[0]}: {worst[1][1] * 1e3:.3f} ms of {worst[1][0] * 1e3:.3f} ms compute"
     report.offload_by_layer = dict(timeline["by_layer"])
+    report.timeline = {**timeline, "by_layer": report.offload_by_layer}
 
 
 def _tiled_report(module: ModuleOp, report: CommReport) -> None:

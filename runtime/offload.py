@@ -16,6 +16,23 @@ import torch
 _EVENT = "_autosp_copy_done"  # the copy's CUDA/HIP event, on the tensor it fills
 
 
+class StallTimer:
+    """How long the compute stream waits for copies (GPU): timing events either side of each
+    wait; the wait ends when the copy is done, the event before it when the compute queued
+    before it is, so their distance is the copy time the compute did not hide. Install it as
+    `offload.STALLS` to measure (tests/gpu_offload.py); seconds once the stream is synchronized."""
+
+    def __init__(self):
+        self.waits: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = {"out": [], "in": []}
+
+    def seconds(self) -> dict[str, float]:
+        torch.cuda.synchronize()
+        return {way: sum(a.elapsed_time(b) for a, b in pairs) / 1e3 for way, pairs in self.waits.items()}
+
+
+STALLS: StallTimer | None = None
+
+
 class HostPool:
     def __init__(self, nbytes: int, device: torch.device):
         self.device = device
@@ -44,10 +61,19 @@ class HostPool:
         setattr(target, _EVENT, done)
 
 
-def _wait(tensor: torch.Tensor) -> None:
+def _wait(tensor: torch.Tensor, way: str) -> None:
     done = getattr(tensor, _EVENT, None)
-    if done is not None:
-        torch.cuda.current_stream(tensor.device).wait_event(done)
+    if done is None:
+        return
+    stream = torch.cuda.current_stream(tensor.device)
+    if STALLS is None:
+        stream.wait_event(done)
+        return
+    before, after = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    before.record(stream)
+    stream.wait_event(done)
+    after.record(stream)
+    STALLS.waits[way].append((before, after))
 
 
 def offload_start(value: torch.Tensor, *, offset: int, pool: HostPool) -> torch.Tensor:
@@ -59,7 +85,7 @@ def offload_start(value: torch.Tensor, *, offset: int, pool: HostPool) -> torch.
 
 def offload_wait(value: torch.Tensor, host: torch.Tensor) -> None:
     """`value`'s copy to the host is done (for the compute stream): its memory may be reused."""
-    _wait(host)
+    _wait(host, "out")
 
 
 def prefetch_start(host: torch.Tensor, *, pool: HostPool) -> torch.Tensor:
@@ -71,5 +97,5 @@ def prefetch_start(host: torch.Tensor, *, pool: HostPool) -> torch.Tensor:
 
 def prefetch_wait(value: torch.Tensor) -> torch.Tensor:
     """`value` once its copy from the host is done (for the compute stream)."""
-    _wait(value)
+    _wait(value, "in")
     return value

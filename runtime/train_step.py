@@ -131,6 +131,7 @@ class TrainStep:
         predicted_tracked_bytes: int = 0,
         predicted_held: dict[str, int] | None = None,
         measured_path: Path | None = None,
+        predicted_offload: dict | None = None,
     ):
         self.program_path = Path(program_path)
         # The same program handing each value it makes to TRACK, for measure_memory.
@@ -143,6 +144,9 @@ class TrainStep:
         # The predicted peak by what it holds: parameters, gradients, optimizer state, gathered
         # parameters, activations, buffers and inputs, kernel workspace (bytes).
         self.predicted_held = dict(predicted_held or {})
+        # The host copies' estimate (report.offload_timeline): bytes each way, seconds of
+        # copy time the compute stream waits for ("exposed_out", "exposed_in"), the step's.
+        self.predicted_offload = dict(predicted_offload or {})
         self.inputs = inputs
         self.grad_of = grad_of
         self.report = report
