@@ -45,20 +45,27 @@ def _least(program, host: int, rerun: bool) -> int:
     return min(problem.evaluate(plan).peak_bytes for plan in plans)
 
 
-def rerun_case(rank, world, *, arch, shard="none", host=0):
-    torch.use_deterministic_algorithms(True)  # the embedding gradient's accumulation order
-    try:
-        from torch.distributed.tensor import DTensor
+def rerun_case(rank, world, *, arch, shard="none", host=0, tiled=False):
+    """On each rank (sp = world): the budget halfway between the least device peak with and
+    without rerun layer inputs (largest rank's); the step against the same step without remat
+    (`tiled`: both with every token-wise chain in chunks of rows, as compile's last resort)."""
+    from torch.distributed.tensor import DTensor
 
+    from autosp.passes import tile_rows
+
+    torch.use_deterministic_algorithms(True)  # the embedding gradient's accumulation order
+    chunk_bytes, tile_rows.CHUNK_BYTES = tile_rows.CHUNK_BYTES, 1 << 15  # ~250 rows a chunk here
+    try:
         module, ids, labels = _model(arch)
         twin = copy.deepcopy(module)  # a sharded compile makes the module's parameters its DTensors
         ep = torch.export.export(module, (ids, labels))
         options = dict(sp=world, shard=shard)
-        head, _ = until_remat(pipeline_spec(**options, remat=True, fuse=True))
-        program = run_pipeline(imported(ep, False)[0], head)  # rank 0's (the largest)
+        head, _ = until_remat(pipeline_spec(**options, remat=True, fuse=True, tile_rows=tiled, tile_bytes=1 << 15))
+        program = run_pipeline(imported(ep, tiled)[0], head)  # rank 0's (the largest)
         without, rerunning = _least(program, host, False), _least(program, host, True)
         budget = (without + rerunning) // 2
-        plain = autosp.compile(ep, **options)
+        tiling = dict(tile_mlp=tiled, tile_rows=tiled)
+        plain = autosp.compile(ep, **options, **tiling)
 
         def run(step, model):
             model.zero_grad(set_to_none=True)
@@ -71,7 +78,7 @@ def rerun_case(rank, world, *, arch, shard="none", host=0):
         _, loss, grads = run(plain, module)
         # (tiling is what compile tries first when nothing fits; here, rerun is the only way)
         step = autosp.compile(torch.export.export(twin, (ids, labels)), **options, remat=True, memory_budget=budget,
-                              cost_model="cpu", host_memory_budget=host or None, tile_mlp=False, tile_rows=False)
+                              cost_model="cpu", host_memory_budget=host or None, **tiling)
         measured, rerun_loss, rerun_grads = run(step, twin)
         collectives = [line.split("(")[0].split("= ")[-1] for line in step.source.splitlines()
                        if "collectives." in line or "offload." in line]
@@ -79,10 +86,12 @@ def rerun_case(rank, world, *, arch, shard="none", host=0):
             without=without, rerunning=rerunning, budget=budget, measured=measured, tracked=step.predicted_tracked_bytes,
             predicted=step.predicted_peak_bytes, report=re.sub(r"[\s│]", "", step.report),
             offloads=step.source.count("offload.offload_start("), collectives=collectives,
+            tiled=step.source.count("tiles.run("),
             bitwise=torch.equal(loss, rerun_loss) and all(torch.equal(a, b) for a, b in zip(grads, rerun_grads)),
         )
     finally:
         torch.use_deterministic_algorithms(False)
+        tile_rows.CHUNK_BYTES = chunk_bytes
 
 
 def check(stats: dict, offloads: bool) -> None:
@@ -97,6 +106,13 @@ def check(stats: dict, offloads: bool) -> None:
 @pytest.mark.parametrize("arch", ["Llama", "Phi3"])
 def test_rerun_fits_below_what_other_plans_reach_sp1(arch, tmp_cache):
     check(rerun_case(0, 1, arch=arch), offloads=False)
+
+
+def test_rerun_of_tiled_layers_sp1(tmp_cache):
+    # The rerun chain runs the layer's tiled regions again (how the 8B reaches 4M tokens).
+    stats = rerun_case(0, 1, arch="Llama", tiled=True)
+    check(stats, offloads=False)
+    assert stats["tiled"] > 0
 
 
 def test_rerun_with_zero3_and_offload_sp2():
