@@ -9,7 +9,6 @@ other layer inputs are offloaded, and both ranks run the same collectives."""
 import copy
 import re
 
-import pytest
 import torch
 
 import autosp
@@ -103,9 +102,8 @@ def check(stats: dict, offloads: bool) -> None:
     assert stats["bitwise"]
 
 
-@pytest.mark.parametrize("arch", ["Llama", "Phi3"])
-def test_rerun_fits_below_what_other_plans_reach_sp1(arch, tmp_cache):
-    check(rerun_case(0, 1, arch=arch), offloads=False)
+def test_rerun_fits_below_what_other_plans_reach_sp1(tmp_cache):
+    check(rerun_case(0, 1, arch="Phi3"), offloads=False)  # fused qkv and gate_up (Llama: below)
 
 
 def test_rerun_of_tiled_layers_sp1(tmp_cache):
