@@ -165,6 +165,20 @@ def _convex_parts(ops: set[Operation], graph: nx.DiGraph) -> list[set[Operation]
     return parts
 
 
+def _from_arguments(value: SSAValue, cone: set[Operation], known: dict[Operation, bool]) -> bool:
+    """Whether `value` is made from the step's arguments alone by pure ops; those ops join `cone`."""
+    owner = value.owner
+    if not isinstance(owner, Operation):
+        return True
+    if owner not in known:
+        known[owner] = False  # (a cycle cannot happen in SSA; a guard all the same)
+        known[owner] = owner.has_trait(Pure) and not owner.regions and all(
+            _from_arguments(o, cone, known) for o in owner.operands)
+        if known[owner]:
+            cone.add(owner)
+    return known[owner]
+
+
 def _graph(ops: list[Operation]) -> nx.DiGraph:
     graph = nx.DiGraph()
     graph.add_nodes_from(ops)
@@ -276,14 +290,12 @@ class _Tiler:
         return max(defined, default=-1) + 1, min(readers, default=len(ops) - 1)
 
     def _movable(self, inputs: list[SSAValue], replaced: list[SSAValue], skip: set[Operation]):
-        before: list[Operation] = []  # view chains of arguments the op reads
+        # What the op reads that the step's arguments alone make (views of weights, masks of
+        # the token ids): it can be made right before the op, wherever it was.
+        cone: set[Operation] = set()
         for value in inputs:
-            chain, root = [], value
-            while isinstance(root.owner, Operation) and is_view(root.owner) and root.owner.operands:
-                chain.append(root.owner)
-                root = root.owner.operands[0]
-            if chain and not isinstance(root.owner, Operation):  # a block argument
-                before += [o for o in reversed(chain) if o not in before]
+            _from_arguments(value, cone, {})
+        before = sorted(cone, key=self.block.get_operation_index)
         after: list[Operation] = []  # views of the replaced values, and views of those
         frontier = [u.operation for v in replaced for u in v.uses if u.operation not in skip]
         while frontier:

@@ -23,9 +23,9 @@ ARCHS = {
 CHUNK_BYTES = 1 << 16  # ~100 tokens a chunk at these widths: several chunks, the last shorter
 
 
-def _model(arch: str):
+def _model(arch: str, **overrides):
     config = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=SEQ) | ARCHS[arch]
+                  num_key_value_heads=2, max_position_embeddings=SEQ) | ARCHS[arch] | overrides
     if arch == "GPTNeoX":
         config.pop("num_key_value_heads")
     module = tiny_causal_lm(arch, **config)
@@ -111,3 +111,40 @@ def test_tile_rows_auto_where_nothing_else_fits(tmp_cache, monkeypatch):
     eager.backward()
     assert relative_error(loss, eager.detach()) <= 1e-5
     assert max(relative_error(p.grad, r.grad) for p, r in zip(module.parameters(), reference.parameters())) <= 1e-5
+
+
+def zero3_tiled_case(rank, world, *, sp):
+    """ZeRO-3 places each bucket's gradient reduce-scatter right after its last gradient: in the
+    first layer that is before the embedding gradient's mask of the token ids, which the tiled
+    backward region reads; the mask (made from the arguments alone) moves to the region, so
+    every region is tiled as without sharding, and the gradients equal eager's."""
+    from torch.distributed.tensor import DTensor
+
+    from autosp.passes import tile_rows
+
+    module, ids, labels = _model("Llama", tie_word_embeddings=True)  # the embedding gradient in the last bucket
+    reference = copy.deepcopy(module)
+    sharded = copy.deepcopy(module)
+    chunk_bytes, tile_rows.CHUNK_BYTES = tile_rows.CHUNK_BYTES, CHUNK_BYTES
+    try:
+        plain = autosp.compile(torch.export.export(module, (ids, labels)), sp=sp, tile_rows=True)
+        step = autosp.compile(torch.export.export(sharded, (ids, labels)), sp=sp, tile_rows=True, shard="parameters")
+    finally:
+        tile_rows.CHUNK_BYTES = chunk_bytes
+    loss = step(ids, labels)
+    eager = reference(ids, labels)
+    eager.backward()
+    grads = [p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad for p in sharded.parameters()]
+    return dict(
+        tiled=step.source.count("tiles.run("), unsharded_tiled=plain.source.count("tiles.run("),
+        loss=relative_error(loss, eager.detach()),
+        grad=max(relative_error(g, r.grad) for g, r in zip(grads, reference.parameters())),
+    )
+
+
+@pytest.mark.parametrize("sp", [1, 2])  # dp=2, sp=2
+def test_tiled_chains_under_zero3(sp):
+    for stats in run_pooled(2, zero3_tiled_case, sp=sp):
+        print(stats)
+        assert stats["tiled"] == stats["unsharded_tiled"] >= 4
+        assert stats["loss"] <= 1e-5 and stats["grad"] <= 1e-5
