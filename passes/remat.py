@@ -388,18 +388,22 @@ class RematProblem:
     def checkpointing_plans(self, budget: int | None = None, two_level: bool = True) -> list[Plan]:
         """Per-layer checkpointing, and variants that hold less: with a host budget, what it keeps
         offloaded as far as the budget goes (the hand-written systems' activation offload); and
-        two-level checkpointing, where some layer inputs are made again from the input of the
-        layer before (one more forward of that layer) instead of held: every other one, and
-        given `budget`, the fewest that fit it (bisected, evaluated), from as many as the host
-        has no room for."""
+        (`two_level`) the two-level plans for `budget`."""
         plain = self.checkpointing()
-        plans = [plain]
         offloaded = self._offloaded(plain.name, plain.recompute)
-        if offloaded is not None:
-            plans.append(offloaded)
+        return [plain] + ([offloaded] if offloaded else []) + (self.two_level_plans(budget) if two_level else [])
+
+    def two_level_plans(self, budget: int | None = None) -> list[Plan]:
+        """Two-level checkpointing: some layer inputs are made again from the input of the layer
+        before (one more forward of that layer) instead of held (the rest offloaded as far as
+        the host budget goes): every other one, and given `budget`, the fewest that fit it
+        (bisected, each plan evaluated), from as many as the host has no room for."""
+        plain = self.checkpointing()
+        offloaded = self._offloaded(plain.name, plain.recompute)
+        plans: list[Plan] = []
         inputs = [u for u in self.layer_inputs if u.recomputable]
         n = len(inputs)
-        if n < 2 or not two_level:
+        if n < 2:
             return plans
 
         def two_level(r: int) -> Plan:
@@ -906,13 +910,16 @@ def rematerialize(module: ModuleOp, budget: int, profile: DeviceProfile, fused: 
         if plan.peak_bytes <= budget:
             break
         target -= (plan.peak_bytes - budget) * 2**attempt  # the model was optimistic here: tighten
-    candidates += [problem.evaluate(plan) for plan in problem.checkpointing_plans(budget, two_level)]
+    candidates += [problem.evaluate(plan) for plan in problem.checkpointing_plans(budget, two_level=False)]
     fitting = [p for p in candidates if p.peak_bytes <= budget]
     if not fitting:  # the least memory the ILP can reach, if that fits
         least, _, elapsed = problem.solve(None)
         ilp_seconds += elapsed
         if least is not None:
             candidates.append(problem.evaluate(problem.plan("least memory", *least)))
+        fitting = [p for p in candidates if p.peak_bytes <= budget]
+    if not fitting and two_level:  # layers run twice: only when nothing else fits
+        candidates += [problem.evaluate(plan) for plan in problem.two_level_plans(budget)]
         fitting = [p for p in candidates if p.peak_bytes <= budget]
     if not fitting:
         raise infeasible(module, baseline, min(p.peak_bytes for p in candidates), budget, host_budget)
