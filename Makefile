@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(PY) -m autosp.tools.demo
 
 test: $(STAMP)
-	bash tests/lint_imports.sh
+	.venv/bin/lint-imports
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 	.venv/bin/lit -q tests/lit
 
