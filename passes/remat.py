@@ -300,30 +300,32 @@ class RematProblem:
         # that fits on the device is kept there.
         return prefetch_at, exposed_out + exposed_in + HIDDEN_COPY_COST * 2 * copy
 
+    @cached_property
+    def _by_index(self) -> dict[int, Unit]:
+        return {u.index: u for u in self.candidates}
+
     def _rerun_chains(self, plan: Plan) -> dict[Unit, set[Unit]]:
         """Each rerun layer input -> the units its private chain makes again (itself included):
         back through what the backward does not hold, to what it does (apply_recompute)."""
-        by_index = {u.index: u for u in self.candidates}
         recomputed = plan.recompute | plan.rerun
         chains = {}
         for index in plan.rerun:
-            if index not in by_index:
+            if index not in self._by_index:
                 continue
-            chain, stack = set(), [by_index[index]]
+            chain, stack = set(), [self._by_index[index]]
             while stack:
                 u = stack.pop()
                 if u in chain:
                     continue
                 chain.add(u)
                 stack += [i for i in u.inputs if i.recomputable and (i.index in recomputed or not i.needed)]
-            chains[by_index[index]] = chain
+            chains[self._by_index[index]] = chain
         return chains
 
     def _needs(self, plan: Plan) -> dict[Unit, int]:
         """The first backward need of each offloaded unit under `plan`: a rerun chain that reads it
         needs it where the chain runs, before that layer's own backward."""
-        by_index = {u.index: u for u in self.candidates}
-        needs = {by_index[i]: by_index[i].earliest_need for i in plan.offload}
+        needs = {self._by_index[i]: self._by_index[i].earliest_need for i in plan.offload}
         for target, chain in self._rerun_chains(plan).items():
             for u in chain:
                 for i in u.inputs:
@@ -655,7 +657,8 @@ def apply_recompute(module: ModuleOp, recompute: frozenset[int], rerun: frozense
             root[r] = root.get(op.operands[0], op.operands[0]) if is_view(op) and op.operands else r
     # What the backward holds as the forward left it: what it reads, and the inputs of clones.
     held = {root.get(o, o) for op in ops if op not in forward for o in op.operands}
-    held |= {root.get(o, o) for op in chosen | replayed for o in op.operands}
+    remade = chosen | replayed
+    held |= {root.get(o, o) for op in remade for o in op.operands}
 
     def storage_of(value: SSAValue) -> Operation | None:
         if not isinstance(value, OpResult) or value.owner not in forward:
@@ -664,13 +667,13 @@ def apply_recompute(module: ModuleOp, recompute: frozenset[int], rerun: frozense
         return base.owner if isinstance(base, OpResult) else None
 
     def storage_recomputed(value: SSAValue) -> bool:
-        return storage_of(value) in chosen or storage_of(value) in replayed
+        return storage_of(value) in remade
 
     def in_chain(value: SSAValue) -> bool:  # made again by a rerun's private chain
         owner = storage_of(value)
         if owner is None:
             return False
-        return owner in chosen or owner in replayed or root[value] not in held and recomputable(owner)
+        return owner in remade or root[value] not in held and recomputable(owner)
 
     clones: dict[SSAValue, SSAValue] = {}
     made: list[Operation] = []

@@ -293,8 +293,9 @@ class _Tiler:
         # What the op reads that the step's arguments alone make (views of weights, masks of
         # the token ids): it can be made right before the op, wherever it was.
         cone: set[Operation] = set()
+        known: dict[Operation, bool] = {}
         for value in inputs:
-            _from_arguments(value, cone, {})
+            _from_arguments(value, cone, known)
         before = sorted(cone, key=self.block.get_operation_index)
         after: list[Operation] = []  # views of the replaced values, and views of those
         frontier = [u.operation for v in replaced for u in v.uses if u.operation not in skip]
