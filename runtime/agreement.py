@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from autosp.common.errors import AutoSPError
+from autosp.runtime.collectives import check_nccl
 
 DEFAULT_TIMEOUT_S = 300.0
 _rendezvous_count = itertools.count()
@@ -224,6 +225,7 @@ class StepAgreement:
         else:
             row[0] = 1
         rows = [torch.empty_like(row) for _ in range(self.world)]
+        check_nccl("all_gather", *rows, row, same_as=row)
         dist.all_gather(rows, row)
         table = torch.stack(rows).cpu()
         failed = [r for r in range(self.world) if table[r, 0]]
@@ -272,5 +274,6 @@ def agree_on_state(names: list[str], tensors: list[torch.Tensor], device: torch.
     see a rank's whole weights again."""
     row = torch.cat([fingerprint(t).to(device) for t in tensors]) if tensors else torch.zeros(0, dtype=torch.int64, device=device)
     rows = [torch.empty_like(row) for _ in range(dist.get_world_size())]
+    check_nccl("all_gather", *rows, row, same_as=row)
     dist.all_gather(rows, row)
     compare_state(torch.stack(rows).cpu(), names)

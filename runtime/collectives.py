@@ -1,14 +1,63 @@
 """Collectives the generated program calls, over torch.distributed (gloo on CPU, NCCL on NVIDIA,
-RCCL on AMD). Each returns a new tensor and leaves its input untouched."""
+RCCL on AMD). Each returns a new tensor and leaves its input untouched.
+
+Every tensor handed to torch.distributed is a contiguous buffer of a dtype NCCL takes: NCCL
+refuses what gloo accepts (permuted strides, most obviously), so with `AUTOSP_NCCL_RULES=1` (the
+test suite sets it) every call checks NCCL's rules first and fails where NCCL would, on gloo.
+"""
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.distributed as dist
 
+from autosp.common.errors import AutoSPError
 from autosp.common.sizes import chunk_sizes, split_sizes
 
 _REDUCE = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+
+# What ProcessGroupNCCL maps to an ncclDataType_t (bool travels as uint8).
+NCCL_DTYPES = frozenset({
+    torch.int8, torch.uint8, torch.int32, torch.int64, torch.float16, torch.float32, torch.float64,
+    torch.bfloat16, torch.bool, torch.float8_e4m3fn, torch.float8_e5m2,
+})
+
+
+def nccl_rules() -> bool:
+    return os.environ.get("AUTOSP_NCCL_RULES", "0") not in ("", "0")
+
+
+def check_nccl(call: str, *tensors: torch.Tensor, same_as: torch.Tensor | None = None) -> None:
+    """NCCL's rules for the tensors of one call (with AUTOSP_NCCL_RULES=1): dense, contiguous, a
+    dtype NCCL has, one device; `same_as`: every tensor must also match its dtype and size
+    (list collectives)."""
+    if not nccl_rules():
+        return
+    for t in tensors:
+        if t.layout != torch.strided or not t.is_contiguous():
+            raise AutoSPError(
+                f"NCCL rule: {call} needs contiguous dense tensors, got shape {list(t.shape)} strides {list(t.stride())} "
+                f"({t.layout}); NCCL would refuse it (a bug in AutoSP's collectives: please report it)"
+            )
+        if t.dtype not in NCCL_DTYPES:
+            raise AutoSPError(f"NCCL rule: {call} cannot send {t.dtype} (NCCL has no such type)")
+        if same_as is not None and (t.dtype != same_as.dtype or t.numel() != same_as.numel() or t.device != same_as.device):
+            raise AutoSPError(
+                f"NCCL rule: {call} needs tensors of one dtype, size and device; got {t.dtype} x {t.numel()} on {t.device} "
+                f"beside {same_as.dtype} x {same_as.numel()} on {same_as.device}"
+            )
+
+
+def check_nccl_sizes(call: str, whole: torch.Tensor, part: torch.Tensor, group) -> None:
+    """all_gather_into_tensor / reduce_scatter_tensor: the whole is the group's size times the part."""
+    check_nccl(call, whole, part)
+    if nccl_rules() and (whole.numel() != part.numel() * dist.get_world_size(group) or whole.dtype != part.dtype):
+        raise AutoSPError(
+            f"NCCL rule: {call} needs the whole buffer to be {dist.get_world_size(group)} x its part of one dtype, "
+            f"got {whole.numel()} ({whole.dtype}) and {part.numel()} ({part.dtype})"
+        )
 
 
 def _handed(x: torch.Tensor) -> torch.Tensor:
@@ -19,9 +68,32 @@ def _handed(x: torch.Tensor) -> torch.Tensor:
     return x.detach()
 
 
+_NO_BASE_COLLECTIVES: set[str] = set()  # backends without all_gather_into_tensor / reduce_scatter_tensor
+# One-buffer collectives under their current names (torch 2.13 renamed them `*_single`).
+_all_gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_flat = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+def _unsupported(err: RuntimeError, names: tuple[str, ...]) -> bool:
+    return any(name in str(err) for name in names)
+
+
 def all_reduce(x: torch.Tensor, reduce: str, group) -> torch.Tensor:
-    out = x.clone()
+    out = x.clone(memory_format=torch.contiguous_format)  # NCCL takes contiguous buffers only
+    check_nccl("all_reduce", out)
     dist.all_reduce(_handed(out), op=_REDUCE[reduce], group=group)
+    return out
+
+
+def average_in_place(grads: list[torch.Tensor], replicas: int, group) -> list[torch.Tensor]:
+    """Each gradient summed over the group (the DP replicas) and divided by `replicas`: in place
+    where the gradient is contiguous, else into a contiguous copy (returned in its place)."""
+    out = []
+    for grad in grads:
+        buffer = grad if grad.is_contiguous() else grad.contiguous()
+        check_nccl("all_reduce", buffer)
+        dist.all_reduce(buffer, group=group)
+        out.append(buffer.div_(replicas))
     return out
 
 
@@ -44,15 +116,36 @@ def all_gather(x: torch.Tensor, dim: int, total: int, outer: int, group) -> torc
         gathered = all_gather(x.unflatten(dim, (outer, -1)), dim + 1, total, 1, group)
         return gathered.flatten(dim, dim + 1)
     sizes = split_sizes(total, dist.get_world_size(group))
-    padded = _pad_to(x, dim, max(sizes))  # gloo gathers equal shapes: pad, then trim each part
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, _handed(padded.contiguous()), group=group)
+    padded = _pad_to(x, dim, max(sizes)).contiguous()  # equal shapes: pad, then trim each part
+    parts = [torch.empty(padded.shape, dtype=padded.dtype, device=padded.device) for _ in sizes]
+    check_nccl("all_gather", *parts, padded, same_as=padded)
+    dist.all_gather(parts, _handed(padded), group=group)
     return torch.cat([p.narrow(dim, 0, size) for p, size in zip(parts, sizes)], dim=dim)
 
 
 def reduce_scatter(x: torch.Tensor, reduce: str, dim: int, outer: int, group) -> torch.Tensor:
-    summed = all_reduce(x, reduce, group)  # gloo has no reduce_scatter
-    return local_shard(summed, dim, 1, outer, group)
+    """This rank's part of dim (cut as local_shard cuts it) of x reduced over the group: one
+    reduce_scatter_tensor of the parts stacked (each padded to the longest) where the backend
+    has it, else an all-reduce and this rank's part of it."""
+    n, rank = dist.get_world_size(group), dist.get_rank(group)
+    backend = str(dist.get_backend(group))
+    if backend not in _NO_BASE_COLLECTIVES:
+        blocks = x.unflatten(dim, (outer, -1)) if outer > 1 else x
+        at = dim + 1 if outer > 1 else dim
+        parts = blocks.tensor_split(n, dim=at)
+        longest = parts[0].shape[at]
+        stacked = torch.stack([_pad_to(p, at, longest) for p in parts])  # [n, ...]: a new contiguous buffer
+        mine = stacked.new_empty(stacked.shape[1:])
+        check_nccl_sizes("reduce_scatter_tensor", stacked, mine, group)
+        try:  # flat buffers: NCCL counts elements, gloo compares shapes
+            _reduce_scatter_flat(_handed(mine.view(-1)), _handed(stacked.view(-1)), op=_REDUCE[reduce], group=group)
+            mine = mine.narrow(at, 0, parts[rank].shape[at])
+            return (mine.flatten(dim, dim + 1) if outer > 1 else mine).contiguous()
+        except RuntimeError as err:
+            if not _unsupported(err, ("reduce_scatter_tensor", "reduce_scatter_single", "_reduce_scatter_base")):
+                raise
+            _NO_BASE_COLLECTIVES.add(backend)
+    return local_shard(all_reduce(x, reduce, group), dim, 1, outer, group)
 
 
 _NO_ALLTOALL: set[str] = set()  # backends found without all_to_all (gloo before torch 2.13)
@@ -62,6 +155,7 @@ def _exchange(outputs: list[torch.Tensor], inputs: list[torch.Tensor], group) ->
     """all_to_all of equal-shaped chunks; point-to-point sends where the backend has none."""
     backend = str(dist.get_backend(group))
     if backend not in _NO_ALLTOALL:
+        check_nccl("all_to_all", *outputs, *inputs, same_as=inputs[0])
         try:
             dist.all_to_all(outputs, [_handed(x) for x in inputs], group=group)
             return
@@ -69,6 +163,7 @@ def _exchange(outputs: list[torch.Tensor], inputs: list[torch.Tensor], group) ->
             if "alltoall" not in str(err).lower():
                 raise
             _NO_ALLTOALL.add(backend)
+    check_nccl("batch_isend_irecv", *outputs, *inputs)
     rank = dist.get_rank(group)
     ops = []
     for peer in range(len(inputs)):
@@ -162,13 +257,6 @@ def _copy_chunks(member: torch.Tensor, segments: torch.Tensor, to_segments: bool
         (theirs if to_segments else mine).copy_(mine if to_segments else theirs)
 
 
-_NO_BASE_COLLECTIVES: set[str] = set()  # backends without all_gather_into_tensor / reduce_scatter_tensor
-
-
-def _unsupported(err: RuntimeError, names: tuple[str, ...]) -> bool:
-    return any(name in str(err) for name in names)
-
-
 # Gathers in flight: buffer's data pointer -> the backend's work (the buffer is the program's
 # value, so it lives until the wait, as the memory plan counts it).
 _PENDING: dict[int, object] = {}
@@ -186,11 +274,12 @@ def gather_params_start(*shards: torch.Tensor, rows: list[int], group) -> torch.
         mine[offset : offset + shard.numel()].copy_(shard.reshape(-1))
     backend = str(dist.get_backend(group))
     work = None
+    check_nccl_sizes("all_gather_into_tensor", buffer, mine, group)
     if backend not in _NO_BASE_COLLECTIVES:
         try:
-            work = dist.all_gather_into_tensor(_handed(buffer.view(-1)), _handed(mine), group=group, async_op=True)
+            work = _all_gather_flat(_handed(buffer.view(-1)), _handed(mine), group=group, async_op=True)
         except RuntimeError as err:
-            if not _unsupported(err, ("all_gather_into_tensor", "allgather_into_tensor", "_allgather_base")):
+            if not _unsupported(err, ("all_gather_into_tensor", "all_gather_single", "allgather_into_tensor", "_allgather_base")):
                 raise
             _NO_BASE_COLLECTIVES.add(backend)
     if work is None:  # a list all-gather into the rows (the row of this rank is its own input)
@@ -231,12 +320,13 @@ def reduce_scatter_grads(*grads: torch.Tensor, divide: int, group):
         else:
             _copy_chunks(grad, flat[:, offset : offset + length], to_segments=True)
     reduced = flat.new_empty(flat.shape[1])
+    check_nccl_sizes("reduce_scatter_tensor", flat, reduced, group)
     backend = str(dist.get_backend(group))
     if backend not in _NO_BASE_COLLECTIVES:
         try:
-            dist.reduce_scatter_tensor(_handed(reduced), _handed(flat.view(-1)), group=group)
+            _reduce_scatter_flat(_handed(reduced), _handed(flat.view(-1)), group=group)
         except RuntimeError as err:
-            if not _unsupported(err, ("reduce_scatter_tensor", "_reduce_scatter_base")):
+            if not _unsupported(err, ("reduce_scatter_tensor", "reduce_scatter_single", "_reduce_scatter_base")):
                 raise
             _NO_BASE_COLLECTIVES.add(backend)
     if backend in _NO_BASE_COLLECTIVES:

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from autosp.runtime.agreement import error_text
+from autosp.runtime.collectives import average_in_place
 from autosp.common.errors import AutoSPError
 from autosp.runtime.offload import HostPool
 
@@ -407,11 +408,8 @@ class TrainStep:
         """Average over the dp replicas, then write every .grad or none: everything that can
         fail (validation, allocation) happens before the first parameter is touched."""
         if self.dp_size > 1 and not self.sharded:  # DDP semantics: the mean over replicas of each
-            import torch.distributed as dist           # replica's gradient (sharded: the program's)
-
-            for grad in grads:
-                dist.all_reduce(grad, group=self.dp_group)
-                grad.div_(self.dp_size)
+            # replica's gradient (sharded: the program's reduce-scatters)
+            grads = average_in_place(grads, self.dp_size, self.dp_group)
         with torch.no_grad():
             new: list[torch.Tensor | None] = []  # a tensor to assign, or None: add in place
             for param, grad in zip(self.parameters, grads):

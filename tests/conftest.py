@@ -7,6 +7,9 @@ import torch
 # so before anything imports them).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Collectives check NCCL's rules (contiguous buffers, NCCL's dtypes) on gloo too: what NCCL would
+# refuse fails here (inherited by the spawned gloo ranks).
+os.environ.setdefault("AUTOSP_NCCL_RULES", "1")
 os.environ.setdefault("AUTOSP_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", "build", "autosp-cache"))
 
 # AUTOSP_TEST_DEVICE=cuda runs the equivalence tests on a GPU (the same tests, the same tolerance).
