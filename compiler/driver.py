@@ -100,7 +100,7 @@ def remat_options(ep, memory_budget, cost_model, host_memory_budget) -> tuple[st
     from autosp.passes.remat import parse_budget, parse_host_budget
 
     tensors = [*ep.state_dict.values(), *ep.constants.values()]
-    device = tensors[0].device if tensors else torch.device("cpu")
+    device = _state_device(ep)
     profile = profile_for(device)
     if cost_model is not None:
         profile = device_profile(cost_model, memory_bytes=profile.memory_bytes)
@@ -189,6 +189,12 @@ def _disk_import(ep, tile_mlp: bool, cache_dir: Path, key: str) -> ModuleOp:
         return module
 
 
+# What compile does, in this order, when no remat plan fits: gated MLPs in row chunks, every
+# token-wise chain in row chunks, attention kernels with the least scratch (slower backward),
+# then plans that rerun layers (two-level checkpointing).
+LEVELS = ("tile_mlp", "tile_rows", "lean_kernels")
+
+
 def compile_with_one_plan(ep, options: dict, rank: int, tiling: dict, cache_dir: Path, timeout: float) -> tuple[ModuleOp, str]:
     """Import, run the pipeline and rematerialize with ONE plan for every rank: each rank makes
     its program up to remat; world rank 0 plans on its own (the largest sequence part and
@@ -196,17 +202,17 @@ def compile_with_one_plan(ep, options: dict, rank: int, tiling: dict, cache_dir:
     every rank applies it to its program, so a collective it recomputes runs on every rank, in
     the same place. When nothing fits, rank 0 tries again with more in row chunks, as far as
     `tiling` allows ("auto": when needed): the gated MLPs (`tile_mlp`), then every token-wise
-    chain (`tile_rows`)."""
+    chain (`tile_rows`), then attention kernels with the least scratch (`lean_kernels`)."""
     from autosp.passes.remat import RematInfeasible
 
     world, world_rank = options["world"], options["world_rank"]
 
     def program(level: list[bool]) -> tuple[ModuleOp, str]:
         module, checks = imported(ep, level[0], cache_dir)
-        head, _ = until_remat(pipeline_spec(**options, rank=rank, tile_rows=level[1]))
+        head, _ = until_remat(pipeline_spec(**options, rank=rank, tile_rows=level[1], lean_kernels=level[2]))
         return run_pipeline(module, head), checks
 
-    level = [tiling["tile_mlp"] is True, tiling["tile_rows"] is True]
+    level = [tiling[key] is True for key in LEVELS]
     module, checks = program(level)
 
     def decide(contributions: list[str]) -> str:
@@ -223,7 +229,7 @@ def compile_with_one_plan(ep, options: dict, rank: int, tiling: dict, cache_dir:
                 )
         least = {**options, "memory_budget": str(min(budgets)), "host_budget": str(min(host_budgets))}
         while True:
-            more = [i for i, key in enumerate(("tile_mlp", "tile_rows")) if tiling[key] == "auto" and not level[i]]
+            more = [i for i, key in enumerate(LEVELS) if tiling[key] == "auto" and not level[i]]
             try:  # layers run twice (two-level checkpointing) only when no more tiling is left to try
                 plan = remat_plan(module, **least, two_level=not more)
                 break
@@ -251,8 +257,50 @@ def compile_with_one_plan(ep, options: dict, rank: int, tiling: dict, cache_dir:
             "cannot be applied to it (a bug: please report it with the model)"
         )
     plan = RematPlan(name, tuple(recompute), tuple(offload), tuple(rerun), structure)
-    _, tail = until_remat(pipeline_spec(**options, rank=rank, tile_rows=level[1], remat_plan=plan))
+    _, tail = until_remat(pipeline_spec(**options, rank=rank, tile_rows=level[1], lean_kernels=level[2], remat_plan=plan))
     return run_pipeline(module, tail), checks
+
+
+def kernel_target(ep, cache_dir: Path) -> tuple[str, str]:
+    """The device the kernels are chosen for (select-kernels' `target`), from where the exported
+    program's state lives, and the attention kernels that failed a probe on it (`exclude`): on a
+    GPU each of torch's kernels that would run one of the program's attention cases first runs
+    a small case of the same kind (dtype, head dim, GQA, mask, documents) against the reference;
+    one that raises or differs is not used (its reason is in the report)."""
+    from autosp.ir.autosp import AttentionOp
+    from autosp.ir.kernel_choice import Target, runnable
+    from autosp.runtime.kernels import backend, interpreting, probe_attention
+
+    device = _state_device(ep)
+    if device.type == "cpu":
+        return ("interpreter" if backend() == "triton" and interpreting() else "cpu"), ""
+    if torch.version.hip:
+        target = "rocm"
+    else:
+        major, minor = torch.cuda.get_device_capability(device)
+        target = f"cuda:sm{major}{minor}"
+    module, _ = imported(ep, False, cache_dir)
+    cases = {op.case() for op in module.walk() if isinstance(op, AttentionOp)}
+    failed: dict[str, str] = {}
+    for case in sorted(cases, key=str):
+        for kernel in runnable(case, Target.parse(target)):
+            if kernel in ("triton", "blockwise") or kernel in failed:
+                continue
+            reason = probe_attention(kernel, case.dtype, case.head_dim, case.q_heads // case.kv_heads, case.causal,
+                                     case.window, case.documents, device)
+            if reason is not None:
+                failed[kernel] = reason
+    PROBE_FAILURES.update(failed)
+    return target, ",".join(sorted(failed))
+
+
+# Attention kernels a probe found not working in this process: kernel -> why.
+PROBE_FAILURES: dict[str, str] = {}
+
+
+def _state_device(ep) -> torch.device:
+    tensors = [*ep.state_dict.values(), *ep.constants.values()]
+    return tensors[0].device if tensors else torch.device("cpu")
 
 
 def _world_size() -> int:
@@ -362,11 +410,13 @@ def _compile(ep, *, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_
         options.update(memory_budget=budget, cost_model=model, host_budget=host)
     pipeline_spec(**options)  # bad options fail before the (slow) import
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    options["target"], options["exclude"] = kernel_target(ep, cache)
     from autosp.passes import tile_rows as tiling
 
     options["tile_bytes"] = tiling.CHUNK_BYTES
     if remat:
-        module, checks = compile_with_one_plan(ep, options, rank, {"tile_mlp": tile_mlp, "tile_rows": tile_rows}, cache, timeout)
+        levels = {"tile_mlp": tile_mlp, "tile_rows": tile_rows, "lean_kernels": "auto"}
+        module, checks = compile_with_one_plan(ep, options, rank, levels, cache, timeout)
     else:  # nothing to fit: in row chunks only what is asked for
         module, checks = imported(ep, tile_mlp is True, cache)
         module = run_pipeline(module, pipeline_spec(**options, rank=rank, tile_rows=tile_rows is True))

@@ -18,8 +18,10 @@ BASE_PASSES = ("drop-aliases", "dce")
 
 
 def check_options(sp: int, budget: str | int, cost_model: str, shard: str = "none", world: int | None = None,
-                  world_rank: int = 0, optimizer: str = "none", host_budget: str | int = 0) -> None:
+                  world_rank: int = 0, optimizer: str = "none", host_budget: str | int = 0, target: str = "cuda:sm90",
+                  exclude: str = "") -> None:
     from autosp.ir.autosp import SHARD_LEVELS
+    from autosp.ir.kernel_choice import Target
     from autosp.passes.cost_model import device_profile
     from autosp.passes.optimizers import state_size
     from autosp.passes.remat import parse_budget, parse_host_budget
@@ -32,6 +34,7 @@ def check_options(sp: int, budget: str | int, cost_model: str, shard: str = "non
     if not isinstance(world, int) or world < 1 or world % sp or not 0 <= world_rank < world:
         raise AutoSPError(f"world={world} (rank {world_rank}): the ranks sharing the state must be a multiple of sp={sp}")
     state_size(optimizer)
+    Target.parse(target, exclude)
     parse_budget(budget, device_profile(cost_model))
     parse_host_budget(host_budget)
 
@@ -40,7 +43,7 @@ def pipeline_spec(
     sp: int = 1, remat: bool = False, rank: int = 0, memory_budget: str | int = "auto", cost_model: str = "h100",
     fuse: bool = True, shard: str = "none", world: int | None = None, world_rank: int = 0, optimizer: str = "none",
     prefetch: bool = True, host_budget: str | int = 0, tile_rows: bool = False, tile_bytes: int = 128 << 20,
-    remat_plan: RematPlan | None = None,
+    remat_plan: RematPlan | None = None, target: str = "cuda:sm90", exclude: str = "", lean_kernels: bool = False,
 ) -> str:
     """The passes for these options; `rank` (within the SP group) picks whose program to make
     (they differ only where the sequence does not divide by sp). `shard` (none, optimizer,
@@ -52,8 +55,11 @@ def pipeline_spec(
     `cost_model` prices recomputation and host copies; `host_budget` (bytes, or "auto") is what
     remat may offload to the host's memory per rank; `remat_plan` is a plan made on another rank's program
     (`largest_rank_plan`), applied instead of solving here. `fuse`: elementwise chains into
-    generated kernels (after remat, never raising the peak it planned)."""
-    check_options(sp, memory_budget, cost_model, shard, world, world_rank, optimizer, host_budget)
+    generated kernels (after remat, never raising the peak it planned). `target` (cpu, cuda:smNN,
+    rocm, interpreter) is the device the kernels are chosen for (`select-kernels`), less the
+    attention kernels in `exclude`; `lean_kernels`: attention kernels with the least scratch
+    rather than the fastest."""
+    check_options(sp, memory_budget, cost_model, shard, world, world_rank, optimizer, host_budget, target, exclude)
     passes = list(BASE_PASSES)
     if sp > 1:
         passes += [f"sp-propagate{{sp={sp}}}", f"sp-partition{{rank={rank}}}"]
@@ -62,6 +68,8 @@ def pipeline_spec(
         passes.append(
             f'zero{{level="{shard}" world={world} rank={world_rank} optimizer="{optimizer}" prefetch={str(prefetch).lower()}}}'
         )
+    select = f'target="{target}"' + (f' exclude="{exclude}"' if exclude else "") + (" lean=true" if lean_kernels else "")
+    passes.append(f"select-kernels{{{select}}}")
     if tile_rows:
         passes.append(f"tile-rows{{chunk_bytes={tile_bytes}}}")
     if remat:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from xdsl.dialects.builtin import ModuleOp, NameLoc
 from xdsl.ir import Operation, SSAValue
 
-from autosp.ir.autosp import AttentionGradOp, AttentionOp, TiledOp, YieldOp
+from autosp.ir.autosp import AttentionGradOp, AttentionOp, LinearCrossEntropyOp, TiledOp, YieldOp
 from autosp.ir.dist import AllGatherOp, AllReduceOp, BucketOp, CollectiveOp, GatherStartOp
 from autosp.ir.dtypes import torch_dtype
 from autosp.ir.host import OffloadStartOp, OffloadWaitOp, PrefetchStartOp, PrefetchWaitOp
@@ -47,6 +47,8 @@ class CommReport:
     timeline: dict = field(default_factory=dict)  # offload_timeline's estimate, when values are offloaded
     # what a tiled region computes -> [count, rows per chunk, chunks, scratch bytes]
     tiled: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0]))
+    # "attention", "attention backward", "loss" -> {kernel: count} (select-kernels' choices)
+    kernels: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
 
     @property
     def total(self) -> float:
@@ -107,6 +109,12 @@ class CommReport:
             for what, (count, rows, chunks, scratch) in sorted(self.tiled.items(), key=lambda kv: -kv[1][0]):
                 tiled.add_row(what, str(count), str(rows), str(chunks), human_bytes(scratch))
             console.print(tiled)
+        if self.kernels:
+            chosen = Table("op", "kernel", "count", title="kernels (select-kernels)")
+            for what in sorted(self.kernels):
+                for kernel, count in sorted(self.kernels[what].items()):
+                    chosen.add_row(what, kernel, str(count))
+            console.print(chosen)
         if self.by_kind:
             console.print(kinds)
             console.print(layers)
@@ -171,6 +179,7 @@ def comm_report(module: ModuleOp) -> CommReport:
                 layer_of[op] = int(found.group(1))
     _remat_report(module, report)
     _tiled_report(module, report)
+    _kernels_report(module, report)
     buckets = _bucket_names(module)
     for op in module.walk():
         if isinstance(op, BucketOp):
@@ -197,6 +206,13 @@ def comm_report(module: ModuleOp) -> CommReport:
                 if UNSHARDED in use.operation.attributes:
                     report.unplanned[use.operation.name] += 1
     return report
+
+
+def _kernels_report(module: ModuleOp, report: CommReport) -> None:
+    what = {AttentionOp: "attention", AttentionGradOp: "attention backward", LinearCrossEntropyOp: "LM head + loss"}
+    for op in module.walk():
+        if type(op) in what and op.kernel is not None:  # type: ignore[attr-defined]
+            report.kernels[what[type(op)]][op.kernel.data] += 1  # type: ignore[attr-defined]
 
 
 def _bucket_names(module: ModuleOp) -> dict[int, str]:

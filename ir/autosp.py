@@ -45,6 +45,7 @@ from xdsl.irdl import (
     irdl_op_definition,
     operand_def,
     opt_operand_def,
+    opt_prop_def,
     param_def,
     prop_def,
     region_def,
@@ -60,6 +61,7 @@ from xdsl.utils.exceptions import VerifyException
 
 from autosp.ir.dist import GroupOp
 from autosp.ir.dtypes import BYTES, torch_dtype
+from autosp.ir.kernel_choice import ATTENTION_KERNELS, LOSS_KERNELS, AttentionCase, attention_scratch
 from autosp.ir.interfaces import CostInterface, IndexReaderInterface, IndexUse, MovesData, RuleContext, RuntimeCall, RuntimeCallInterface, ShardingInterface, Strategy
 from autosp.ir.layout import Layout, LayoutKind
 from autosp.common.errors import AutoSPError
@@ -240,11 +242,26 @@ class _AttentionBase(IRDLOperation, ShardingInterface, CostInterface, RuntimeCal
     causal = prop_def(BoolAttr)
     window = prop_def(IntegerAttr)  # 0: unbounded; W: query i sees keys i-W+1 .. i
     scale = prop_def(FloatAttr)
+    kernel = opt_prop_def(StringAttr)  # which kernel runs it (select-kernels); absent: chosen when it runs
 
     irdl_options = (ParsePropInAttrDict(),)
     traits = traits_def(Pure())
 
+    def case(self) -> AttentionCase:
+        """The problem its kernel solves (this rank's shapes)."""
+        b, hq, sq, d = _shape(self.query)  # type: ignore[attr-defined]
+        _, hkv, sk, dv = _shape(self.value)  # type: ignore[attr-defined]
+        return AttentionCase(b, hq, hkv, sq, sk, d, dv, torch_dtype(self.query.type.element_type),  # type: ignore[attr-defined]
+                             self.causal.value.data, self.window.value.data, self.documents is not None)  # type: ignore[attr-defined]
+
+    def scratch(self, backward: bool) -> int:
+        """The chosen kernel's scratch (ir/kernel_choice.py); unchosen: the Triton kernels'."""
+        kernel = self.kernel.data if self.kernel is not None else "triton"
+        return attention_scratch(kernel, self.case(), backward)
+
     def verify_mask(self) -> None:
+        if self.kernel is not None and self.kernel.data not in ATTENTION_KERNELS:
+            raise VerifyException(f"{self.name}: kernel {self.kernel.data!r} is not one of {', '.join(ATTENTION_KERNELS)}")
         documents = self.documents  # type: ignore[attr-defined]
         if documents is not None:
             b, _, sq, _ = _shape(self.query)  # type: ignore[attr-defined]
@@ -287,7 +304,8 @@ class _AttentionBase(IRDLOperation, ShardingInterface, CostInterface, RuntimeCal
     def call(self, callee: str) -> RuntimeCall:
         tensors = [v for v in self.operands if v is not self.documents]  # type: ignore[attr-defined]
         documents = [] if self.documents is None else [self.documents]  # type: ignore[attr-defined]
-        return RuntimeCall(callee, [*tensors, self.causal, self.window, self.scale, *documents])
+        kernel = {} if self.kernel is None else {"kernel": self.kernel}
+        return RuntimeCall(callee, [*tensors, self.causal, self.window, self.scale, *documents], kernel)
 
 
 @irdl_op_definition
@@ -340,7 +358,7 @@ class AttentionOp(_AttentionBase):
         return self.forward_flops()
 
     def workspace_bytes(self) -> int:
-        return 0  # flash attention's tiles stay on chip
+        return self.scratch(backward=False)
 
     def runtime_call(self) -> RuntimeCall:
         return self.call("kernels.attention_forward")
@@ -395,9 +413,7 @@ class AttentionGradOp(_AttentionBase):
         return 2.5 * self.forward_flops()  # 5 matmuls for the forward's 2
 
     def workspace_bytes(self) -> int:
-        """The tiles stay on chip; the one buffer is delta = rowsum(dO·O), one fp32 per query row."""
-        b, hq, sq, _ = _shape(self.query)
-        return b * hq * sq * 4
+        return self.scratch(backward=True)
 
     def runtime_call(self) -> RuntimeCall:
         return self.call("kernels.attention_backward")
@@ -493,6 +509,7 @@ class LinearCrossEntropyOp(IRDLOperation, ShardingInterface, CostInterface, Runt
     grad_weight = result_def(TensorType)
     ignore_index = prop_def(IntegerAttr)
     chunk = prop_def(IntegerAttr)
+    kernel = opt_prop_def(StringAttr)  # the per-row step: "triton" or "reference" (select-kernels)
 
     irdl_options = (ParsePropInAttrDict(),)
     traits = traits_def(Pure())
@@ -521,6 +538,8 @@ class LinearCrossEntropyOp(IRDLOperation, ShardingInterface, CostInterface, Runt
             raise VerifyException(f"{self.name}: labels must be integers")
         if self.chunk.value.data < 1:
             raise VerifyException(f"{self.name}: chunk must be >= 1")
+        if self.kernel is not None and self.kernel.data not in LOSS_KERNELS:
+            raise VerifyException(f"{self.name}: kernel {self.kernel.data!r} is not one of {', '.join(LOSS_KERNELS)}")
         acc = lse_element_type(element)
         expected = [TensorType(acc, []), self.hidden.type, TensorType(acc, ws)]
         if [r.type for r in self.results] != expected:
@@ -546,17 +565,20 @@ class LinearCrossEntropyOp(IRDLOperation, ShardingInterface, CostInterface, Runt
     def workspace_bytes(self) -> int:
         """One chunk of logits in the model dtype (overwritten by its gradient), the chunk's per-row
         losses, and, when the weight gradient accumulates in a wider dtype, one vocabulary slice
-        of its product in the model dtype before it is added."""
+        of its product in the model dtype before it is added. The PyTorch rows (`reference`)
+        compute a 16-bit chunk in an fp32 copy (fp32 logits in place)."""
         rows, _ = _shape(self.hidden)
         vocab, width = _shape(self.weight)
         element = BYTES[torch_dtype(self.hidden.type.element_type)]  # type: ignore[attr-defined]
         acc = BYTES[torch_dtype(self.grad_weight.type.element_type)]  # type: ignore[attr-defined]
         chunk = min(rows, self.chunk.value.data)
         product = min(vocab, GRAD_WEIGHT_SLICE) * width * element if element != acc else 0
-        return chunk * vocab * element + chunk * acc + product
+        upcast = chunk * vocab * acc if element != acc and self.kernel is not None and self.kernel.data == "reference" else 0
+        return chunk * vocab * element + chunk * acc + max(product, upcast)
 
     def runtime_call(self) -> RuntimeCall:
-        return RuntimeCall("kernels.linear_cross_entropy", [*self.operands, self.ignore_index, self.chunk])
+        kernel = {} if self.kernel is None else {"kernel": self.kernel}
+        return RuntimeCall("kernels.linear_cross_entropy", [*self.operands, self.ignore_index, self.chunk], kernel)
 
     def index_use(self) -> IndexUse:
         return IndexUse(self.labels, _shape(self.weight)[0], self.ignore_index.value.data, "the loss's vocabulary")

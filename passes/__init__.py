@@ -29,6 +29,12 @@ def _zero() -> type[ModulePass]:
     return Zero
 
 
+def _select_kernels() -> type[ModulePass]:
+    from autosp.passes.select_kernels import SelectKernels
+
+    return SelectKernels
+
+
 def _tile_rows() -> type[ModulePass]:
     from autosp.passes.tile_rows import TileRows
 
@@ -58,6 +64,7 @@ PASSES: dict[str, Callable[[], type[ModulePass]]] = {
     "sp-propagate": _sp_propagate,
     "sp-partition": _sp_partition,
     "zero": _zero,
+    "select-kernels": _select_kernels,
     "tile-rows": _tile_rows,
     "remat": _remat,
     "memory-plan": _memory_plan,

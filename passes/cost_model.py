@@ -45,6 +45,7 @@ class DeviceProfile:
     memory_bytes: int  # device memory, for budget="auto"
     link_bandwidth: float  # what one device sends to its peers, bytes/s (NVLink, Infinity Fabric)
     host_bandwidth: float  # device <-> host memory, one way, bytes/s (PCIe): offload's copies
+    target: str = "cuda:sm90"  # the device kind the kernels are chosen for (select-kernels)
 
 
 def host_memory() -> int:
@@ -57,8 +58,8 @@ def host_memory() -> int:
 PROFILES: dict[str, Callable[[], DeviceProfile]] = {
     "h100": lambda: DeviceProfile("h100", 989e12, 67e12, 67e12, 3.35e12, 4e-6, 80 * GiB, 450e9, 64e9),
     "h200": lambda: DeviceProfile("h200", 989e12, 67e12, 67e12, 4.8e12, 4e-6, 141 * 10**9, 450e9, 64e9),
-    "mi300x": lambda: DeviceProfile("mi300x", 1307e12, 163e12, 163e12, 5.3e12, 4e-6, 192 * GiB, 448e9, 64e9),
-    "cpu": lambda: DeviceProfile("cpu", 2e12, 1e12, 2e11, 1e11, 2e-6, host_memory(), 1e10, 1e10),
+    "mi300x": lambda: DeviceProfile("mi300x", 1307e12, 163e12, 163e12, 5.3e12, 4e-6, 192 * GiB, 448e9, 64e9, "rocm"),
+    "cpu": lambda: DeviceProfile("cpu", 2e12, 1e12, 2e11, 1e11, 2e-6, host_memory(), 1e10, 1e10, "cpu"),
 }
 
 

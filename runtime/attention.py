@@ -1,9 +1,10 @@
 """Reference attention kernels in PyTorch: exact and GQA-native. On CPU tensors they call
-torch's own CPU flash attention (what SDPA runs there, with its log-sum-exp; K/V repeated per
-query head, the mask as an additive [S, S] tile): 5-8x faster than the blockwise loop, which
-the tests' CPU steps spend most of their time in. Elsewhere (fp64 on a GPU) they run blockwise
-over queries so no S x S tensor is ever held (one [B, Hq, block, Sk] score tile at a time). Every
-result is contiguous: the joint graph was traced with that layout and its views rely on it.
+torch's own CPU flash attention (what SDPA runs there, with its log-sum-exp): `is_causal` where
+the mask is plain causal, so the kernel skips the masked half and no mask tensor exists, else an
+additive mask for windows and documents; K/V keep their own head count. Elsewhere (fp64 on a
+GPU, or rows that see no key) they run blockwise over queries so no S x S tensor is ever held
+(one [B, Hq, block, Sk] score tile at a time). Every result is contiguous: the joint graph was
+traced with that layout and its views rely on it.
 
 Layout: q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv]; query head h reads kv head
 h // (Hq / Hkv). The mask is a description evaluated per tile: `causal` keeps key j <= query i,
@@ -15,9 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from autosp.common.attention import QUERY_BLOCK, every_row_sees_a_key
 from autosp.common.precision import accumulation_dtype
-
-QUERY_BLOCK = 1024
 
 
 def _mask_tile(q_start: int, q_len: int, sk: int, causal: bool, window: int, documents, device) -> torch.Tensor | None:
@@ -45,38 +45,38 @@ def _masked_scores(q_tile, kf, scale: float, start: int, causal: bool, window: i
     return scores
 
 
-def _flash_mask(q, sk: int, causal: bool, window: int, documents) -> tuple[torch.Tensor | None, bool]:
-    """(additive mask for torch's CPU flash attention, whether every query row sees a key)."""
+def _cpu_flash_mask(q, sk: int, causal: bool, window: int, documents) -> torch.Tensor | None:
+    """The additive mask torch's CPU flash kernel needs, in q's dtype: none where `is_causal`
+    (or no mask) says it all, else [Sq, Sk], or [B, 1, Sq, Sk] with documents."""
+    if not window and documents is None:
+        return None
     keep = _mask_tile(0, q.shape[-2], sk, causal, window, documents, q.device)
-    if keep is None:
-        return None, True
-    keep = keep[:, :, 0] if keep.dim() == 5 else keep  # [B, 1, Sq, Sk] or [Sq, Sk]
-    mask = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill_(~keep, float("-inf"))
-    return mask, bool(keep.any(-1).all())
+    keep = keep[:, :, 0] if keep.dim() == 5 else keep
+    return torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill_(~keep, float("-inf"))
 
 
-def _repeated(x: torch.Tensor, hq: int) -> torch.Tensor:
-    """[B, Hkv, S, D] -> [B, Hq, S, D]: kv head h // (Hq / Hkv) for query head h."""
-    return x.repeat_interleave(hq // x.shape[1], dim=1) if x.shape[1] != hq else x
+def cpu_flash_forward(q, k, v, causal: bool, window: int, scale: float, documents=None):
+    """torch's CPU flash kernel (what SDPA runs on CPU), GQA-native (K/V keep their head count)."""
+    mask = _cpu_flash_mask(q, k.shape[-2], causal, window, documents)
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k, v, 0.0, causal and mask is None, attn_mask=mask, scale=scale
+    )
+    del mask
+    # The program's values are contiguous; the kernel writes in q's layout: one copy at a time,
+    # each original dropped once copied (the scratch ir/kernel_choice.py prices).
+    out = out.contiguous()
+    return out, lse.contiguous()
 
 
-def _kv_grad(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Per query head [B, Hq, S, D] -> per kv head, summed over each group in fp32."""
-    b, hkv, s, d = like.shape
-    if grad.shape[1] != hkv:
-        grad = grad.to(accumulation_dtype(like.dtype)).view(b, hkv, -1, s, d).sum(2)
-    return grad.to(like.dtype).contiguous()
-
-
-def _flash_cpu(q, k, v, causal: bool, window: int, documents):
-    """The arguments of torch's CPU flash attention, or None where it cannot run the case (rows
-    that see no key: it leaves them NaN, the kernels give 0)."""
-    if q.device.type != "cpu":
-        return None
-    mask, every_row_sees_a_key = _flash_mask(q, k.shape[-2], causal, window, documents)
-    if not every_row_sees_a_key:
-        return None
-    return _repeated(k, q.shape[1]), _repeated(v, q.shape[1]), mask
+def cpu_flash_backward(grad_out, q, k, v, out, lse, causal: bool, window: int, scale: float, documents=None):
+    mask = _cpu_flash_mask(q, k.shape[-2], causal, window, documents)
+    dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        grad_out, q, k, v, out, lse, 0.0, causal and mask is None, attn_mask=mask, scale=scale
+    )
+    del mask
+    dq = dq.contiguous()
+    dk = dk.contiguous()
+    return dq, dk, dv.contiguous()
 
 
 def _grouped(x: torch.Tensor, hkv: int) -> torch.Tensor:
@@ -89,12 +89,10 @@ def attention_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: int, scale: float,
     documents: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    flash = _flash_cpu(q, k, v, causal, window, documents)
-    if flash is None:
-        return blockwise_forward(q, k, v, causal, window, scale, documents)
-    kr, vr, mask = flash
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, kr, vr, 0.0, False, attn_mask=mask, scale=scale)
-    return out.contiguous(), lse.contiguous()
+    """The reference: torch's CPU flash kernel on CPU where it runs the mask, else blockwise."""
+    if q.device.type == "cpu" and every_row_sees_a_key(q.shape[-2], k.shape[-2], window):
+        return cpu_flash_forward(q, k, v, causal, window, scale, documents)
+    return blockwise_forward(q, k, v, causal, window, scale, documents)
 
 
 def blockwise_forward(q, k, v, causal: bool, window: int, scale: float, documents=None):
@@ -122,14 +120,9 @@ def blockwise_forward(q, k, v, causal: bool, window: int, scale: float, document
 
 def attention_backward(grad_out, q, k, v, out, lse, causal: bool, window: int, scale: float, documents=None):
     """(dq, dk, dv): dk/dv at the kv head count, summed over each group."""
-    flash = _flash_cpu(q, k, v, causal, window, documents)
-    if flash is None:
-        return blockwise_backward(grad_out, q, k, v, out, lse, causal, window, scale, documents)
-    kr, vr, mask = flash
-    dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-        grad_out, q, kr, vr, out, lse, 0.0, False, attn_mask=mask, scale=scale
-    )
-    return dq.contiguous(), _kv_grad(dk, k), _kv_grad(dv, v)
+    if q.device.type == "cpu" and every_row_sees_a_key(q.shape[-2], k.shape[-2], window):
+        return cpu_flash_backward(grad_out, q, k, v, out, lse, causal, window, scale, documents)
+    return blockwise_backward(grad_out, q, k, v, out, lse, causal, window, scale, documents)
 
 
 def blockwise_backward(grad_out, q, k, v, out, lse, causal: bool, window: int, scale: float, documents=None):

@@ -1,9 +1,15 @@
-"""The kernels a generated program calls, each dispatched to Triton or to the PyTorch reference.
+"""The kernels a generated program calls.
 
-`AUTOSP_KERNELS` picks: `auto` (default) runs Triton on GPU tensors (CUDA or ROCm builds of
-torch alike) and the reference on CPU; `triton` also runs Triton on CPU tensors, which needs
-`TRITON_INTERPRET=1` (how the tests run the kernels without a GPU); `reference` never uses
-Triton. fp64 always takes the reference (Triton's fp64 math is not worth a kernel variant).
+Attention and the fused loss run the kernel the compiler chose for them (`kernel=`, from the
+`select-kernels` pass: cuDNN or FlashAttention through torch, AutoSP's Triton kernels, torch's
+CPU flash kernel or the blockwise reference; ir/kernel_choice.py says which runs what). A
+program compiled without a choice takes Triton on GPU tensors (CUDA or ROCm builds of torch
+alike) and the reference on CPU, as do the generated elementwise kernels.
+
+`AUTOSP_KERNELS` overrides, for tests and debugging: `auto` (default) keeps the choices;
+`triton` runs Triton everywhere, CPU tensors included, which needs `TRITON_INTERPRET=1` (how the
+tests run the kernels without a GPU); `reference` never uses Triton nor torch's GPU attention.
+fp64 always takes the reference (Triton's fp64 math is not worth a kernel variant).
 """
 
 from __future__ import annotations
@@ -43,25 +49,56 @@ def use_triton(tensor: torch.Tensor) -> bool:
     return False
 
 
-def attention_forward(q, k, v, causal: bool, window: int, scale: float, documents=None):
-    if use_triton(q):
-        from autosp.runtime import triton_attention
+def _triton_attention():
+    from autosp.runtime import triton_attention
 
-        return triton_attention.attention_forward(q, k, v, causal, window, scale, documents)
-    return reference_attention.attention_forward(q, k, v, causal, window, scale, documents)
+    return triton_attention
 
 
-def attention_backward(grad_out, q, k, v, out, lse, causal: bool, window: int, scale: float, documents=None):
-    if use_triton(q):
-        from autosp.runtime import triton_attention
+def _torch_attention():
+    from autosp.runtime import torch_attention
 
-        return triton_attention.attention_backward(grad_out, q, k, v, out, lse, causal, window, scale, documents)
-    return reference_attention.attention_backward(grad_out, q, k, v, out, lse, causal, window, scale, documents)
+    return torch_attention
 
 
-def linear_cross_entropy(hidden, weight, labels, ignore_index: int, chunk: int):
+# kernel name -> the module holding its (forward, backward); imported on first use (Triton's
+# and torch's GPU kernels are not needed on CPU).
+ATTENTION_CALLS = {
+    "cudnn": lambda: (_torch_attention().cudnn_forward, _torch_attention().cudnn_backward),
+    "flash": lambda: (_torch_attention().flash_forward, _torch_attention().flash_backward),
+    "triton": lambda: (_triton_attention().attention_forward, _triton_attention().attention_backward),
+    "cpu-flash": lambda: (reference_attention.cpu_flash_forward, reference_attention.cpu_flash_backward),
+    "blockwise": lambda: (reference_attention.blockwise_forward, reference_attention.blockwise_backward),
+    "reference": lambda: (reference_attention.attention_forward, reference_attention.attention_backward),
+}
+
+
+def attention_kernel(q: torch.Tensor, kernel: str | None) -> str:
+    """The kernel that runs: the compiler's choice unless AUTOSP_KERNELS overrides it."""
+    choice = backend()
+    if q.dtype == torch.float64 or choice == "reference":
+        return "reference"
+    if choice == "triton" or kernel is None:
+        return "triton" if use_triton(q) else "reference"
+    return kernel
+
+
+def attention_forward(q, k, v, causal: bool, window: int, scale: float, documents=None, kernel: str | None = None):
+    forward, _ = ATTENTION_CALLS[attention_kernel(q, kernel)]()
+    return forward(q, k, v, causal, window, scale, documents)
+
+
+def attention_backward(grad_out, q, k, v, out, lse, causal: bool, window: int, scale: float, documents=None,
+                       kernel: str | None = None):
+    _, backward = ATTENTION_CALLS[attention_kernel(q, kernel)]()
+    return backward(grad_out, q, k, v, out, lse, causal, window, scale, documents)
+
+
+def linear_cross_entropy(hidden, weight, labels, ignore_index: int, chunk: int, kernel: str | None = None):
     rows = reference_loss.rows_cross_entropy
-    if use_triton(hidden):
+    choice = backend()
+    triton_rows = use_triton(hidden) if kernel is None or choice != "auto" else kernel == "triton"
+    if triton_rows and hidden.dtype != torch.float64:
         from autosp.runtime import triton_loss
 
         rows = triton_loss.rows_cross_entropy
@@ -85,3 +122,45 @@ def gated_mlp_backward(grad_out, x, w_gate, w_up, w_down, activation: str, chunk
     from autosp.runtime import mlp
 
     return mlp.gated_mlp_backward(grad_out, x, w_gate, w_up, w_down, activation, chunk)
+
+
+_PROBES: dict[tuple, str | None] = {}
+
+
+def probe_attention(kernel: str, dtype: torch.dtype, head_dim: int, group: int, causal: bool, window: int,
+                    documents: bool, device: torch.device) -> str | None:
+    """Why `kernel` cannot be trusted with a case of this kind on `device` (None: it can): a
+    small case (384 tokens, a partial last tile, two kv heads of `group` query heads each, a
+    window of at most 64, three documents) forward and backward, against the blockwise
+    reference in fp32. Once per kind and process."""
+    key = (kernel, dtype, head_dim, group, causal, window, documents, str(device))
+    if key in _PROBES:
+        return _PROBES[key]
+    generator = torch.Generator(device).manual_seed(0)
+    seq, hkv = 384, 2
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator, device=device).to(dtype)
+
+    q, k, v = rand(1, hkv * group, seq, head_dim), rand(1, hkv, seq, head_dim), rand(1, hkv, seq, head_dim)
+    grad = rand(*q.shape)
+    docs = torch.repeat_interleave(torch.arange(3, device=device), torch.tensor([100, 150, 134], device=device))[None] if documents else None
+    mask = (causal, min(window, 64), head_dim ** -0.5, docs)
+    try:
+        forward, backward = ATTENTION_CALLS[kernel]()
+        out, lse = forward(q, k, v, *mask)
+        got = (out, lse, *backward(grad, q, k, v, out, lse, *mask))
+    except Exception as err:  # noqa: BLE001 (any failure rules the kernel out)
+        _PROBES[key] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        return _PROBES[key]
+    up = [t.float() for t in (q, k, v, grad)]
+    ref_out, ref_lse = reference_attention.blockwise_forward(*up[:3], *mask)
+    expected = (ref_out, ref_lse, *reference_attention.blockwise_backward(up[3], *up[:3], ref_out, ref_lse, *mask))
+    names = ("out", "lse", "dq", "dk", "dv")
+    for name, a, b in zip(names, got, expected):
+        error = float((a.float() - b).abs().max() / b.abs().max().clamp_min(1e-6))
+        if not error <= 3e-2:  # bf16/fp16 rounding; NaN fails too
+            _PROBES[key] = f"{name} differs from the reference by {error:.2g} (relative)"
+            return _PROBES[key]
+    _PROBES[key] = None
+    return None

@@ -24,17 +24,19 @@ RowsCrossEntropy = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 def rows_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """Per-row loss of a [c, V] logits chunk (accumulation dtype); the chunk is overwritten
-    with the gradient of the rows' summed loss."""
+    with the gradient of the rows' summed loss. fp32 logits are worked on in place (torch's
+    vectorized log-softmax, as eager's cross-entropy runs it); 16-bit ones in one fp32 copy."""
     acc = accumulation_dtype(logits.dtype)
-    x = logits.to(acc)
+    x = logits if logits.dtype == acc else logits.to(acc)
     valid = labels != ignore_index
     safe = torch.where(valid, labels, 0).unsqueeze(1)
-    lse = torch.logsumexp(x, dim=1)
-    loss = torch.where(valid, lse - x.gather(1, safe).squeeze(1), 0.0)
-    x.sub_(lse.unsqueeze(1)).exp_()
+    torch.ops.aten._log_softmax.out(x, 1, False, out=x)
+    loss = torch.where(valid, -x.gather(1, safe).squeeze(1), 0.0)
+    x.exp_()
     x.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=acc))
     x.mul_(valid.unsqueeze(1))
-    logits.copy_(x)
+    if x is not logits:
+        logits.copy_(x)
     return loss
 
 
