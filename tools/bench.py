@@ -7,6 +7,10 @@
     autosp-bench kernels -o kernels.json
         attention forward/backward TFLOP/s, AutoSP's Triton kernels vs SDPA flash and cuDNN in the same
         run, causal bf16, D 64 and 128, S 2K..32K. Without a GPU: an interpreter correctness check only.
+    autosp-bench step -o step.json
+        CPU: the compiled step's time beside eager PyTorch's on the same Llama and data (S 2K and 4K,
+        hidden 512, 4 layers, fp32), and each step's resident memory against the plan's predicted
+        peak, without remat and with remat at a fraction of that peak.
     autosp-bench train --preset llama-3.2-1b -o train.json
         max context (double S until OOM, then bisect) and tokens/s at fixed S for AutoSP (remat auto),
         eager HF, HF gradient checkpointing, torch.compile, and HF checkpointing + chunked loss (8K).
@@ -56,6 +60,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     kernels.add_argument("--dim", type=int, nargs="+", default=[64, 128])
     kernels.add_argument("--doc-len", type=int, default=4096, help="also time AutoSP on rows packed with documents this long (0: don't)")
     kernels.add_argument("-o", "--output", default="kernels.json")
+    step = commands.add_parser("step", help="CPU: compiled step vs eager (time) and resident memory vs the plan")
+    step.add_argument("--seq", type=int, nargs="+", default=[2048, 4096])
+    step.add_argument("--hidden", type=int, default=512)
+    step.add_argument("--layers", type=int, default=4)
+    step.add_argument("--vocab", type=int, default=32000)
+    step.add_argument("--repeats", type=int, default=3, help="timed steps of each (the fastest counts)")
+    step.add_argument("--remat", type=float, nargs="*", default=[0.7],
+                      help="also measure memory with remat at these fractions of the predicted peak (default 0.7)")
+    step.add_argument("-o", "--output", default="step.json")
     train = commands.add_parser("train", help="max context and tokens/s vs HF baselines (GPU)")
     train.add_argument("--preset", choices=sorted(PRESETS), default="llama-3.2-1b")
     train.add_argument("--layers", type=int, default=None)
@@ -316,6 +329,37 @@ def run_kernels(args: argparse.Namespace) -> None:
     console.print(f"wrote {args.output}")
 
 
+def run_step(args: argparse.Namespace) -> None:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from autosp.passes.memory_plan import human_bytes
+    from autosp.tools import bench_cpu
+
+    console = Console(width=150)
+    model = dict(hidden=args.hidden, layers=args.layers, vocab=args.vocab)
+    times = [bench_cpu.time_point(seq, **model, repeats=args.repeats) for seq in args.seq]
+    memory = [bench_cpu.measured_in_process(seq, **model, remat=fraction)
+              for seq in args.seq for fraction in [0.0, *args.remat]]
+    table = Table("S", "eager s", "compiled s", "compiled / eager", title=f"training step on CPU ({torch.get_num_threads()} threads)")
+    for t in times:
+        table.add_row(str(t["seq"]), f"{t['eager_s']:.2f}", f"{t['compiled_s']:.2f}", f"{t['compiled_over_eager']:.2f}")
+    console.print(table)
+    table = Table("S", "remat", "predicted peak", "resident peak", "resident / predicted", title="memory of one step")
+    for m in memory:
+        if "error" in m:
+            table.add_row(str(m["seq"]), str(m["remat_fraction"]), "-", "-", m["error"])
+            continue
+        table.add_row(str(m["seq"]), f"{m['remat_fraction']:g}" if m["remat_fraction"] else "no",
+                      human_bytes(m["predicted_peak_bytes"]), human_bytes(m["measured_peak_bytes"]),
+                      f"{m['measured_over_predicted']:.3f}")
+    console.print(table)
+    write_atomically(args.output, json.dumps({"device": "cpu", "torch": torch.__version__, "model": model,
+                                              "time": times, "memory": memory}, indent=1))
+    console.print(f"wrote {args.output}")
+
+
 def run_train(args: argparse.Namespace) -> None:
     import torch
     from rich.console import Console
@@ -360,7 +404,7 @@ def run(argv=None) -> None:
     folder = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise AutoSPError(f"-o {args.output}: cannot write into {folder}; give a writable path before the benchmark runs")
-    {"remat": run_remat, "kernels": run_kernels, "train": run_train}[args.command](args)
+    {"remat": run_remat, "kernels": run_kernels, "step": run_step, "train": run_train}[args.command](args)
 
 
 def main() -> None:
