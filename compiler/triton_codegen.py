@@ -83,7 +83,8 @@ def kernel_source(op: FusedOp, name: str) -> tuple[str, dict]:
         "@triton.jit",
         f"def {name}_kernel({', '.join(inputs + outputs + strides)}, ROWS: tl.constexpr, BLOCK: tl.constexpr):",
         "    row = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]",
-        "    cols = (tl.program_id(1) * BLOCK + tl.arange(0, BLOCK))[None, :]",
+        # int64: a column times a transposed input's stride can pass 2^31 elements
+        "    cols = (tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)[None, :]",
         f"    rmask = row < {rows}",
         f"    cmask = cols < {width}",
     ]

@@ -8,7 +8,7 @@ Attention kernels, in order of preference on their devices (torch's own where th
 |---|---|---|---|
 | `cudnn` | CUDA sm80+ | bf16/fp16, head dim <= 128 (multiple of 8), causal or none, GQA; no window, no documents | backward: fp32 dQ accumulator and row sums (cuDNN's SDPA backward workspace) |
 | `flash` | CUDA sm80+, ROCm | bf16/fp16, head dim <= 256 (multiple of 8), causal, sliding window, GQA, documents as variable-length sequences (batch 1) | backward: fp32 dQ accumulator ([S rounded to 128, H, D rounded to 32]), row sums; with GQA, dK/dV at the query head count |
-| `triton` | CUDA, ROCm, Triton's interpreter | bf16/fp16/fp32 (fp32: IEEE dots), any mask, one head dim | backward: delta, one fp32 per query row |
+| `triton` | CUDA, ROCm, Triton's interpreter | bf16/fp16/fp32 (fp32: IEEE dots), any mask, one head dim up to 128 | backward: delta, one fp32 per query row |
 | `cpu-flash` | CPU | torch's CPU flash kernel: `is_causal` without a mask tensor where the mask is plain causal (or none); window or documents as an additive mask of q's dtype | the mask; backward: a q-sized buffer |
 | `blockwise` | any | the reference: one [block, Sk] score tile at a time, fp64 too | forward: two fp32 score tiles; backward: three |
 
@@ -166,8 +166,8 @@ def _flash(case: AttentionCase, target: Target) -> str | None:
 
 
 def _triton_refuses(case: AttentionCase, target: Target) -> str | None:
-    if case.head_dim != case.value_dim:
-        return f"head dims {case.head_dim}/{case.value_dim} (the Triton kernels take one)"
+    if case.head_dim != case.value_dim or case.head_dim > 128:
+        return f"head dims {case.head_dim}/{case.value_dim} (the Triton kernels take one, up to 128)"
     if case.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         return f"{case.dtype} (bf16/fp16/fp32)"
     return None

@@ -8,15 +8,27 @@ accumulation, and the log-sum-exp of every query row as an output.
 
 Each loop over tiles runs in three stretches: tiles the mask cuts (computed with the mask),
 tiles every row sees entirely (no mask arithmetic), and the masked tiles again. With documents,
-a tile whose key documents and query documents have disjoint ranges is skipped (exact for any
-numbering; packed rows skip everything outside the diagonal blocks), every other tile compares
-document numbers. The backward is
-two kernels: dK/dV per key tile (looping over the query heads of its group and their query
-tiles, so GQA needs no atomics) and dQ per query tile; delta = rowsum(dO·O) comes first.
-fp32 inputs use IEEE fp32 dots (not TF32): the fp32 contract is 1e-5.
+the loop bounds come from where the tile's documents start and end (each token's document's
+first and last position, found once per step), so packed rows visit only the tiles of their
+documents with no branch in the loop (which would stop Triton pipelining it); inside those
+bounds every tile compares document numbers, which keeps any numbering exact (a document may
+come back later in the row). The backward is two kernels: dK/dV per key tile (looping over the
+query heads of its group and their query tiles, so GQA needs no atomics) and dQ per query tile;
+delta = rowsum(dO·O) comes first. fp32 inputs use IEEE fp32 dots (not TF32): the fp32 contract
+is 1e-5.
+
+Offsets that can pass 2^31 elements (a row times its stride, at millions of tokens) are taken in
+int64 as one scalar per tile; the offsets inside a tile stay int32. The tile sizes each kernel
+may run are listed per head-dim bucket and dtype (`CONFIGS`); every one of them compiles for
+sm_90 within shared memory and without spills (tests/kernel_compile.py checks them with the
+runtime's own arguments). Autotuning picks among them once per power-of-two length (not per
+exact length); `AUTOSP_AUTOTUNE=0` takes the first without timing any, and fp32 has one.
 """
 
 from __future__ import annotations
+
+import os
+import weakref
 
 import torch
 import triton
@@ -29,18 +41,78 @@ LOG2E = 1.4426950408889634
 _LOG2E = tl.constexpr(LOG2E)
 _LN2 = tl.constexpr(0.6931471805599453)
 _NEG_BIG = tl.constexpr(-1.0e30)  # a finite running-max start: masked tiles give exp2(-inf) = 0, never NaN
-_DOC_MAX = tl.constexpr(2**62)  # beyond any document number the range tests see (int64)
 
 
-def _configs(blocks: list[tuple[int, int, int, int]]) -> list[triton.Config]:
-    if interpreting():  # tiny shapes on CPU: one small tile size, nothing to tune
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in blocks]
+# (BLOCK_M, BLOCK_N, warps, stages) by kernel, then by (head-dim bucket, element bytes); the
+# first of each list is the default, and the only one with documents (their labels and bounds
+# take registers) or with AUTOSP_AUTOTUNE=0. fp32 runs on FMA units (IEEE dots): small tiles.
+# Each compiles for sm_90 within shared memory and without spills (tests/kernel_compile.py).
+CONFIGS: dict[str, dict[tuple[int, int], list[tuple[int, int, int, int]]]] = {
+    "forward": {
+        (64, 2): [(128, 64, 8, 3), (64, 64, 4, 4)],
+        (128, 2): [(128, 64, 8, 3), (64, 64, 4, 4)],
+        (64, 4): [(32, 32, 8, 1)],
+        (128, 4): [(16, 32, 4, 1)],
+    },
+    "dkdv": {
+        (64, 2): [(32, 128, 8, 3), (64, 64, 8, 3)],
+        (128, 2): [(32, 32, 8, 3)],
+        (64, 4): [(16, 32, 8, 1)],
+        (128, 4): [(16, 32, 4, 1)],
+    },
+    "dq": {
+        (64, 2): [(128, 64, 8, 3), (64, 64, 4, 3)],
+        (128, 2): [(128, 64, 8, 3), (64, 64, 8, 3)],
+        (64, 4): [(32, 32, 8, 1)],
+        (128, 4): [(32, 32, 8, 1)],
+    },
+}
+INTERPRETER_CONFIG = (16, 16, 1, 1)  # tiny shapes on CPU: one small tile size, nothing to tune
 
 
-FORWARD_CONFIGS = _configs([(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 4), (128, 32, 4, 4)])
-DKDV_CONFIGS = _configs([(32, 128, 4, 3), (64, 128, 8, 3), (32, 64, 4, 4), (64, 64, 4, 3)])
-DQ_CONFIGS = _configs([(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4), (64, 32, 4, 3)])
+def _config(blocks: tuple[int, int, int, int]) -> triton.Config:
+    m, n, warps, stages = blocks
+    return triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
+
+
+def configs_for(kernel: str, block_d: int, element: int, documents: bool) -> list[tuple[int, int, int, int]]:
+    """The tile sizes `kernel` may run for this padded head dim, element size and mask."""
+    if interpreting():
+        return [INTERPRETER_CONFIG]
+    if block_d > 128:
+        raise NotImplementedError(f"the Triton attention kernels take head dims up to 128, got {block_d}")
+    bucket = 64 if block_d <= 64 else 128
+    candidates = CONFIGS[kernel][(bucket, 4 if element >= 4 else 2)]
+    return candidates[:1] if documents or os.environ.get("AUTOSP_AUTOTUNE", "1") == "0" else candidates
+
+
+def _prune(kernel: str):
+    def prune(configs, named_args, **kwargs):
+        wanted = set(configs_for(kernel, kwargs["BLOCK_D"], named_args["Q"].element_size(), kwargs["HAS_DOCS"]))
+        return [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
+
+    return {"early_config_prune": prune}
+
+
+def _all_configs(kernel: str) -> list[triton.Config]:
+    every = {blocks for lists in CONFIGS[kernel].values() for blocks in lists} | {INTERPRETER_CONFIG}
+    return [_config(blocks) for blocks in sorted(every)]
+
+
+# Autotuned once per power-of-two length bucket (LENGTH), head dim, mask kind and dtype. The head
+# dim is a constexpr: where it is a power of two, its masks fold away.
+TUNING_KEY = ["LENGTH", "D", "CAUSAL", "HAS_DOCS", "PRECISION"]
+
+
+def _launch(kernel: str, jitted, grid, *args, **kwargs) -> None:
+    """Run `jitted` (an autotuner over every config) with the configs `kernel` may run here: the
+    one config without timing anything when there is only one, else autotuned."""
+    candidates = configs_for(kernel, kwargs["BLOCK_D"], args[0].element_size(), kwargs["HAS_DOCS"])
+    if len(candidates) == 1:
+        m, n, warps, stages = candidates[0]
+        jitted.fn[grid](*args, **kwargs, BLOCK_M=m, BLOCK_N=n, num_warps=warps, num_stages=stages)
+    else:
+        jitted[grid](*args, **kwargs)
 
 
 # Triton's interpreter multiplies bf16 operands of tl.dot as raw uint16 bits (triton 3.9):
@@ -85,24 +157,27 @@ def _masked(x, fill, rows, cols, doc_q, doc_k, SK, WINDOW, CAUSAL: tl.constexpr,
 
 
 @triton.jit
-def _transposed_tile(base, stride_s, cols, offs_d, SK, D):
-    """The [D, cols] tile of a [SK, D] matrix (K or V of one head), zeros past its bounds."""
-    return tl.load(base + cols[None, :] * stride_s + offs_d[:, None], mask=(cols[None, :] < SK) & (offs_d[:, None] < D), other=0.0)
+def _documents(LABEL, FIRST, LAST, row_base, idx, n, lo, hi, BLOCK: tl.constexpr, HAS_DOCS: tl.constexpr):
+    """The document labels at positions idx (< n; -1 past it) and [lo, hi) narrowed to the
+    positions their documents span, starting on a multiple of BLOCK."""
+    if HAS_DOCS:
+        valid = idx < n
+        docs = tl.load(LABEL + row_base + idx, mask=valid, other=-1)
+        first = tl.min(tl.load(FIRST + row_base + idx, mask=valid, other=n), 0)
+        last = tl.max(tl.load(LAST + row_base + idx, mask=valid, other=-1), 0)
+        lo = tl.maximum(lo, (first // BLOCK) * BLOCK)
+        hi = tl.minimum(hi, last + 1)
+    else:
+        docs = idx
+    return docs, lo, hi
 
 
 @triton.jit
-def _load_documents(doc_base, idx, n, HAS_DOCS: tl.constexpr):
-    """Document numbers at positions idx (< n) and their range (min, max); zeros without documents."""
+def _key_labels(LABEL, row_base, cols, SK, HAS_DOCS: tl.constexpr):
+    labels = cols
     if HAS_DOCS:
-        valid = idx < n
-        docs = tl.load(doc_base + idx, mask=valid, other=0).to(tl.int64)
-        lo = tl.min(tl.where(valid, docs, _DOC_MAX), 0)
-        hi = tl.max(tl.where(valid, docs, -_DOC_MAX), 0)
-    else:
-        docs = tl.zeros_like(idx).to(tl.int64)
-        lo = tl.full([], 0, tl.int64)
-        hi = tl.full([], 0, tl.int64)
-    return docs, lo, hi
+        labels = tl.load(LABEL + row_base + cols, mask=cols < SK, other=-2)
+    return labels
 
 
 @triton.jit
@@ -123,100 +198,114 @@ def _key_range(m0, SK, CAUSAL: tl.constexpr, WINDOW, BLOCK_M: tl.constexpr, BLOC
 
 @triton.jit
 def _query_tile(
-    Q, K, V, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_vb, stride_vh, HQ, GROUP, SQ, D,
+    Q, stride_qb, stride_qh, stride_qs, HQ, SQ, D,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """The query rows of this program (grid: row tiles x batch*query heads): their first row,
-    batch*head, batch, head, row/key/dim offsets, mask and q tile, and where its kv head's K and
-    V start (query head h reads kv head h // GROUP)."""
+    batch*head, batch, head, row/key/dim offsets, mask, and where their rows of Q start (int64:
+    a row offset times its stride passes 2^31 at millions of tokens)."""
     m0 = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // HQ, bh % HQ
-    hkv = h // GROUP
-    rows = m0 + tl.arange(0, BLOCK_M)
+    offs_m = tl.arange(0, BLOCK_M)
+    rows = m0 + offs_m
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     row_mask = (rows[:, None] < SQ) & (offs_d[None, :] < D)
-    q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qs + offs_d[None, :], mask=row_mask, other=0.0)
-    k_base = K + b * stride_kb + hkv * stride_kh
-    v_base = V + b * stride_vb + hkv * stride_vh
-    return m0, bh, b, h, rows, offs_n, offs_d, row_mask, q, k_base, v_base
+    q_rows = Q + b * stride_qb + h * stride_qh + m0.to(tl.int64) * stride_qs
+    return m0, bh, b, h, rows, offs_m, offs_n, offs_d, row_mask, q_rows
+
+
+@triton.jit
+def _tile(base, first, stride_s, offs, offs_d, n, D, TRANSPOSED: tl.constexpr):
+    """Rows [first, first + len(offs)) of a [n, D] matrix whose row 0 is at `base`, zeros past its
+    bounds: [rows, D], or [D, rows] when TRANSPOSED."""
+    start = base + tl.cast(first, tl.int64) * stride_s
+    if TRANSPOSED:
+        tile = tl.load(start + offs[None, :] * stride_s + offs_d[:, None],
+                       mask=(first + offs[None, :] < n) & (offs_d[:, None] < D), other=0.0)
+    else:
+        tile = tl.load(start + offs[:, None] * stride_s + offs_d[None, :],
+                       mask=(first + offs[:, None] < n) & (offs_d[None, :] < D), other=0.0)
+    return tile
 
 
 @triton.jit
 def _forward_tiles(
     acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
-    start, stop, qk_scale, SK, D, WINDOW, doc_base, doc_q, doc_lo, doc_hi,
+    start, stop, qk_scale, SK, D, WINDOW, LABEL, doc_row, doc_q,
     CAUSAL: tl.constexpr, MASKED: tl.constexpr, HAS_DOCS: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
     for n0 in range(start, stop, BLOCK_N):
         cols = n0 + offs_n
-        doc_k, k_lo, k_hi = _load_documents(doc_base, cols, SK, HAS_DOCS)
-        if (k_hi >= doc_lo) & (k_lo <= doc_hi):  # always true without documents
-            k_t = _transposed_tile(k_base, stride_ks, cols, offs_d, SK, D)
-            s = _dot(q, k_t, PRECISION) * qk_scale  # log2 units
-            s = _masked(s, float("-inf"), rows, cols, doc_q, doc_k, SK, WINDOW, CAUSAL, MASKED, HAS_DOCS)
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.math.exp2(s - m_new[:, None])
-            alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(v_base + cols[:, None] * stride_vs + offs_d[None, :], mask=(cols[:, None] < SK) & (offs_d[None, :] < D), other=0.0)
-            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PRECISION)
-            m_i = m_new
+        k_t = _tile(k_base, n0, stride_ks, offs_n, offs_d, SK, D, True)
+        s = _dot(q, k_t, PRECISION) * qk_scale  # log2 units
+        doc_k = _key_labels(LABEL, doc_row, cols, SK, HAS_DOCS)
+        s = _masked(s, float("-inf"), rows, cols, doc_q, doc_k, SK, WINDOW, CAUSAL, MASKED, HAS_DOCS)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = _tile(v_base, n0, stride_vs, offs_n, offs_d, SK, D, False)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PRECISION)
+        m_i = m_new
     return acc, m_i, l_i
 
 
-@triton.autotune(configs=FORWARD_CONFIGS, key=["SQ", "SK", "BLOCK_D", "CAUSAL", "HAS_DOCS"])
+@triton.autotune(configs=_all_configs("forward"), key=TUNING_KEY, prune_configs_by=_prune("forward"))
 @triton.jit
 def _attention_forward(
-    Q, K, V, O, LSE, DOCS, qk_scale,
+    Q, K, V, O, LSE, LABEL, FIRST, LAST, qk_scale,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
     stride_ob, stride_oh, stride_os,
-    HQ, GROUP, SQ, SK, D, WINDOW,
-    CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    HQ, GROUP, SQ, SK, WINDOW, LENGTH,
+    D: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    m0, bh, b, h, rows, offs_n, offs_d, q_mask, q, k_base, v_base = _query_tile(
-        Q, K, V, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_vb, stride_vh, HQ, GROUP, SQ, D,
-        BLOCK_M, BLOCK_N, BLOCK_D,
+    m0, bh, b, h, rows, offs_m, offs_n, offs_d, row_mask, q_rows = _query_tile(
+        Q, stride_qb, stride_qh, stride_qs, HQ, SQ, D, BLOCK_M, BLOCK_N, BLOCK_D,
     )
+    q = tl.load(q_rows + offs_m[:, None] * stride_qs + offs_d[None, :], mask=row_mask, other=0.0)
+    k_base = K + b * stride_kb + (h // GROUP) * stride_kh
+    v_base = V + b * stride_vb + (h // GROUP) * stride_vh
     m_i = tl.full([BLOCK_M], _NEG_BIG, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    doc_base = DOCS + b * SK
-    doc_q, doc_lo, doc_hi = _load_documents(doc_base, rows, SQ, HAS_DOCS)
+    doc_row = b * SK
     lo, full_lo, full_hi, hi = _key_range(m0, SK, CAUSAL, WINDOW, BLOCK_M, BLOCK_N)
+    doc_q, lo, hi = _documents(LABEL, FIRST, LAST, doc_row, rows, SQ, lo, hi, BLOCK_N, HAS_DOCS)
     mid_lo, mid_hi = _stretches(lo, full_lo, full_hi, hi)
     acc, m_i, l_i = _forward_tiles(acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
-                                   lo, mid_lo, qk_scale, SK, D, WINDOW, doc_base, doc_q, doc_lo, doc_hi,
+                                   lo, mid_lo, qk_scale, SK, D, WINDOW, LABEL, doc_row, doc_q,
                                    CAUSAL, True, HAS_DOCS, BLOCK_N, PRECISION)
     acc, m_i, l_i = _forward_tiles(acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
-                                   mid_lo, mid_hi, qk_scale, SK, D, WINDOW, doc_base, doc_q, doc_lo, doc_hi,
+                                   mid_lo, mid_hi, qk_scale, SK, D, WINDOW, LABEL, doc_row, doc_q,
                                    CAUSAL, False, HAS_DOCS, BLOCK_N, PRECISION)
     acc, m_i, l_i = _forward_tiles(acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
-                                   mid_hi, hi, qk_scale, SK, D, WINDOW, doc_base, doc_q, doc_lo, doc_hi,
+                                   mid_hi, hi, qk_scale, SK, D, WINDOW, LABEL, doc_row, doc_q,
                                    CAUSAL, True, HAS_DOCS, BLOCK_N, PRECISION)
     seen = l_i > 0.0  # a row that sees no key attends to nothing: output 0, lse -inf
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
     lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * _LN2, float("-inf"))
-    tl.store(O + b * stride_ob + h * stride_oh + rows[:, None] * stride_os + offs_d[None, :], out.to(O.dtype.element_ty), mask=q_mask)
+    o_rows = O + b * stride_ob + h * stride_oh + m0.to(tl.int64) * stride_os
+    tl.store(o_rows + offs_m[:, None] * stride_os + offs_d[None, :], out.to(O.dtype.element_ty), mask=row_mask)
     tl.store(LSE + bh * SQ + rows, lse, mask=rows < SQ)
 
 
 @triton.jit
 def _row_dot(
-    A, B, OUT, stride_ab, stride_ah, stride_as, stride_bb, stride_bh, stride_bs, H, S, D,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    A, B, OUT, stride_ab, stride_ah, stride_as, stride_bb, stride_bh, stride_bs, H, S,
+    D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """OUT[b, h, s] = Σ_d A[b, h, s, d] · B[b, h, s, d] in fp32 (delta = rowsum(dO·O))."""
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
-    rows = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    s0 = tl.program_id(0) * BLOCK_S
+    offs = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
-    mask = (rows[:, None] < S) & (offs_d[None, :] < D)
-    a = tl.load(A + b * stride_ab + h * stride_ah + rows[:, None] * stride_as + offs_d[None, :], mask=mask, other=0.0)
-    x = tl.load(B + b * stride_bb + h * stride_bh + rows[:, None] * stride_bs + offs_d[None, :], mask=mask, other=0.0)
-    tl.store(OUT + bh * S + rows, tl.sum(a.to(tl.float32) * x.to(tl.float32), 1), mask=rows < S)
+    a = _tile(A + b * stride_ab + h * stride_ah, s0, stride_as, offs, offs_d, S, D, False)
+    x = _tile(B + b * stride_bb + h * stride_bh, s0, stride_bs, offs, offs_d, S, D, False)
+    tl.store(OUT + bh * S + s0 + offs, tl.sum(a.to(tl.float32) * x.to(tl.float32), 1), mask=s0 + offs < S)
 
 
 @triton.jit
@@ -239,73 +328,60 @@ def _query_range(n0, SQ, CAUSAL: tl.constexpr, WINDOW, BLOCK_M: tl.constexpr, BL
 @triton.jit
 def _dkdv_tiles(
     dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos, cols, offs_m, offs_d,
-    start, stop, qk_scale, SQ, SK, D, WINDOW, doc_base, doc_k, doc_lo, doc_hi,
+    start, stop, qk_scale, SQ, SK, D, WINDOW, LABEL, doc_row, doc_k,
     CAUSAL: tl.constexpr, MASKED: tl.constexpr, HAS_DOCS: tl.constexpr, BLOCK_M: tl.constexpr, PRECISION: tl.constexpr,
 ):
     for m0 in range(start, stop, BLOCK_M):
         rows = m0 + offs_m
-        doc_q, q_lo, q_hi = _load_documents(doc_base, rows, SQ, HAS_DOCS)
-        if (q_hi >= doc_lo) & (q_lo <= doc_hi):  # always true without documents
-            dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos,
-                                cols, rows, offs_d, qk_scale, SQ, SK, D, WINDOW, doc_k, doc_q,
-                                CAUSAL, MASKED, HAS_DOCS, PRECISION)
+        q_t = _tile(q_base, m0, stride_qs, offs_m, offs_d, SQ, D, True)
+        do = _tile(do_base, m0, stride_dos, offs_m, offs_d, SQ, D, False)
+        lse = tl.load(lse_base + rows, mask=rows < SQ, other=0.0) * _LOG2E
+        delta = tl.load(delta_base + rows, mask=rows < SQ, other=0.0)
+        s_t = _dot(k, q_t, PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M], log2 units
+        p_t = tl.math.exp2(s_t - lse[None, :])
+        if MASKED:
+            # _keep is written for [rows, cols]; transposed here.
+            keep = cols[:, None] < SK
+            if CAUSAL:
+                keep = keep & (cols[:, None] <= rows[None, :])
+                if WINDOW > 0:
+                    keep = keep & (cols[:, None] > rows[None, :] - WINDOW)
+            p_t = tl.where(keep, p_t, 0.0)
+        if HAS_DOCS:
+            doc_q = tl.load(LABEL + doc_row + rows, mask=rows < SQ, other=-1)
+            p_t = tl.where(doc_k[:, None] == doc_q[None, :], p_t, 0.0)
+        dv += _dot(p_t.to(do.dtype), do, PRECISION)
+        dp_t = _dot(v, tl.trans(do), PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += _dot(ds_t.to(q_t.dtype), tl.trans(q_t), PRECISION)
     return dk, dv
 
 
-@triton.jit
-def _dkdv_tile(
-    dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos, cols, rows, offs_d,
-    qk_scale, SQ, SK, D, WINDOW, doc_k, doc_q,
-    CAUSAL: tl.constexpr, MASKED: tl.constexpr, HAS_DOCS: tl.constexpr, PRECISION: tl.constexpr,
-):
-    row_mask = (rows[None, :] < SQ) & (offs_d[:, None] < D)
-    q_t = tl.load(q_base + rows[None, :] * stride_qs + offs_d[:, None], mask=row_mask, other=0.0)
-    do = tl.load(do_base + rows[:, None] * stride_dos + offs_d[None, :], mask=(rows[:, None] < SQ) & (offs_d[None, :] < D), other=0.0)
-    lse = tl.load(lse_base + rows, mask=rows < SQ, other=0.0) * _LOG2E
-    delta = tl.load(delta_base + rows, mask=rows < SQ, other=0.0)
-    s_t = _dot(k, q_t, PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M], log2 units
-    p_t = tl.math.exp2(s_t - lse[None, :])
-    if MASKED:
-        # _keep is written for [rows, cols]; transposed here.
-        keep = cols[:, None] < SK
-        if CAUSAL:
-            keep = keep & (cols[:, None] <= rows[None, :])
-            if WINDOW > 0:
-                keep = keep & (cols[:, None] > rows[None, :] - WINDOW)
-        p_t = tl.where(keep, p_t, 0.0)
-    if HAS_DOCS:
-        p_t = tl.where(doc_k[:, None] == doc_q[None, :], p_t, 0.0)
-    dv += _dot(p_t.to(do.dtype), do, PRECISION)
-    dp_t = _dot(v, tl.trans(do), PRECISION)
-    ds_t = p_t * (dp_t - delta[None, :])
-    dk += _dot(ds_t.to(q_t.dtype), tl.trans(q_t), PRECISION)
-    return dk, dv
-
-
-@triton.autotune(configs=DKDV_CONFIGS, key=["SQ", "SK", "BLOCK_D", "CAUSAL", "HAS_DOCS"])
+@triton.autotune(configs=_all_configs("dkdv"), key=TUNING_KEY, prune_configs_by=_prune("dkdv"))
 @triton.jit
 def _attention_dkdv(
-    Q, K, V, DO, LSE, DELTA, DK, DV, DOCS, qk_scale, sm_scale,
+    Q, K, V, DO, LSE, DELTA, DK, DV, LABEL, FIRST, LAST, qk_scale, sm_scale,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
     stride_dob, stride_doh, stride_dos, stride_dkb, stride_dkh, stride_dks, stride_dvb, stride_dvh, stride_dvs,
-    HQ, HKV, GROUP, SQ, SK, D, WINDOW,
-    CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    HQ, HKV, GROUP, SQ, SK, WINDOW, LENGTH,
+    D: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     n0 = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1).to(tl.int64)
     b, hkv = bh // HKV, bh % HKV
-    cols = n0 + tl.arange(0, BLOCK_N)
+    offs_n = tl.arange(0, BLOCK_N)
+    cols = n0 + offs_n
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     kv_mask = (cols[:, None] < SK) & (offs_d[None, :] < D)
-    k = tl.load(K + b * stride_kb + hkv * stride_kh + cols[:, None] * stride_ks + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(V + b * stride_vb + hkv * stride_vh + cols[:, None] * stride_vs + offs_d[None, :], mask=kv_mask, other=0.0)
+    k = _tile(K + b * stride_kb + hkv * stride_kh, n0, stride_ks, offs_n, offs_d, SK, D, False)
+    v = _tile(V + b * stride_vb + hkv * stride_vh, n0, stride_vs, offs_n, offs_d, SK, D, False)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    doc_base = DOCS + b * SK
-    doc_k, doc_lo, doc_hi = _load_documents(doc_base, cols, SK, HAS_DOCS)
+    doc_row = b * SK
     lo, full_lo, full_hi, hi = _query_range(n0, SQ, CAUSAL, WINDOW, BLOCK_M, BLOCK_N)
+    doc_k, lo, hi = _documents(LABEL, FIRST, LAST, doc_row, cols, SK, lo, hi, BLOCK_M, HAS_DOCS)
     mid_lo, mid_hi = _stretches(lo, full_lo, full_hi, hi)
     for g in range(0, GROUP):
         h = hkv * GROUP + g
@@ -313,70 +389,74 @@ def _attention_dkdv(
         do_base = DO + b * stride_dob + h * stride_doh
         row_base = (b * HQ + h) * SQ
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qs, stride_dos,
-                             cols, offs_m, offs_d, lo, mid_lo, qk_scale, SQ, SK, D, WINDOW, doc_base, doc_k, doc_lo, doc_hi,
+                             cols, offs_m, offs_d, lo, mid_lo, qk_scale, SQ, SK, D, WINDOW, LABEL, doc_row, doc_k,
                              CAUSAL, True, HAS_DOCS, BLOCK_M, PRECISION)
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qs, stride_dos,
-                             cols, offs_m, offs_d, mid_lo, mid_hi, qk_scale, SQ, SK, D, WINDOW, doc_base, doc_k, doc_lo, doc_hi,
+                             cols, offs_m, offs_d, mid_lo, mid_hi, qk_scale, SQ, SK, D, WINDOW, LABEL, doc_row, doc_k,
                              CAUSAL, False, HAS_DOCS, BLOCK_M, PRECISION)
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qs, stride_dos,
-                             cols, offs_m, offs_d, mid_hi, hi, qk_scale, SQ, SK, D, WINDOW, doc_base, doc_k, doc_lo, doc_hi,
+                             cols, offs_m, offs_d, mid_hi, hi, qk_scale, SQ, SK, D, WINDOW, LABEL, doc_row, doc_k,
                              CAUSAL, True, HAS_DOCS, BLOCK_M, PRECISION)
-    tl.store(DK + b * stride_dkb + hkv * stride_dkh + cols[:, None] * stride_dks + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(DV + b * stride_dvb + hkv * stride_dvh + cols[:, None] * stride_dvs + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
+    dk_rows = DK + b * stride_dkb + hkv * stride_dkh + n0.to(tl.int64) * stride_dks
+    dv_rows = DV + b * stride_dvb + hkv * stride_dvh + n0.to(tl.int64) * stride_dvs
+    tl.store(dk_rows + offs_n[:, None] * stride_dks + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(dv_rows + offs_n[:, None] * stride_dvs + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
 @triton.jit
 def _dq_tiles(
     dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
-    start, stop, qk_scale, SK, D, WINDOW, doc_base, doc_q, doc_lo, doc_hi,
+    start, stop, qk_scale, SK, D, WINDOW, LABEL, doc_row, doc_q,
     CAUSAL: tl.constexpr, MASKED: tl.constexpr, HAS_DOCS: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
     for n0 in range(start, stop, BLOCK_N):
         cols = n0 + offs_n
-        doc_k, k_lo, k_hi = _load_documents(doc_base, cols, SK, HAS_DOCS)
-        if (k_hi >= doc_lo) & (k_lo <= doc_hi):  # always true without documents
-            k_t = _transposed_tile(k_base, stride_ks, cols, offs_d, SK, D)
-            v_t = _transposed_tile(v_base, stride_vs, cols, offs_d, SK, D)
-            p = tl.math.exp2(_dot(q, k_t, PRECISION) * qk_scale - lse[:, None])
-            p = _masked(p, 0.0, rows, cols, doc_q, doc_k, SK, WINDOW, CAUSAL, MASKED, HAS_DOCS)
-            dp = _dot(do, v_t, PRECISION)
-            ds = p * (dp - delta[:, None])
-            dq += _dot(ds.to(k_t.dtype), tl.trans(k_t), PRECISION)
+        k_t = _tile(k_base, n0, stride_ks, offs_n, offs_d, SK, D, True)
+        v_t = _tile(v_base, n0, stride_vs, offs_n, offs_d, SK, D, True)
+        p = tl.math.exp2(_dot(q, k_t, PRECISION) * qk_scale - lse[:, None])
+        doc_k = _key_labels(LABEL, doc_row, cols, SK, HAS_DOCS)
+        p = _masked(p, 0.0, rows, cols, doc_q, doc_k, SK, WINDOW, CAUSAL, MASKED, HAS_DOCS)
+        dp = _dot(do, v_t, PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += _dot(ds.to(k_t.dtype), tl.trans(k_t), PRECISION)
     return dq
 
 
-@triton.autotune(configs=DQ_CONFIGS, key=["SQ", "SK", "BLOCK_D", "CAUSAL", "HAS_DOCS"])
+@triton.autotune(configs=_all_configs("dq"), key=TUNING_KEY, prune_configs_by=_prune("dq"))
 @triton.jit
 def _attention_dq(
-    Q, K, V, DO, LSE, DELTA, DQ, DOCS, qk_scale, sm_scale,
+    Q, K, V, DO, LSE, DELTA, DQ, LABEL, FIRST, LAST, qk_scale, sm_scale,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
     stride_dob, stride_doh, stride_dos, stride_dqb, stride_dqh, stride_dqs,
-    HQ, GROUP, SQ, SK, D, WINDOW,
-    CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    HQ, GROUP, SQ, SK, WINDOW, LENGTH,
+    D: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    m0, bh, b, h, rows, offs_n, offs_d, row_mask, q, k_base, v_base = _query_tile(
-        Q, K, V, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_vb, stride_vh, HQ, GROUP, SQ, D,
-        BLOCK_M, BLOCK_N, BLOCK_D,
+    m0, bh, b, h, rows, offs_m, offs_n, offs_d, row_mask, q_rows = _query_tile(
+        Q, stride_qb, stride_qh, stride_qs, HQ, SQ, D, BLOCK_M, BLOCK_N, BLOCK_D,
     )
-    do = tl.load(DO + b * stride_dob + h * stride_doh + rows[:, None] * stride_dos + offs_d[None, :], mask=row_mask, other=0.0)
+    q = tl.load(q_rows + offs_m[:, None] * stride_qs + offs_d[None, :], mask=row_mask, other=0.0)
+    do = _tile(DO + b * stride_dob + h * stride_doh, m0, stride_dos, offs_m, offs_d, SQ, D, False)
+    k_base = K + b * stride_kb + (h // GROUP) * stride_kh
+    v_base = V + b * stride_vb + (h // GROUP) * stride_vh
     lse = tl.load(LSE + bh * SQ + rows, mask=rows < SQ, other=0.0) * _LOG2E
     delta = tl.load(DELTA + bh * SQ + rows, mask=rows < SQ, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    doc_base = DOCS + b * SK
-    doc_q, doc_lo, doc_hi = _load_documents(doc_base, rows, SQ, HAS_DOCS)
+    doc_row = b * SK
     lo, full_lo, full_hi, hi = _key_range(m0, SK, CAUSAL, WINDOW, BLOCK_M, BLOCK_N)
+    doc_q, lo, hi = _documents(LABEL, FIRST, LAST, doc_row, rows, SQ, lo, hi, BLOCK_N, HAS_DOCS)
     mid_lo, mid_hi = _stretches(lo, full_lo, full_hi, hi)
     dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
-                   lo, mid_lo, qk_scale, SK, D, WINDOW, doc_base, doc_q, doc_lo, doc_hi,
+                   lo, mid_lo, qk_scale, SK, D, WINDOW, LABEL, doc_row, doc_q,
                    CAUSAL, True, HAS_DOCS, BLOCK_N, PRECISION)
     dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
-                   mid_lo, mid_hi, qk_scale, SK, D, WINDOW, doc_base, doc_q, doc_lo, doc_hi,
+                   mid_lo, mid_hi, qk_scale, SK, D, WINDOW, LABEL, doc_row, doc_q,
                    CAUSAL, False, HAS_DOCS, BLOCK_N, PRECISION)
     dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, rows, offs_n, offs_d,
-                   mid_hi, hi, qk_scale, SK, D, WINDOW, doc_base, doc_q, doc_lo, doc_hi,
+                   mid_hi, hi, qk_scale, SK, D, WINDOW, LABEL, doc_row, doc_q,
                    CAUSAL, True, HAS_DOCS, BLOCK_N, PRECISION)
-    tl.store(DQ + b * stride_dqb + h * stride_dqh + rows[:, None] * stride_dqs + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_mask)
+    dq_rows = DQ + b * stride_dqb + h * stride_dqh + m0.to(tl.int64) * stride_dqs
+    tl.store(dq_rows + offs_m[:, None] * stride_dqs + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_mask)
 
 
 # --- launch ------------------------------------------------------------------------------
@@ -396,10 +476,38 @@ def _common(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     return b, hq, hkv, sq, sk, d, max(16, triton.next_power_of_2(d)), precision
 
 
-def _documents(documents: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    """[B, S] int64 contiguous (the range tests are int64); any tensor stands in when absent
-    (HAS_DOCS=False: never read)."""
-    return like if documents is None else documents.to(torch.int64).contiguous()
+_BOUNDS: list = [None, -1, None]  # [weakref to the documents tensor, its version, its bounds]
+
+
+def document_bounds(documents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per token of [B, S] document numbers (any numbering; a number may come back later in the
+    row): a dense int32 label of its document in its row, and the first and last position of that
+    document in the row (int32). Every layer reads the same documents tensor: found once per step."""
+    ref, version, bounds = _BOUNDS
+    if ref is not None and ref() is documents and version == documents._version:
+        return bounds
+    b, s = documents.shape
+    ids, inverse = torch.unique(documents, return_inverse=True)
+    slot = inverse + torch.arange(b, device=documents.device)[:, None] * ids.numel()  # (row, document)
+    position = torch.arange(s, device=documents.device).expand(b, s)
+    first = torch.full((b * ids.numel(),), s, dtype=torch.int64, device=documents.device)
+    last = torch.full_like(first, -1)
+    first.scatter_reduce_(0, slot.flatten(), position.flatten(), "amin")
+    last.scatter_reduce_(0, slot.flatten(), position.flatten(), "amax")
+    bounds = (inverse.to(torch.int32).contiguous(), first[slot].to(torch.int32).contiguous(),
+              last[slot].to(torch.int32).contiguous())
+    _BOUNDS[:] = [weakref.ref(documents), documents._version, bounds]
+    return bounds
+
+
+def _documents_args(documents: torch.Tensor | None, like: torch.Tensor) -> tuple:
+    """(labels, first, last) for the kernels; any tensor stands in when absent (never read)."""
+    return (like, like, like) if documents is None else document_bounds(documents)
+
+
+def _length(sq: int, sk: int) -> int:
+    """The autotuning bucket of a length: the next power of two."""
+    return triton.next_power_of_2(max(sq, sk))
 
 
 def attention_forward(q, k, v, causal: bool, window: int, scale: float, documents=None):
@@ -408,12 +516,13 @@ def attention_forward(q, k, v, causal: bool, window: int, scale: float, document
     out = torch.empty(b, hq, sq, d, dtype=q.dtype, device=q.device)
     lse = torch.empty(b, hq, sq, dtype=torch.float32, device=q.device)
     grid = lambda meta: (triton.cdiv(sq, meta["BLOCK_M"]), b * hq)  # noqa: E731
-    _attention_forward[grid](
-        q, k, v, out, lse, _documents(documents, lse), scale * LOG2E,
+    _launch(
+        "forward", _attention_forward, grid,
+        q, k, v, out, lse, *_documents_args(documents, lse), scale * LOG2E,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        hq, hq // hkv, sq, sk, d, window,
-        CAUSAL=causal, HAS_DOCS=documents is not None, BLOCK_D=block_d, PRECISION=precision,
+        hq, hq // hkv, sq, sk, window, _length(sq, sk),
+        D=d, CAUSAL=causal, HAS_DOCS=documents is not None, BLOCK_D=block_d, PRECISION=precision,
     )
     return out, lse
 
@@ -426,26 +535,28 @@ def attention_backward(grad_out, q, k, v, out, lse, causal: bool, window: int, s
     _row_dot[(triton.cdiv(sq, 64), b * hq)](
         grad_out, out, delta,
         grad_out.stride(0), grad_out.stride(1), grad_out.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        hq, sq, d, BLOCK_S=64, BLOCK_D=block_d,
+        hq, sq, D=d, BLOCK_S=64, BLOCK_D=block_d,
     )
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-    docs, has_docs = _documents(documents, lse), documents is not None
+    docs, has_docs = _documents_args(documents, lse), documents is not None
     strides = (
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
     )
-    _attention_dkdv[lambda meta: (triton.cdiv(sk, meta["BLOCK_N"]), b * hkv)](
-        q, k, v, grad_out, lse, delta, dk, dv, docs, scale * LOG2E, scale, *strides,
+    _launch(
+        "dkdv", _attention_dkdv, lambda meta: (triton.cdiv(sk, meta["BLOCK_N"]), b * hkv),
+        q, k, v, grad_out, lse, delta, dk, dv, *docs, scale * LOG2E, scale, *strides,
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-        hq, hkv, hq // hkv, sq, sk, d, window,
-        CAUSAL=causal, HAS_DOCS=has_docs, BLOCK_D=block_d, PRECISION=precision,
+        hq, hkv, hq // hkv, sq, sk, window, _length(sq, sk),
+        D=d, CAUSAL=causal, HAS_DOCS=has_docs, BLOCK_D=block_d, PRECISION=precision,
     )
-    _attention_dq[lambda meta: (triton.cdiv(sq, meta["BLOCK_M"]), b * hq)](
-        q, k, v, grad_out, lse, delta, dq, docs, scale * LOG2E, scale, *strides,
+    _launch(
+        "dq", _attention_dq, lambda meta: (triton.cdiv(sq, meta["BLOCK_M"]), b * hq),
+        q, k, v, grad_out, lse, delta, dq, *docs, scale * LOG2E, scale, *strides,
         dq.stride(0), dq.stride(1), dq.stride(2),
-        hq, hq // hkv, sq, sk, d, window,
-        CAUSAL=causal, HAS_DOCS=has_docs, BLOCK_D=block_d, PRECISION=precision,
+        hq, hq // hkv, sq, sk, window, _length(sq, sk),
+        D=d, CAUSAL=causal, HAS_DOCS=has_docs, BLOCK_D=block_d, PRECISION=precision,
     )
     return dq, dk, dv

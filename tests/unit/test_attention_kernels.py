@@ -3,6 +3,7 @@ attention written as plain math in fp64 (scores, mask, softmax, autograd): forwa
 and dQ/dK/dV."""
 
 import math
+import os
 import types
 
 import pytest
@@ -127,3 +128,55 @@ def test_documents_match_math(kernel, b, hq, hkv, s, causal, window, lengths):
     grads = ops.attention_backward(grad_out, q, k, v, out, lse, causal, window, 0.125, documents)
     for name, got, want in zip(("out", "lse", "dq", "dk", "dv"), (out, lse) + tuple(grads), expected):
         assert relative_error(got.double(), want) < 2e-5, name
+
+
+OFFSETS_PAST_2_31 = """
+import os, tempfile, torch
+from autosp.runtime import triton_attention, attention as reference
+S, D, STRIDE = 80, 16, 1 << 25  # row 79 starts at element 79 * 2^25 > 2^31
+with tempfile.TemporaryDirectory() as folder:
+    path = os.path.join(folder, "sparse")
+    n = (S - 1) * STRIDE + 4 * D
+    with open(path, "wb") as f:
+        f.truncate(n * 4)  # a sparse file: only the pages the rows touch are ever written
+    storage = torch.from_file(path, shared=True, size=n, dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    small = [torch.randn(1, 1, S, D, generator=g) for _ in range(4)]
+    big = [storage.as_strided((1, 1, S, D), (0, 0, STRIDE, 1), i * D) for i in range(4)]
+    for b, s in zip(big, small):
+        b.copy_(s)
+    out, lse = triton_attention.attention_forward(*big[:3], True, 0, 0.25)
+    grads = triton_attention.attention_backward(big[3], *big[:3], out, lse, True, 0, 0.25)
+    ref_out, ref_lse = reference.blockwise_forward(*small[:3], True, 0, 0.25)
+    ref = reference.blockwise_backward(small[3], *small[:3], ref_out, ref_lse, True, 0, 0.25)
+    print(max((a - b).abs().max().item() for a, b in zip((out, lse, *grads), (ref_out, ref_lse, *ref))))
+"""
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="the interpreter reads CPU memory")
+def test_offsets_past_2_31_elements():
+    """q/k/v/dO rows 2^25 elements apart (views of a sparse file), so row offsets pass 2^31: the
+    kernels take them in int64 (an int32 offset wraps and reads outside the tensor: a wrong
+    result or a crash, hence a process of its own)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", OFFSETS_PAST_2_31], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) < 1e-5
+
+
+def test_tile_configs(monkeypatch):
+    """Autotuning tries the listed configs of a head-dim bucket and dtype; with documents, under
+    AUTOSP_AUTOTUNE=0 and at fp32 there is one (nothing is timed); head dims past 128 are refused."""
+    monkeypatch.setattr(triton_attention, "interpreting", lambda: False)
+    listed = triton_attention.CONFIGS["forward"][(128, 2)]
+    assert triton_attention.configs_for("forward", 128, 2, False) == listed and len(listed) > 1
+    assert triton_attention.configs_for("forward", 128, 2, True) == listed[:1]
+    assert triton_attention.configs_for("dq", 80 + 48, 4, False) == triton_attention.CONFIGS["dq"][(128, 4)]
+    assert len(triton_attention.CONFIGS["dq"][(64, 4)]) == 1
+    monkeypatch.setenv("AUTOSP_AUTOTUNE", "0")
+    assert triton_attention.configs_for("dkdv", 64, 2, False) == triton_attention.CONFIGS["dkdv"][(64, 2)][:1]
+    with pytest.raises(NotImplementedError, match="up to 128"):
+        triton_attention.configs_for("forward", 256, 2, False)
