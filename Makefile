@@ -4,7 +4,12 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: demo test bench clean
+# What the GPU machines (Python 3.12, torch/triton/transformers installed) lack, as cp312 wheels
+# in .whl/ at the versions this venv tests with; tests/gpu_check.sh installs them there.
+GPU_WHEELS := xdsl immutabledict ordered-set highspy
+WHEEL_PLATFORMS := $(foreach n,manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux1,--platform $(n)_x86_64)
+
+.PHONY: demo test bench clean gpu-wheels
 
 $(STAMP): pyproject.toml
 	@if [ ! -x $(PY) ]; then \
@@ -23,5 +28,11 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 	.venv/bin/lit -q tests/lit
 
+gpu-wheels: $(STAMP)
+	rm -rf .whl && mkdir .whl
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $(WHEEL_PLATFORMS) -d .whl \
+	  $$($(PY) -m pip freeze | grep -iE '^($(subst $(eval) ,|,$(GPU_WHEELS)))==')
+	@ls .whl
+
 clean:
-	rm -rf .venv build *.egg-info
+	rm -rf .venv build *.egg-info .whl

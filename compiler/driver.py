@@ -432,4 +432,5 @@ def _compile(ep, *, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_
         predicted_tracked_bytes=plan_memory(module, workspace=False, optimizer_state=False).peak_bytes,
         predicted_held=report.held,
         predicted_offload=report.timeline,
+        kernels=report.kernels,
     )

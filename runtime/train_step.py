@@ -133,6 +133,7 @@ class TrainStep:
         predicted_held: dict[str, int] | None = None,
         measured_path: Path | None = None,
         predicted_offload: dict | None = None,
+        kernels: dict[str, dict[str, int]] | None = None,
     ):
         self.program_path = Path(program_path)
         # The same program handing each value it makes to TRACK, for measure_memory.
@@ -148,6 +149,8 @@ class TrainStep:
         # The host copies' estimate (report.offload_timeline): bytes each way, seconds of
         # copy time the compute stream waits for ("exposed_out", "exposed_in"), the step's.
         self.predicted_offload = dict(predicted_offload or {})
+        # The kernels the compiler chose (select-kernels): {"attention": {"cudnn": 16}, ...}.
+        self.kernels = {op: dict(counts) for op, counts in (kernels or {}).items()}
         self.inputs = inputs
         self.grad_of = grad_of
         self.report = report

@@ -1,4 +1,4 @@
-"""GPU check of offload (issue 14): Llama-3.2-1B with 2 layers at 256K tokens, bf16, under a device
+"""GPU check of offload: Llama-3.2-1B with 2 layers at 64K tokens, bf16, under a device
 budget halfway between the least peak recomputation alone reaches and the least with offload
 (so the plan must offload). Measures the copy time the compute stream waits for (timing events
 either side of each wait, runtime/offload.StallTimer) against the plan's estimate, the step times
@@ -20,7 +20,7 @@ from autosp.passes.remat import least_memory, parse_host_budget
 from autosp.pipeline import pipeline_spec, run_pipeline, until_remat
 from autosp.runtime import offload
 
-preset, seq, layers = (sys.argv[2], int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) > 4 else ("llama-3.2-1b", 262144, 2)
+preset, seq, layers = (sys.argv[2], int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) > 4 else ("llama-3.2-1b", 65536, 2)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
 model, (ids, labels) = build_preset(preset, seq=seq, layers=layers, dtype=dtype)

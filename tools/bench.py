@@ -5,8 +5,10 @@
         1M, export (shapes only), run the pipeline with --remat and record whether the step fits,
         its predicted peak, the recompute overhead and how long each stage took.
     autosp-bench kernels -o kernels.json
-        attention forward/backward TFLOP/s, AutoSP's Triton kernels vs SDPA flash and cuDNN in the same
-        run, causal bf16, D 64 and 128, S 2K..32K. Without a GPU: an interpreter correctness check only.
+        attention forward/backward TFLOP/s of every kernel AutoSP runs (its Triton kernels, cuDNN and
+        FlashAttention as the runtime calls them) vs SDPA's flash and cuDNN backends in the same run,
+        causal bf16, D 64 and 128, S 4K, 16K, 64K, and packed rows. Without a GPU: an interpreter
+        correctness check only.
     autosp-bench step -o step.json
         CPU: the compiled step's time beside eager PyTorch's on the same Llama and data (S 2K and 4K,
         hidden 512, 4 layers, fp32), and each step's resident memory against the plan's predicted
@@ -56,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="GPUs per node sharing --host-memory (default 8; each rank plans for 80%% of its share)")
     remat.add_argument("-o", "--output", default="remat.json")
     kernels = commands.add_parser("kernels", help="attention TFLOP/s vs SDPA flash/cuDNN (GPU)")
-    kernels.add_argument("--seq", type=int, nargs="+", default=[2048, 4096, 8192, 16384, 32768])
+    kernels.add_argument("--seq", type=int, nargs="+", default=[4096, 16384, 65536])
     kernels.add_argument("--dim", type=int, nargs="+", default=[64, 128])
     kernels.add_argument("--doc-len", type=int, default=4096, help="also time AutoSP on rows packed with documents this long (0: don't)")
     kernels.add_argument("-o", "--output", default="kernels.json")
@@ -299,10 +301,10 @@ def run_kernels(args: argparse.Namespace) -> None:
                       f"{result['interpreter_check']['max_abs_error']:.2e}); no speed measured")
     else:
         points = [bench_gpu.kernel_point(seq, dim, backend)
-                  for dim in args.dim for seq in args.seq for backend in ("autosp", "sdpa-flash", "sdpa-cudnn")]
-        if args.doc_len:  # packed rows: the tiles across documents are skipped
-            points += [bench_gpu.kernel_point(seq, dim, "autosp", doc_len=args.doc_len)
-                       for dim in args.dim for seq in args.seq if seq > args.doc_len]
+                  for dim in args.dim for seq in args.seq for backend in bench_gpu.KERNEL_BACKENDS]
+        if args.doc_len:  # packed rows: AutoSP's kernels visit only the tiles of each document
+            points += [bench_gpu.kernel_point(seq, dim, backend, doc_len=args.doc_len)
+                       for dim in args.dim for seq in args.seq if seq > args.doc_len for backend in ("triton", "flash")]
         result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "points": points}
         table = Table("D", "S", "batch", "backend", "fwd TFLOP/s", "bwd TFLOP/s", "fwd vs cuDNN", "bwd vs cuDNN",
                       title=f"causal bf16 attention on {result['gpu']}")
@@ -316,14 +318,15 @@ def run_kernels(args: argparse.Namespace) -> None:
                           f"{p['fwd_tflops']:.0f}" if "fwd_tflops" in p else p.get("error", "-"),
                           f"{p['bwd_tflops']:.0f}" if "bwd_tflops" in p else "-", ratio("fwd_tflops"), ratio("bwd_tflops"))
         console.print(table)
-        whole = {(p["dim"], p["seq"]): p for p in points if p["backend"] == "autosp" and "doc_len" not in p and "fwd_ms" in p}
-        packed = Table("D", "S", "doc len", "fwd ms", "bwd ms", "fwd speedup", "bwd speedup",
-                       title="AutoSP on packed rows vs one causal document per row (same S)")
+        whole = {(p["backend"], p["dim"], p["seq"]): p for p in points if "doc_len" not in p and "fwd_ms" in p}
+        packed = Table("kernel", "D", "S", "doc len", "fwd ms", "bwd ms", "fwd speedup", "bwd speedup",
+                       title="packed rows vs one causal document per row (same S, one row)")
         for p in points:
-            ref = whole.get((p["dim"], p["seq"]))
+            ref = whole.get((p["backend"], p["dim"], p["seq"]))
             if "doc_len" in p and "fwd_ms" in p and ref:
-                packed.add_row(str(p["dim"]), str(p["seq"]), str(p["doc_len"]), f"{p['fwd_ms']:.2f}", f"{p['bwd_ms']:.2f}",
-                               f"{ref['fwd_ms'] / p['fwd_ms']:.1f}x", f"{ref['bwd_ms'] / p['bwd_ms']:.1f}x")
+                per_row = ref["batch"]  # the whole-row point times `batch` rows of S
+                packed.add_row(p["backend"], str(p["dim"]), str(p["seq"]), str(p["doc_len"]), f"{p['fwd_ms']:.2f}", f"{p['bwd_ms']:.2f}",
+                               f"{ref['fwd_ms'] / per_row / p['fwd_ms']:.1f}x", f"{ref['bwd_ms'] / per_row / p['bwd_ms']:.1f}x")
         console.print(packed)
     write_atomically(args.output, json.dumps(result, indent=1))
     console.print(f"wrote {args.output}")

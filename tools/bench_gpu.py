@@ -25,43 +25,49 @@ def _time_ms(fn: Callable[[], object]) -> float:
     return float(triton.testing.do_bench(fn, warmup=25, rep=100))
 
 
+# AutoSP's attention kernels (runtime/kernels.ATTENTION_CALLS, as a program calls them) and torch's
+# SDPA with one backend forced, the baselines.
+KERNEL_BACKENDS = ("triton", "cudnn", "flash", "sdpa-cudnn", "sdpa-flash")
+
+
 def kernel_point(seq: int, dim: int, backend: str, tokens: int = 16384, doc_len: int = 0) -> dict:
-    """Forward and backward TFLOP/s of one attention implementation, causal bf16. With doc_len
-    (AutoSP only), each row packs documents of doc_len tokens: the FLOPs counted are those of
-    causal attention inside each document, what the kernels must do."""
+    """Forward and backward TFLOP/s of one attention implementation, causal bf16, q/k/v laid out
+    as a program passes them ([B, H, S, D] views of [B, S, H, D]). With doc_len (AutoSP's kernels),
+    one row packs documents of doc_len tokens: the FLOPs counted are those of causal attention
+    inside each document, what the kernels must do."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from autosp.runtime import triton_attention
+    from autosp.runtime import kernels
 
     heads = 2048 // dim
-    batch = max(1, tokens // seq)
-    q, k, v = (torch.randn(batch, heads, seq, dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    grad = torch.randn_like(q)
+    batch = 1 if doc_len else max(1, tokens // seq)
+    q, k, v, grad = (torch.randn(batch, seq, heads, dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2) for _ in range(4))
     scale = 1 / math.sqrt(dim)
     point = {"seq": seq, "dim": dim, "batch": batch, "heads": heads, "backend": backend}
-    if backend == "autosp":
-        docs = None
-        if doc_len:
-            docs = (torch.arange(seq, device="cuda") // doc_len).expand(batch, seq).contiguous()
-            point["doc_len"] = doc_len
-        out, lse = triton_attention.attention_forward(q, k, v, True, 0, scale, docs)
-        forward = lambda: triton_attention.attention_forward(q, k, v, True, 0, scale, docs)  # noqa: E731
-        backward = lambda: triton_attention.attention_backward(grad, q, k, v, out, lse, True, 0, scale, docs)  # noqa: E731
-    else:
-        choice = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION}[backend]
-        qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
-
-        def forward():
-            with sdpa_kernel(choice):
-                return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-
-        with sdpa_kernel(choice):
-            out = torch.nn.functional.scaled_dot_product_attention(qg, kg, vg, is_causal=True)
-        backward = lambda: torch.autograd.grad(out, (qg, kg, vg), grad, retain_graph=True)  # noqa: E731
     try:
+        if backend in kernels.ATTENTION_CALLS:
+            forward_fn, backward_fn = kernels.ATTENTION_CALLS[backend]()
+            docs = None
+            if doc_len:
+                docs = (torch.arange(seq, device="cuda") // doc_len)[None].contiguous()
+                point["doc_len"] = doc_len
+            out, lse = forward_fn(q, k, v, True, 0, scale, docs)
+            forward = lambda: forward_fn(q, k, v, True, 0, scale, docs)  # noqa: E731
+            backward = lambda: backward_fn(grad, q, k, v, out, lse, True, 0, scale, docs)  # noqa: E731
+        else:
+            choice = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION}[backend]
+            qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
+
+            def forward():
+                with sdpa_kernel(choice):
+                    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+            with sdpa_kernel(choice):
+                out = torch.nn.functional.scaled_dot_product_attention(qg, kg, vg, is_causal=True)
+            backward = lambda: torch.autograd.grad(out, (qg, kg, vg), grad, retain_graph=True)  # noqa: E731
         fwd_ms, bwd_ms = _time_ms(forward), _time_ms(backward)
-    except RuntimeError as error:  # a backend this build or GPU does not have
-        point["error"] = str(error).splitlines()[0]
+    except Exception as error:  # noqa: BLE001 (a backend this build or GPU does not have; the others go on)
+        point["error"] = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
         return point
     documents = seq // doc_len if doc_len else 1
     flops = attention_flops(batch * documents, heads, seq // documents, dim, True)

@@ -180,3 +180,37 @@ def test_tile_configs(monkeypatch):
     assert triton_attention.configs_for("dkdv", 64, 2, False) == triton_attention.CONFIGS["dkdv"][(64, 2)][:1]
     with pytest.raises(NotImplementedError, match="up to 128"):
         triton_attention.configs_for("forward", 256, 2, False)
+
+
+TORCH_GPU_CASES = [
+    # kernel, b, hq, hkv, s, causal, window, documents
+    pytest.param("cudnn", 2, 8, 2, 300, True, 0, None, id="cudnn-causal-gqa"),
+    pytest.param("cudnn", 1, 4, 4, 257, False, 0, None, id="cudnn-full"),
+    pytest.param("flash", 2, 8, 2, 300, True, 0, None, id="flash-causal-gqa"),
+    pytest.param("flash", 1, 4, 1, 300, True, 64, None, id="flash-window"),
+    pytest.param("flash", 1, 4, 2, 300, True, 0, [[100, 77, 123]], id="flash-varlen-documents"),
+    pytest.param("flash", 1, 4, 2, 300, True, 32, [[100, 77, 123]], id="flash-varlen-window"),
+    pytest.param("flash", 1, 4, 2, 300, True, 0, "scattered", id="flash-scattered-documents-via-triton"),
+]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch's GPU attention kernels need a GPU")
+@pytest.mark.parametrize("kernel, b, hq, hkv, s, causal, window, lengths", TORCH_GPU_CASES)
+def test_torch_gpu_kernels_match_math(kernel, b, hq, hkv, s, causal, window, lengths):
+    """cuDNN and FlashAttention through runtime/torch_attention.py (bf16, the layouts the program
+    passes: [B, H, S, D] views of [B, S, H, D]): results contiguous, within bf16 tolerance of fp64 math."""
+    from autosp.runtime import kernels
+
+    q, k, v, grad_out = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in _inputs(b, hq, hkv, s, s, 64, torch.bfloat16, seed=11))
+    documents = None
+    if lengths == "scattered":
+        documents = (torch.arange(s, device=DEVICE) * 7 % 3)[None].repeat(b, 1)
+    elif lengths is not None:
+        documents = _packed(lengths)
+    expected = _math(q, k, v, causal, window, 0.125, grad_out, documents)
+    forward, backward = kernels.ATTENTION_CALLS[kernel]()
+    out, lse = forward(q, k, v, causal, window, 0.125, documents)
+    grads = backward(grad_out, q, k, v, out, lse, causal, window, 0.125, documents)
+    for name, got, want in zip(("out", "lse", "dq", "dk", "dv"), (out, lse) + tuple(grads), expected):
+        assert got.shape == want.shape and got.is_contiguous(), name
+        assert relative_error(got.double(), want) < 3e-2, name
