@@ -90,6 +90,7 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str,
     from autosp.frontends import import_program
     from autosp.frontends.presets import export_preset
     from autosp.passes.cost_model import device_profile
+    from autosp.ir.autosp import AttentionOp
     from autosp.passes.remat import RematInfeasible, RematProblem, parse_budget, rematerialize
     from autosp.pipeline import pipeline_spec, run_pipeline
 
@@ -103,21 +104,24 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str,
     point["export_s"] = time.perf_counter() - started
     from autosp.passes.tile_rows import CHUNK_BYTES
 
-    # As compile's tile_mlp="auto", tile_rows="auto": more in row chunks only if needed.
-    for tiled, rows in ((False, False), (True, False), (True, True)):
+    # As compile's tile_mlp, tile_rows="auto" and its lean kernels: more in row chunks, then the
+    # attention kernels with the least scratch, only if needed; layers rerun only at the last level.
+    for tiled, rows, lean in ((False, False, False), (True, False, False), (True, True, False), (True, True, True)):
         started = time.perf_counter()
         # Rank 0 of sp x dp: the largest sequence part and the largest parameter shards.
         spec = pipeline_spec(sp=sp, fuse=False, shard=shard, world=sp * dp, optimizer=optimizer, prefetch=prefetch,
-                             tile_rows=rows, tile_bytes=CHUNK_BYTES)  # remat plans the unfused program
+                             tile_rows=rows, tile_bytes=CHUNK_BYTES, target=profile.target,
+                             lean_kernels=lean)  # remat plans the unfused program
         module = run_pipeline(import_program(ep, tile_mlp=tiled), spec)
         point["import_and_sp_s"] = time.perf_counter() - started
         started = time.perf_counter()
         try:
             result = rematerialize(module, parse_budget("auto", profile), profile, fused=True, host_budget=host_budget,
-                                   two_level=rows)  # as compile runs it
+                                   two_level=lean)  # as compile runs it
             break
         except RematInfeasible as error:
-            point.update(fits=False, error=str(error), remat_s=time.perf_counter() - started, tiled_mlp=tiled, tiled_rows=rows)
+            point.update(fits=False, error=str(error), remat_s=time.perf_counter() - started, tiled_mlp=tiled, tiled_rows=rows,
+                         lean_kernels=lean)
     else:
         # Where the memory goes under the checkpointing plan that holds least (about the least remat reaches).
         problem = RematProblem(module, profile, fused=True, host_budget=host_budget)
@@ -129,6 +133,8 @@ def remat_point(preset: str, layers: int | None, seq: int, sp: int, memory: str,
         error=None,
         tiled_mlp=tiled,
         tiled_rows=rows,
+        lean_kernels=lean,
+        attention_kernels=sorted({op.kernel.data for op in module.walk() if isinstance(op, AttentionOp) and op.kernel}),
         remat_s=time.perf_counter() - started,
         ilp_s=result.ilp_seconds,
         plan=result.plan.name,

@@ -122,6 +122,11 @@ class AutoSPOptMain(xDSLOptMain):
             "--cost-model", default=None, help="device whose roofline prices recomputation for --remat: h100 (default), h200, mi300x, cpu"
         )
         arg_parser.add_argument(
+            "--device", default=None,
+            help="the device the kernels are chosen for (select-kernels' target): cpu, cuda:smNN (e.g. cuda:sm90), rocm, "
+                 "interpreter; default: the cost model's device (cuda:sm90 for h100)",
+        )
+        arg_parser.add_argument(
             "--host-memory-budget", default=None,
             help="with --remat: host memory per rank values may be offloaded to (bytes, 64GiB, or auto: 80%% of this host's memory over its ranks)",
         )
@@ -150,7 +155,7 @@ class AutoSPOptMain(xDSLOptMain):
 
             logging.basicConfig(level=logging.INFO, format="%(message)s")
         pipeline = (self.args.sp is not None or self.args.remat or self.args.shard is not None or self.args.optimizer is not None
-                    or self.args.tile_rows)
+                    or self.args.tile_rows or self.args.device is not None)
         if (self.args.rank is not None or self.args.dp is not None) and self.args.sp is None:
             raise ValueError("--rank and --dp place a rank on the sp x dp mesh: give --sp too")
         if self.args.dp is not None and self.args.dp < 1:
@@ -163,7 +168,7 @@ class AutoSPOptMain(xDSLOptMain):
             raise ValueError(f"--rank={self.args.rank}: give a rank in 0..{world - 1} for --sp={sp} --dp={dp}")
         if pipeline:
             if self.args.passes:
-                raise ValueError("give either -p PASSES or the pipeline options (--sp/--remat/--shard/--optimizer/--tile-rows), not both")
+                raise ValueError("give either -p PASSES or the pipeline options (--sp/--remat/--shard/--optimizer/--tile-rows/--device), not both")
             given = {"memory_budget": self.args.memory_budget, "cost_model": self.args.cost_model,
                      "host_budget": self.args.host_memory_budget}
             remat = {k: v for k, v in given.items() if v is not None and self.args.remat}  # else the defaults
@@ -172,8 +177,11 @@ class AutoSPOptMain(xDSLOptMain):
             rank = self.args.rank or 0
             from autosp.passes.tile_rows import CHUNK_BYTES
 
+            from autosp.passes.cost_model import device_profile
+
+            target = self.args.device or device_profile(self.args.cost_model or "h100").target
             self.pipeline_options = dict(
-                sp=sp, remat=self.args.remat, rank=rank % sp, fuse=not self.args.no_fuse,
+                sp=sp, remat=self.args.remat, rank=rank % sp, fuse=not self.args.no_fuse, target=target,
                 tile_rows=self.args.tile_rows, tile_bytes=CHUNK_BYTES,
                 shard=self.args.shard or "none", world=world, world_rank=rank,
                 optimizer=optimizer_kind(self.args.optimizer), prefetch=not self.args.no_prefetch, **remat,

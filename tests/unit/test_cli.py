@@ -167,9 +167,10 @@ def tiny_ir(tmp_path_factory):
         (["--sp=2", "--dp=2", "--rank=4"], GOOD, "--rank=4: give a rank in 0..3 for --sp=2 --dp=2"),
         (["--shard=zero3"], GOOD, "argument --shard: invalid choice: 'zero3'"),
         (["--sp=1", "--optimizer=lion"], GOOD, "optimizer='lion': give one of"),
+        (["--device=tpu"], GOOD, "target 'tpu': give one of cpu, cuda:smNN (e.g. cuda:sm90), rocm, interpreter"),
     ],
     ids=["other-dialect", "budget-400-digits", "budget-2-63", "rank-without-sp", "rank-out-of-range", "flag-type",
-         "dp-zero", "rank-past-the-world", "shard-choice", "optimizer-kind"],
+         "dp-zero", "rank-past-the-world", "shard-choice", "optimizer-kind", "device"],
 )
 def test_autosp_opt_more_errors(args, stdin, message):
     code, _, err = run_main("opt", *args, stdin=stdin)

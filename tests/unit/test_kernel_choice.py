@@ -122,3 +122,49 @@ def test_document_runs():
     assert torch_attention.document_runs(docs)[0] is cumulative  # found once per tensor
     docs[0, 5] = 4  # the same tensor changed: found again, and 4 is now in two runs
     assert torch_attention.document_runs(docs) is None
+
+
+def test_probe_rules_out_a_kernel_that_raises_or_differs(monkeypatch):
+    """The probe compile runs on a GPU before trusting one of torch's kernels: a kernel that
+    raises, or whose results differ from the reference, is reported with the reason."""
+    from autosp.runtime import attention, kernels
+
+    cpu = torch.device("cpu")
+    assert kernels.probe_attention("cpu-flash", BF16, 64, 4, True, 0, False, cpu) is None
+
+    def wrong(q, k, v, *mask):
+        out, lse = attention.cpu_flash_forward(q, k, v, *mask)
+        return out * 1.5, lse
+
+    def broken(*args):
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    monkeypatch.setitem(kernels.ATTENTION_CALLS, "wrong", lambda: (wrong, attention.cpu_flash_backward))
+    monkeypatch.setitem(kernels.ATTENTION_CALLS, "broken", lambda: (broken, broken))
+    assert kernels.probe_attention("wrong", FP32, 64, 2, True, 0, False, cpu).startswith("out differs from the reference")
+    assert kernels.probe_attention("broken", BF16, 128, 1, True, 16, True, cpu) == (
+        "RuntimeError: no kernel image is available for execution on the device")
+
+
+def test_compile_excludes_what_the_probe_rules_out(monkeypatch, tmp_path):
+    """On a (here pretended) H100, compile probes the torch kernels its attention cases would
+    run and passes the failures to select-kernels as `exclude`."""
+    from autosp import driver
+    from autosp.frontends.presets import build_preset, export_loss_module
+    from autosp.runtime import kernels
+
+    model, inputs = build_preset("tiny-llama", seq=64, dtype=BF16)
+    ep = export_loss_module(model, inputs)
+    asked = []
+
+    def probe(kernel, *case):
+        asked.append(kernel)
+        return "differs" if kernel == "cudnn" else None
+
+    monkeypatch.setattr(driver, "_state_device", lambda ep: torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(kernels, "probe_attention", probe)
+    monkeypatch.setattr(driver, "PROBE_FAILURES", {})
+    assert driver.kernel_target(ep, tmp_path) == ("cuda:sm90", "cudnn")
+    assert asked == ["cudnn", "flash"] and driver.PROBE_FAILURES == {"cudnn": "differs"}
