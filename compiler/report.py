@@ -259,12 +259,14 @@ _LAYER = re.compile(r"layers\.(\d+)\b")
 
 def offload_timeline(module: ModuleOp, profile) -> dict:
     """The host copies on a timeline: the program's ops one after another on the compute stream,
-    the copies one after another on the copy stream, each starting when issued (or when the one
-    before it ends); a wait whose copy has not ended stalls the compute stream: that is the
+    the copies one after another on their way's stream (to the host, back: the runtime's two
+    streams; the host link is full duplex), each starting when issued (or when the one before it
+    on its stream ends); a wait whose copy has not ended stalls the compute stream: that is the
     exposed copy time. Seconds, and bytes copied each way."""
     from autosp.passes.cost_model import copy_seconds, op_seconds
 
-    now = copies = 0.0
+    now = 0.0
+    copies = {"out": 0.0, "in": 0.0}  # when each way's stream is next free
     ends: dict[SSAValue, float] = {}
     timeline = {"values": 0, "out": 0, "in": 0, "exposed_out": 0.0, "exposed_in": 0.0}
     layer = "other"  # of the model: from the ops' locations (copies and loose ops join the one before)
@@ -274,9 +276,10 @@ def offload_timeline(module: ModuleOp, profile) -> dict:
         if isinstance(op.location, NameLoc) and (found := _LAYER.search(op.location.desc.data)):
             layer = f"layer {found.group(1)}"
         if isinstance(op, (OffloadStartOp, PrefetchStartOp)):
-            copies = max(now, copies) + copy_seconds(op.copied_bytes(), profile)
-            ends[op.results[0]] = copies
-            timeline["out" if isinstance(op, OffloadStartOp) else "in"] += op.copied_bytes()
+            way = "out" if isinstance(op, OffloadStartOp) else "in"
+            copies[way] = max(now, copies[way]) + copy_seconds(op.copied_bytes(), profile)
+            ends[op.results[0]] = copies[way]
+            timeline[way] += op.copied_bytes()
             timeline["values"] += isinstance(op, OffloadStartOp)
         elif isinstance(op, (OffloadWaitOp, PrefetchWaitOp)):
             way, copy = ("out", op.host) if isinstance(op, OffloadWaitOp) else ("in", op.started)
