@@ -118,7 +118,8 @@ def chunked_loss(model, input_ids, labels, chunk: int = 8192):
 
 
 def make_step(method: str, preset: str, seq: int, layers: int | None):
-    """(step() running forward + backward once, tokens per step) for one method at length seq."""
+    """(step() running forward + backward once, tokens per step, what to record of it) for one
+    method at length seq."""
     from autosp.frontends.presets import build_preset
 
     with torch.device("cuda"):
@@ -131,20 +132,22 @@ def make_step(method: str, preset: str, seq: int, layers: int | None):
 
         ep = torch.export.export(module, (ids, labels))
         step = autosp.compile(ep, remat=True)
-        return (lambda: step(ids, labels)), ids.numel()
+        info = {"kernels": step.kernels, "predicted_peak_gib": step.predicted_peak_bytes / GiB}
+        return (lambda: step(ids, labels)), ids.numel(), info
     if method in ("hf-ckpt", "hf-ckpt-chunked-loss"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if method == "hf-ckpt-chunked-loss":
-        return (lambda: chunked_loss(model, ids, labels).backward()), ids.numel()
+        return (lambda: chunked_loss(model, ids, labels).backward()), ids.numel(), {}
     forward = torch.compile(module) if method == "torch-compile" else module
-    return (lambda: forward(ids, labels).backward()), ids.numel()
+    return (lambda: forward(ids, labels).backward()), ids.numel(), {}
 
 
 def train_point(method: str, preset: str, seq: int, layers: int | None, steps: int = 3) -> dict:
     point = {"method": method, "seq": seq}
     _free()
     try:
-        step, tokens = make_step(method, preset, seq, layers)
+        step, tokens, info = make_step(method, preset, seq, layers)
+        point.update(info)
         step()  # warm-up (compiles, autotunes)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
