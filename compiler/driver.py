@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType
+from xdsl.ir import Operation
 from xdsl.parser import Parser
 from xdsl.printer import Printer
 
@@ -433,4 +434,15 @@ def _compile(ep, *, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_
         predicted_held=report.held,
         predicted_offload=report.timeline,
         kernels=report.kernels,
+        gradient_order=gradient_order(module),
     )
+
+
+def gradient_order(module: ModuleOp) -> list[int]:
+    """The gradients the step returns (after the loss), by index, in the order the program makes
+    them: the order eager's backward would reach the parameters (and run their hooks) in."""
+    fn = train_step_of(module)
+    position = {op: i for i, op in enumerate(fn.body.block.ops)}
+    returned = list(fn.body.block.last_op.operands)[1:]
+    made = [position.get(v.owner, -1) if isinstance(v.owner, Operation) else -1 for v in returned]
+    return sorted(range(len(returned)), key=lambda i: made[i])

@@ -9,10 +9,14 @@ training state (ZeRO, `shard_parameters`), the step replaces them in the model b
 shards and gives back gradient shards, stored as DTensor `.grad`s.
 
 Before the program runs, the step checks what it is given (inputs, the parameters' shapes,
-dtypes and identity, the autograd/autocast mode, index inputs against their tables) and, on
-several processes, agrees on the verdict with every rank (runtime/agreement.py): a step either
-runs on every rank or raises the same AutoSPError on every rank, before any collective. The
-gradients are then stored all or nothing.
+dtypes, identity and trainability, the autograd/autocast mode, module hooks, index inputs
+against their tables) and, on several processes, agrees on the verdict with every rank
+(runtime/agreement.py): a step either runs on every rank or raises the same AutoSPError on
+every rank, before any collective. The gradients are then stored all or nothing, as eager's
+backward would leave them: a parameter frozen since compile gets none, each parameter's
+gradient hooks (`register_hook`) see its gradient before it is stored (and before the average
+over data-parallel replicas, as under DDP), its post-accumulate hooks run after, parameters in
+the order the program makes their gradients. Calls from several threads run one at a time.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import sys
+import threading
 import types
 import weakref
 from dataclasses import dataclass
@@ -59,20 +64,33 @@ def _described(dtype: torch.dtype, shape) -> str:
     return f"{str(dtype).removeprefix('torch.')}{list(shape)}"
 
 
-def _module_slots(tensors: list[torch.Tensor]) -> list[list[tuple[weakref.ref, str, str]]]:
+def _module_slots(tensors: list[torch.Tensor]) -> tuple[list[list[tuple[weakref.ref, str, str]]], list[weakref.ref]]:
     """For each tensor, the (module, '_parameters' | '_buffers', name) slots holding it now, so
-    a step can tell when one was replaced by a new tensor (`model.lm_head.weight = ...`)."""
+    a step can tell when one was replaced by a new tensor (`model.lm_head.weight = ...`); and
+    every module holding one of them or containing such a module (whose hooks the step checks)."""
     index = {id(t): i for i, t in enumerate(tensors)}
     slots: list[list[tuple[weakref.ref, str, str]]] = [[] for _ in tensors]
+    parents: dict[int, list[torch.nn.Module]] = {}
+    holders: dict[int, torch.nn.Module] = {}
     for obj in gc.get_objects():
         if not issubclass(type(obj), torch.nn.Module):  # type(): some objects warn on __class__
             continue
+        for child in obj.__dict__.get("_modules", {}).values():
+            if child is not None:
+                parents.setdefault(id(child), []).append(obj)
         for kind in ("_parameters", "_buffers"):
             for name, value in obj.__dict__.get(kind, {}).items():
                 i = index.get(id(value))
                 if i is not None and value is tensors[i]:
                     slots[i].append((weakref.ref(obj), kind, name))
-    return slots
+                    holders[id(obj)] = obj
+    tree, todo = {}, list(holders.values())
+    while todo:  # the holders and their ancestors
+        module = todo.pop()
+        if id(module) not in tree:
+            tree[id(module)] = module
+            todo.extend(parents.get(id(module), []))
+    return slots, [weakref.ref(m) for m in tree.values()]
 
 
 def _non_overlapping(t: torch.Tensor) -> bool:
@@ -134,6 +152,7 @@ class TrainStep:
         measured_path: Path | None = None,
         predicted_offload: dict | None = None,
         kernels: dict[str, dict[str, int]] | None = None,
+        gradient_order: list[int] | None = None,
     ):
         self.program_path = Path(program_path)
         # The same program handing each value it makes to TRACK, for measure_memory.
@@ -151,6 +170,10 @@ class TrainStep:
         self.predicted_offload = dict(predicted_offload or {})
         # The kernels the compiler chose (select-kernels): {"attention": {"cudnn": 16}, ...}.
         self.kernels = {op: dict(counts) for op, counts in (kernels or {}).items()}
+        # The parameters (by index in grad_of) in the order the program makes their gradients:
+        # the order eager's backward would run their hooks in.
+        self.gradient_order = list(gradient_order) if gradient_order is not None else list(range(len(grad_of)))
+        self._lock = threading.RLock()  # one call at a time: the program's globals (host pool, tracker)
         self.inputs = inputs
         self.grad_of = grad_of
         self.report = report
@@ -171,7 +194,8 @@ class TrainStep:
         if len(devices) > 1:
             raise AutoSPError(f"parameters and buffers are on several devices ({sorted(map(str, devices))}); move the model to one")
         self.device = devices.pop() if devices else torch.device("cpu")
-        self._slots = _module_slots([t for _, t in self._state_specs])
+        self._slots, self._tree = _module_slots([t for _, t in self._state_specs])
+        self._forward_hooks = _forward_hooks(self._modules())  # exported with them; others would be skipped
         self.program = load_program(self.program_path)
         self.program.DEVICE = self.device
         pool_bytes = getattr(self.program, "HOST_POOL_BYTES", 0)
@@ -250,6 +274,39 @@ class TrainStep:
                     "graph and would ignore autocast; export with the autocast region inside the model's forward "
                     "(or cast the model) and call the step outside it"
                 )
+
+    def _modules(self) -> list[torch.nn.Module]:
+        """The modules holding the step's parameters and buffers, and those containing them."""
+        return [m for m in (ref() for ref in self._tree) if m is not None]
+
+    def _check_training(self) -> None:
+        """What eager's backward would do differently: a parameter unfrozen since compile (the
+        program makes no gradient for it), module hooks the program cannot run."""
+        trainable = set(self.grad_of)
+        for spec, tensor in self._state_specs:
+            if spec.kind == "parameter" and spec.name not in trainable and tensor.requires_grad:
+                raise AutoSPError(
+                    f"parameter '{spec.name}' requires a gradient now but was frozen when the step was compiled, so the "
+                    "program makes none for it: export and compile again after changing requires_grad"
+                )
+        modules = self._modules()
+        backward = [type(m).__name__ for m in modules if m._backward_hooks or m._backward_pre_hooks]
+        from torch.nn.modules import module as nn_module
+
+        if backward or nn_module._global_backward_hooks or nn_module._global_backward_pre_hooks:
+            where = f" ({', '.join(sorted(set(backward)))})" if backward else " (global)"
+            raise AutoSPError(
+                f"module backward hooks{where} do not run in a compiled step (it has no autograd graph of modules); "
+                "register hooks on the parameters instead (param.register_hook / register_post_accumulate_grad_hook run "
+                "as in eager)"
+            )
+        now = _forward_hooks(modules)
+        changed = sorted({key[1] for key in {*now, *self._forward_hooks} if now.get(key, set()) != self._forward_hooks.get(key, set())})
+        if changed:
+            raise AutoSPError(
+                f"forward hooks of {', '.join(changed)} were added or removed after the step was compiled: the program runs "
+                "the forward as it was exported (with the hooks it had then); export and compile again"
+            )
 
     def _check_state(self) -> None:
         for (spec, tensor), slots in zip(self._state_specs, self._slots):
@@ -335,6 +392,7 @@ class TrainStep:
         try:
             self._check_mode()
             self._check_state()
+            self._check_training()
             user = self._check_inputs(args)
             self._check_indices(user)
         except Exception as err:  # noqa: BLE001 (on several processes, every rank must hear of it)
@@ -364,13 +422,14 @@ class TrainStep:
             )
 
     def __call__(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
-        if self._replaced:
-            self._warn_if_whole_parameters_live()
-        call_args = self._prepare(self._bind(args, kwargs))
-        with self._in_step():
-            loss, *grads = self.program.train_step(*call_args)
-            self._reduce_and_store(grads)
-        return loss.detach()
+        with self._lock:
+            if self._replaced:
+                self._warn_if_whole_parameters_live()
+            call_args = self._prepare(self._bind(args, kwargs))
+            with self._in_step():
+                loss, *grads = self.program.train_step(*call_args)
+                self._reduce_and_store(grads)
+            return loss.detach()
 
     def measure_memory(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> int:
         """Run one step while tracking the storages the program holds; returns the peak bytes
@@ -383,18 +442,19 @@ class TrainStep:
             self._measured = load_program(self.measured_path)
             self._measured.DEVICE, self._measured.GROUPS = self.device, self.program.GROUPS
             self._measured.HOST = self.program.HOST
-        call_args = self._prepare(self._bind(args, kwargs))
-        host = [self.program.HOST.buffer] if self.program.HOST is not None else []
-        tracker = MemoryTracker(call_args, not_device=host)
-        self._measured.TRACK = tracker.track
-        try:
-            with self._in_step():
-                loss, *grads = self._measured.train_step(*call_args)
-                self._reduce_and_store(grads)
-        finally:
-            self._measured.TRACK = None
-        del loss
-        return tracker.peak_bytes
+        with self._lock:
+            call_args = self._prepare(self._bind(args, kwargs))
+            host = [self.program.HOST.buffer] if self.program.HOST is not None else []
+            tracker = MemoryTracker(call_args, not_device=host)
+            self._measured.TRACK = tracker.track
+            try:
+                with self._in_step():
+                    loss, *grads = self._measured.train_step(*call_args)
+                    self._reduce_and_store(grads)
+            finally:
+                self._measured.TRACK = None
+            del loss
+            return tracker.peak_bytes
 
     @contextlib.contextmanager
     def _in_step(self):
@@ -408,16 +468,27 @@ class TrainStep:
             raise
 
     def _reduce_and_store(self, grads: list[torch.Tensor]) -> None:
-        """Average over the dp replicas, then write every .grad or none: everything that can
-        fail (validation, allocation) happens before the first parameter is touched."""
+        """As eager's backward leaves them: each trainable parameter's gradient hooks, the
+        average over the dp replicas (DDP averages what the hooks returned), then every .grad
+        written or none (everything that can fail, validation and allocation, happens before the
+        first parameter is touched), then the post-accumulate hooks; parameters frozen since
+        compile get no gradient. Parameters in the order the program makes their gradients."""
+        grads = list(grads)
+        trainable = [param.requires_grad for param in self.parameters]
+        for i in self.gradient_order:
+            if trainable[i] and self.parameters[i]._backward_hooks:
+                grads[i] = _run_gradient_hooks(self.parameters[i], grads[i], self.sharded)
         if self.dp_size > 1 and not self.sharded:  # DDP semantics: the mean over replicas of each
-            # replica's gradient (sharded: the program's reduce-scatters)
+            # replica's gradient (sharded: the program's reduce-scatters); every rank averages every
+            # gradient, so the collectives match whatever each rank froze
             grads = average_in_place(grads, self.dp_size, self.dp_group)
-        with torch.no_grad():
-            new: list[torch.Tensor | None] = []  # a tensor to assign, or None: add in place
-            for param, grad in zip(self.parameters, grads):
+        with _STORE, torch.no_grad():
+            new: dict[int, torch.Tensor | None] = {}  # a tensor to assign, or None: add in place
+            for i, (param, grad) in enumerate(zip(self.parameters, grads)):
+                if not trainable[i]:
+                    continue
                 if self.sharded:  # this rank's shard of the gradient, as a DTensor like its parameter
-                    new.append(_sharded_grad(param, grad))
+                    new[i] = _sharded_grad(param, grad)
                     continue
                 old = param.grad
                 if old is None:
@@ -425,16 +496,52 @@ class TrainStep:
                     # A view would keep its whole base alive; strides should match the param.
                     if grad._base is not None or grad.stride() != param.stride():
                         grad = torch.empty_like(param).copy_(grad)
-                    new.append(grad)
+                    new[i] = grad
                 elif old.layout == torch.strided and _non_overlapping(old) and not old.requires_grad:
-                    new.append(None)
+                    new[i] = None
                 else:  # sparse, overlapping or requiring grad: a new dense sum, as autograd makes
-                    new.append(grad + old)  # (dense + sparse is defined, sparse + dense is not)
-            for param, grad, replacement in zip(self.parameters, grads, new):
-                if replacement is None:
-                    _local(param.grad).add_(grad)
+                    new[i] = grad + old  # (dense + sparse is defined, sparse + dense is not)
+            for i in self.gradient_order:
+                if i not in new:
+                    continue
+                if new[i] is None:
+                    _local(self.parameters[i].grad).add_(_local(grads[i]))
                 else:
-                    param.grad = replacement
+                    self.parameters[i].grad = new[i]
+        for i in self.gradient_order:
+            param = self.parameters[i]
+            if trainable[i] and param._post_accumulate_grad_hooks:
+                for hook in list(param._post_accumulate_grad_hooks.values()):
+                    hook(param)
+
+
+# One gradient store at a time, across steps too (two programs of one model, several threads):
+# reading .grad and writing it back must not interleave.
+_STORE = threading.RLock()
+
+
+def _forward_hooks(modules: list[torch.nn.Module]) -> dict[tuple[int, str], set[int]]:
+    """(module id, class name) -> ids of its forward (pre-)hooks."""
+    return {(id(m), type(m).__name__): {id(h) for h in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]}
+            for m in modules if m._forward_hooks or m._forward_pre_hooks}
+
+
+def _run_gradient_hooks(param, grad: torch.Tensor, sharded: bool) -> torch.Tensor:
+    """`param`'s register_hook hooks on its gradient, in order, as autograd runs them on a leaf:
+    each sees what the one before returned (None: unchanged). A sharded parameter's hooks see its
+    gradient shard as a DTensor, as the parameter is one."""
+    value = _sharded_grad(param, grad, fresh=True) if sharded else grad
+    for hook in list(param._backward_hooks.values()):
+        out = hook(value)
+        if out is not None:
+            if not isinstance(out, torch.Tensor) or out.shape != value.shape or out.dtype != value.dtype:
+                raise AutoSPError(
+                    f"a gradient hook of a parameter {list(param.shape)} returned "
+                    f"{type(out).__name__ if not isinstance(out, torch.Tensor) else f'{out.dtype} {list(out.shape)}'}; "
+                    f"it must return None or a {value.dtype} tensor of the gradient's shape {list(value.shape)}"
+                )
+            value = out
+    return _local(value) if sharded else value
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
@@ -444,12 +551,13 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
-def _sharded_grad(param, grad: torch.Tensor):
-    """The gradient to assign to a DTensor parameter (None: add `grad` into its local .grad)."""
+def _sharded_grad(param, grad: torch.Tensor, fresh: bool = False):
+    """The gradient to assign to a DTensor parameter (None: add `grad` into its local .grad);
+    `fresh`: `grad` as a DTensor like the parameter whatever .grad holds."""
     from torch.distributed.tensor import DTensor
 
     old = param.grad
-    if old is not None:
+    if old is not None and not fresh:
         if not isinstance(old, DTensor) or old.placements != param.placements or _local(old).shape != grad.shape:
             raise AutoSPError(
                 "a sharded parameter's .grad is not a DTensor shard like its parameter (was it replaced?); "

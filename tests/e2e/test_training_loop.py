@@ -1,0 +1,144 @@
+"""What a real training loop does around the step, against eager PyTorch on the same model and
+data (Llama and Qwen2): freezing and unfreezing parameters after compile, gradient and
+post-accumulate hooks (an optimizer run from the backward), calls from several threads, and
+module hooks the compiled program cannot run (refused in one line)."""
+
+import copy
+import sys
+import threading
+
+import pytest
+import torch
+
+import autosp
+from autosp.common.errors import AutoSPError
+from tests.conftest import relative_error, tiny_causal_lm
+from tests.e2e.test_equivalence import batch
+
+ARCHS = ["Llama", "Qwen2"]
+TOLERANCE = 1e-5
+
+
+def compiled(arch):
+    """(model, its eager twin, the compiled step, inputs)."""
+    model = tiny_causal_lm(arch)
+    eager = copy.deepcopy(model)
+    ids, labels = batch()
+    return model, eager, autosp.compile(torch.export.export(model, (ids, labels))), (ids, labels)
+
+
+def assert_grads_match(model, eager):
+    reference = dict(eager.named_parameters())
+    for name, param in model.named_parameters():
+        expected = reference[name].grad
+        if expected is None:
+            assert param.grad is None, name
+        else:
+            assert param.grad is not None and relative_error(param.grad, expected) <= TOLERANCE, name
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_freezing_after_compile_is_eager(arch, tmp_cache):
+    """A layer frozen after compile gets no gradient (the optimizer leaves it alone), the others
+    eager's; a parameter frozen at compile and unfrozen later is refused, not left without one."""
+    model, eager, step, inputs = compiled(arch)
+    for m in (model, eager):
+        for param in m.model.model.layers[0].parameters():
+            param.requires_grad_(False)
+    step(*inputs)
+    eager(*inputs).backward()
+    assert all(p.grad is None for p in model.model.model.layers[0].parameters())
+    assert_grads_match(model, eager)
+
+    frozen = tiny_causal_lm(arch)
+    frozen.model.model.embed_tokens.weight.requires_grad_(False)
+    ep = torch.export.export(frozen, inputs)
+    step = autosp.compile(ep)
+    frozen.model.model.embed_tokens.weight.requires_grad_(True)
+    with pytest.raises(AutoSPError, match="'model.model.embed_tokens.weight' requires a gradient now but was frozen when "
+                                          "the step was compiled.*compile again"):
+        step(*inputs)
+    assert frozen.model.model.embed_tokens.weight.grad is None
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_parameter_hooks_run_as_in_eager(arch, tmp_cache):
+    """register_hook hooks change and log gradients; post-accumulate hooks run an SGD update per
+    parameter and drop its gradient (optimizer in backward): the weights after the step are
+    eager's, every hook ran once per parameter."""
+    model, eager, step, inputs = compiled(arch)
+    logs = {}
+    for key, m in (("compiled", model), ("eager", eager)):
+        log = logs[key] = []
+        m.model.model.norm.weight.register_hook(lambda g: g * 3)
+        m.model.lm_head.weight.register_hook(lambda g: None)
+        for name, param in m.named_parameters():
+            param.register_hook(lambda g, name=name, log=log: log.append(name))
+
+            def sgd(p):
+                p.data.add_(p.grad, alpha=-0.1)
+                p.grad = None
+
+            param.register_post_accumulate_grad_hook(sgd)
+    step(*inputs)
+    eager(*inputs).backward()
+    assert sorted(logs["compiled"]) == sorted(logs["eager"]) == sorted(n for n, _ in model.named_parameters())
+    reference = dict(eager.named_parameters())
+    for name, param in model.named_parameters():
+        assert param.grad is None and relative_error(param.detach(), reference[name].detach()) <= TOLERANCE, name
+
+    model.model.model.norm.weight.register_hook(lambda g: g[:1])
+    with pytest.raises(AutoSPError, match=r"a gradient hook of a parameter \[48\] returned torch.float32 \[1\]; it must "
+                                          r"return None or a torch.float32 tensor of the gradient's shape \[48\]"):
+        step(*inputs)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_calls_from_threads_lose_no_gradient(arch, tmp_cache):
+    """Rounds of two threads calling one step at the same moment (a barrier) on cleared
+    gradients: every round's gradients are bitwise two sequential calls'. Threads switch as
+    often as the interpreter lets them, so an unguarded read-then-write of .grad loses one."""
+    model, _, step, inputs = compiled(arch)
+    for _ in range(2):
+        step(*inputs)
+    expected = [p.grad.clone() for p in model.parameters()]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(50):
+            model.zero_grad(set_to_none=True)
+            barrier, errors = threading.Barrier(2), []
+
+            def work():
+                try:
+                    barrier.wait()
+                    step(*inputs)
+                except Exception as err:  # noqa: BLE001 (reported by the test)
+                    errors.append(err)
+
+            threads = [threading.Thread(target=work) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=300)
+            assert not errors
+            for param, grad in zip(model.parameters(), expected):
+                assert torch.equal(param.grad, grad)
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def test_module_hooks_the_program_cannot_run_are_refused(tmp_cache):
+    model, _, step, inputs = compiled("Llama")
+    layer = model.model.model.layers[1]
+    handle = layer.register_full_backward_hook(lambda module, grad_in, grad_out: None)
+    with pytest.raises(AutoSPError, match=r"module backward hooks \(LlamaDecoderLayer\) do not run in a compiled step"):
+        step(*inputs)
+    handle.remove()
+    handle = layer.mlp.register_forward_hook(lambda module, args, out: out * 2)
+    with pytest.raises(AutoSPError, match="forward hooks of LlamaMLP were added or removed after the step was compiled"):
+        step(*inputs)
+    handle.remove()
+    assert all(p.grad is None for p in model.parameters())
+    step(*inputs)
+    assert all(p.grad is not None for p in model.parameters())
