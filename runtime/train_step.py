@@ -104,16 +104,23 @@ def _non_overlapping(t: torch.Tensor) -> bool:
     return True
 
 
-# Whole parameters that shard_parameters replaced by DTensors: id -> weakref. An optimizer built
-# on them before compile would step tensors no step writes a gradient to, silently training
-# nothing; a global optimizer hook refuses it instead.
-_REPLACED: dict[int, weakref.ref] = {}
+# Whole parameters that shard_parameters replaced by DTensors: id -> (weakref to the whole
+# tensor, weakref to the DTensor parameter that replaced it). An optimizer built on them before
+# compile would step tensors no step writes a gradient to, silently training nothing: a global
+# optimizer hook refuses it. A later compile of the same model (another sequence length)
+# finds the whole tensors in its exported program: it takes their DTensors, the model's.
+_REPLACED: dict[int, tuple[weakref.ref, weakref.ref]] = {}
 _HOOKED = False
 
 
 def _replaced(tensor: torch.Tensor) -> bool:
-    ref = _REPLACED.get(id(tensor))
-    return ref is not None and ref() is tensor
+    entry = _REPLACED.get(id(tensor))
+    return entry is not None and entry[0]() is tensor
+
+
+def _replacement(tensor: torch.Tensor):
+    """The DTensor parameter an earlier shard_parameters put in `tensor`'s place (alive), or None."""
+    return _REPLACED[id(tensor)][1]() if _replaced(tensor) else None
 
 
 def _refuse_stale_optimizer(optimizer, args, kwargs) -> None:
@@ -127,10 +134,10 @@ def _refuse_stale_optimizer(optimizer, args, kwargs) -> None:
                 )
 
 
-def _remember_replaced(tensor: torch.Tensor) -> None:
+def _remember_replaced(tensor: torch.Tensor, by: torch.Tensor) -> None:
     global _HOOKED
     key = id(tensor)
-    _REPLACED[key] = weakref.ref(tensor, lambda _, key=key: _REPLACED.pop(key, None))
+    _REPLACED[key] = (weakref.ref(tensor, lambda _, key=key: _REPLACED.pop(key, None)), weakref.ref(by))
     if not _HOOKED:
         from torch.optim.optimizer import register_optimizer_step_pre_hook
 
@@ -222,6 +229,14 @@ class TrainStep:
         for j, ((spec, tensor), slots) in enumerate(zip(self._state_specs, self._slots)):
             if spec.kind != "parameter":
                 continue
+            earlier = _replacement(tensor)
+            if earlier is not None:  # sharded by an earlier compile of this model: the model's own
+                if earlier.device_mesh.size() != world or earlier.device_mesh.device_type != world_mesh.device_type:
+                    raise AutoSPError(
+                        f"parameter '{spec.name}' was sharded over {earlier.device_mesh.size()} ranks by an earlier compile "
+                        f"of this model; this one shards over {world}: compile every program of a model over the same ranks"
+                    )
+                shards[id(tensor)] = earlier
             if id(tensor) not in shards:
                 if tensor.dim():
                     sizes = chunk_sizes(tensor.shape[0], world)
@@ -236,7 +251,7 @@ class TrainStep:
                 shards[id(tensor)] = torch.nn.Parameter(whole, requires_grad=tensor.requires_grad)
             new = shards[id(tensor)]
             if not _replaced(tensor):
-                _remember_replaced(tensor)
+                _remember_replaced(tensor, new)
                 self._replaced.append((weakref.ref(tensor), tensor.numel() * tensor.element_size()))
             for owner, kind, name in slots:
                 module = owner()
@@ -246,6 +261,7 @@ class TrainStep:
         self._state_specs = [(s, t) for s, t in zip(self.inputs, self._state) if t is not None]
         by_name = {s.name: t for s, t in self._state_specs if s.kind == "parameter"}
         self.parameters = [by_name[name] for name in self.grad_of]
+        self._slots, self._tree = _module_slots([t for _, t in self._state_specs])  # where the model holds them now
         self.sharded = True
 
     def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
