@@ -26,6 +26,7 @@ from autosp.ir.dtypes import torch_dtype
 from autosp.passes.memory_plan import plan_memory
 from autosp.pipeline import RematPlan, pipeline_spec, remat_plan, run_pipeline, structure_digest, until_remat
 from autosp.common.errors import AutoSPError
+from autosp.common.files import write_atomically
 from autosp.report import comm_report
 from autosp.runtime.agreement import (
     StepAgreement, agree_on_state, collective_device, decided_by_first, error_text, rendezvous, timeout_seconds,
@@ -38,15 +39,7 @@ def default_cache_dir() -> Path:
     root = os.environ.get("AUTOSP_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "autosp"
     )
-    return Path(root)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace `path` by `text` so that a reader (another rank) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
+    return Path(root).absolute()  # a step reads its files later, perhaps from another working folder
 
 
 def write_programs(sources: dict[str, str], cache_dir: Path) -> dict[str, Path]:
@@ -320,6 +313,15 @@ def check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cach
             f"autosp.compile takes a torch.export.ExportedProgram, got {type(ep).__name__}; "
             "export first: torch.export.export(LossWrapper(model), (input_ids, labels))"
         )
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    fake = [name for name, t in {**ep.state_dict, **ep.constants}.items() if isinstance(t, FakeTensor)]
+    if fake:
+        raise AutoSPError(
+            f"the exported program's state is fake ('{fake[0]}' and {len(fake) - 1} more: exported under a FakeTensorMode, "
+            "as autosp-export builds presets): a step needs real weights; export the model with real parameters "
+            "(autosp-opt plans fake exports)"
+        )
     if isinstance(sp, bool) or not isinstance(sp, int) or sp < 1:
         raise AutoSPError(f"sp={sp!r}: the sequence-parallel degree must be an integer >= 1")
     for flag, value in (("remat", remat), ("fuse", fuse), ("prefetch", prefetch)):
@@ -410,7 +412,7 @@ def _compile(ep, *, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_
         budget, model, host = remat_options(ep, memory_budget, cost_model, host_memory_budget)
         options.update(memory_budget=budget, cost_model=model, host_budget=host)
     pipeline_spec(**options)  # bad options fail before the (slow) import
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache = Path(cache_dir).absolute() if cache_dir else default_cache_dir()
     options["target"], options["exclude"] = kernel_target(ep, cache)
     from autosp.passes import tile_rows as tiling
 

@@ -125,7 +125,44 @@ def remat_plan(module: ModuleOp, two_level: bool = True, **options) -> RematPlan
                      structure_digest(module))
 
 
+def check_pass_options(spec: str) -> None:
+    """Each of AutoSP's passes in `spec` given options of the types it takes, refused by pass and
+    option (xDSL's own error names neither)."""
+    import dataclasses
+    import typing
+
+    from xdsl.utils.arg_spec import parse_pipeline
+
+    from autosp.passes import PASSES
+
+    names = {str: "a string (in quotes)", int: "an integer", bool: "true or false", float: "a number"}
+    for given in parse_pipeline(spec):
+        if given.name not in PASSES:
+            continue
+        cls = PASSES[given.name]()
+        hints = typing.get_type_hints(cls)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        for option, values in given.normalize_parameter_names().parameters.items():
+            if option not in fields:
+                raise AutoSPError(f"pass {given.name} has no option {option!r}; its options: {', '.join(sorted(fields)) or 'none'}")
+            wanted = [t for t in typing.get_args(hints[option]) or (hints[option],) if t is not type(None)]
+
+            def accepts(t) -> bool:
+                if typing.get_origin(t) is tuple:  # a list of values: recompute=1,5,9
+                    return all(type(v) is typing.get_args(t)[0] for v in values)
+                return len(values) == 1 and (type(values[0]) is t or (t is float and type(values[0]) is int))
+
+            if not any(accepts(t) for t in wanted):
+                expected = " or ".join(
+                    f"a list of {names[typing.get_args(t)[0]].removeprefix('a ').removeprefix('an ')}s"
+                    if typing.get_origin(t) is tuple else names.get(t, str(t)) for t in wanted
+                )
+                shown = ",".join(map(repr, values)) if values else "nothing"
+                raise AutoSPError(f"{given.name}{{{option}=...}}: got {shown}, expected {expected}")
+
+
 def run_pipeline(module: ModuleOp, spec: str) -> ModuleOp:
+    check_pass_options(spec)
     pipeline = PassPipeline.parse_spec(all_passes(), spec)
     ctx = autosp_context()
     pipeline.apply(ctx, module)

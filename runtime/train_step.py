@@ -287,8 +287,8 @@ class TrainStep:
             if torch.is_autocast_enabled(device_type):
                 raise AutoSPError(
                     f"the step was called under torch.autocast({device_type!r}): it runs the dtypes of the exported "
-                    "graph and would ignore autocast; export with the autocast region inside the model's forward "
-                    "(or cast the model) and call the step outside it"
+                    "graph and would ignore autocast; cast the model instead (model.to(torch.bfloat16)), export and "
+                    "compile it, and call the step outside autocast (autocast inside the exported forward is not supported yet)"
                 )
 
     def _modules(self) -> list[torch.nn.Module]:
@@ -354,10 +354,16 @@ class TrainStep:
         for arg, spec in zip(args, self.user_inputs):
             if not isinstance(arg, torch.Tensor):
                 raise AutoSPError(f"input '{spec.name}' must be a tensor, got {type(arg).__name__}")
-            if tuple(arg.shape) != spec.shape or arg.dtype != spec.dtype:
+            if tuple(arg.shape) != spec.shape:
                 raise AutoSPError(
                     f"input '{spec.name}' is {_described(arg.dtype, arg.shape)} but the step was compiled for "
                     f"{_described(spec.dtype, spec.shape)}; export and compile again for this shape"
+                )
+            if arg.dtype != spec.dtype:
+                raise AutoSPError(
+                    f"input '{spec.name}' is {str(arg.dtype).removeprefix('torch.')} but the step was compiled for "
+                    f"{str(spec.dtype).removeprefix('torch.')}; pass {str(spec.dtype).removeprefix('torch.')} "
+                    f"(x.to({spec.dtype})), or export with {str(arg.dtype).removeprefix('torch.')} inputs"
                 )
             if arg.device.type == "meta":
                 raise AutoSPError(f"input '{spec.name}' is on the meta device (no data)")

@@ -39,8 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     remat.add_argument("--preset", choices=sorted(PRESETS), default="llama-3.2-1b")
     remat.add_argument("--layers", type=int, default=None, help="override the preset's layer count")
     remat.add_argument("--sp", type=int, nargs="+", default=[1, 8], help="sp degrees (default 1 8)")
-    remat.add_argument("--min-seq", type=int, default=8192)
-    remat.add_argument("--max-seq", type=int, default=1 << 20)
+    remat.add_argument("--min-seq", type=int, default=None, help="the first S tried (default 8192, or --max-seq if less)")
+    remat.add_argument("--max-seq", type=int, default=1 << 20, help="the last S tried (default 1048576); S doubles")
     remat.add_argument("--memory", default="80GiB", help="device memory per rank (default 80GiB); the budget is what --memory-budget=auto leaves of it")
     remat.add_argument("--cost-model", default="h100")
     remat.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="bf16", help="parameter dtype (default bf16)")
@@ -189,6 +189,8 @@ def check_remat_args(args: argparse.Namespace) -> None:
     from autosp.ir.autosp import kv_layout
     from autosp.common.errors import AutoSPError
 
+    if args.min_seq is None:
+        args.min_seq = min(8192, args.max_seq)
     if args.min_seq < 1 or args.max_seq < args.min_seq:
         raise AutoSPError(f"--min-seq {args.min_seq} --max-seq {args.max_seq}: give 1 <= --min-seq <= --max-seq")
     if any(sp < 1 for sp in args.sp):
@@ -379,9 +381,9 @@ def run_train(args: argparse.Namespace) -> None:
     console = Console(width=150)
     if not torch.cuda.is_available():
         console.print("no GPU: only AutoSP's predicted max context (its memory plan, sp=1, 80GiB) is computed")
-        args.sp, args.memory, args.cost_model, args.dtype, args.keep_going = [1], "80GiB", "h100", "bf16", False
-        args.min_seq = args.start_seq
-        run_remat(args)
+        remat = ["remat", "--preset", args.preset, "--sp", "1", "--memory", "80GiB", "--dtype", "bf16",
+                 "--min-seq", str(args.start_seq), "--max-seq", str(args.max_seq), "-o", args.output]
+        run_remat(parse_args(remat + (["--layers", str(args.layers)] if args.layers else [])))
         return
     result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "preset": args.preset,
               "max_context": {}, "throughput": [], "ladder": []}

@@ -190,6 +190,10 @@ class AutoSPOptMain(xDSLOptMain):
         if not self.args.remat and (self.args.memory_budget is not None or self.args.cost_model is not None
                                     or self.args.host_memory_budget is not None):
             raise ValueError("--memory-budget, --host-memory-budget and --cost-model only apply with --remat")
+        if self.args.passes:
+            from autosp.pipeline import check_pass_options
+
+            check_pass_options(self.args.passes)
         super().setup_pipeline()
 
 

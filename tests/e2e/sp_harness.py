@@ -201,7 +201,20 @@ class RankPool:
         self.tmp.cleanup()
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel ends this rank when the process that started it ends, however it ends
+    (a killed pytest leaves no rank blocked on its queue)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def _serve(rank, world, init_file, inbox, results):
+    _die_with_parent()
     os.environ.setdefault("AUTOSP_CACHE_DIR", os.path.join(tempfile.gettempdir(), "autosp-test-cache"))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)

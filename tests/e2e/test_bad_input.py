@@ -36,6 +36,30 @@ def test_input_of_another_shape_is_refused(tmp_cache):
         step(other, other.clone())
     with pytest.raises(AutoSPError, match="takes 2 inputs"):
         step(ids)
+    small = ids.to(torch.int32)
+    with pytest.raises(AutoSPError, match=r"input 'input_ids' is int32 but the step was compiled for int64; pass int64 "
+                                          r"\(x.to\(torch.int64\)\), or export with int32 inputs"):
+        step(small, ids.clone())
+
+
+def test_a_fake_export_is_refused_in_one_line(tmp_cache):
+    from autosp.frontends.presets import export_preset
+
+    with pytest.raises(AutoSPError, match=r"the exported program's state is fake \('model.model.embed_tokens.weight' and "
+                                          r"\d+ more: exported under a FakeTensorMode.*a step needs real weights"):
+        autosp.compile(export_preset("tiny-llama", seq=32, fake=True))
+
+
+def test_a_relative_cache_folder_survives_a_change_of_working_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AUTOSP_CACHE_DIR", "relative-cache")
+    module = tiny_causal_lm("Llama", num_hidden_layers=1)
+    ids = torch.randint(0, 96, (1, 16))
+    step = autosp.compile(torch.export.export(module, (ids, ids.clone())))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert "def train_step(" in step.source and step.measure_memory(ids, ids.clone()) > 0
 
 
 def test_bad_options_are_refused_not_ignored(tmp_cache):

@@ -1,5 +1,6 @@
 """Console tools: bad input gives one error line, a non-zero exit and no traceback."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -98,9 +99,56 @@ def test_autosp_export_writes_parseable_ir(tmp_path):
     assert code == 0 and "autosp.fused(" not in text
 
 
-def test_autosp_export_errors():
+def test_autosp_export_errors(tmp_path, monkeypatch):
     code, _, err = run_main("export", "--preset", "tiny-llama", "--seq", "32", "--documents", "0")
     assert one_error_line(code, err, "export") == "--documents=0: a document needs at least one token"
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main("export", "--preset", "tiny-llama", "--seq", "32", "-o", ".")
+    assert one_error_line(code, err, "export").startswith("cannot write .: is a folder; give a file name")
+    assert not list(tmp_path.iterdir())  # no temporary file left
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """A full disk: the write fails, the target keeps its contents, nothing else is left."""
+    import builtins
+    import errno
+
+    from autosp.common.files import write_atomically
+
+    target = tmp_path / "program.py"
+    target.write_text("old")
+    opened = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("os.fdopen", lambda fd, mode: Full(opened(fd, mode)))
+    with pytest.raises(OSError, match="No space left"):
+        write_atomically(target, "new")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["program.py"]
+
+
+def test_autosp_bench_train_and_remat_without_a_gpu(tmp_path):
+    """No GPU: `train` gives the predicted max context (no traceback); `remat --max-seq` below
+    the default first length starts there."""
+    out = tmp_path / "train.json"
+    code, _, err = run_main("bench", "train", "--preset", "tiny-llama", "--start-seq", "2048", "--max-seq", "4096", "-o", str(out))
+    assert code == 0, err
+    assert json.loads(out.read_text())["max_context"] == {"1": 4096}
+    out = tmp_path / "remat.json"
+    code, _, err = run_main("bench", "remat", "--preset", "tiny-llama", "--sp", "1", "--max-seq", "1024", "-o", str(out))
+    assert code == 0, err
+    assert [p["seq"] for p in json.loads(out.read_text())["points"]] == [1024]
 
 
 def test_autosp_export_packed_documents_under_sp(tmp_path):
@@ -168,9 +216,11 @@ def tiny_ir(tmp_path_factory):
         (["--shard=zero3"], GOOD, "argument --shard: invalid choice: 'zero3'"),
         (["--sp=1", "--optimizer=lion"], GOOD, "optimizer='lion': give one of"),
         (["--device=tpu"], GOOD, "target 'tpu': give one of cpu, cuda:smNN (e.g. cuda:sm90), rocm, interpreter"),
+        (["-p", "dce,zero{level=3}"], GOOD, "zero{level=...}: got 3, expected a string (in quotes)"),
+        (["-p", "zero{lvl=\"x\"}"], GOOD, "pass zero has no option 'lvl'; its options: level, optimizer, prefetch, rank, world"),
     ],
     ids=["other-dialect", "budget-400-digits", "budget-2-63", "rank-without-sp", "rank-out-of-range", "flag-type",
-         "dp-zero", "rank-past-the-world", "shard-choice", "optimizer-kind", "device"],
+         "dp-zero", "rank-past-the-world", "shard-choice", "optimizer-kind", "device", "pass-option-type", "pass-option-name"],
 )
 def test_autosp_opt_more_errors(args, stdin, message):
     code, _, err = run_main("opt", *args, stdin=stdin)
