@@ -292,8 +292,9 @@ class TrainStep:
                 )
 
     def _modules(self) -> list[torch.nn.Module]:
-        """The modules holding the step's parameters and buffers, and those containing them."""
-        return [m for m in (ref() for ref in self._tree) if m is not None]
+        """The modules holding the step's parameters and buffers, and those containing them: the
+        user's model (torch.export's own graph modules, which hold the same tensors, are not)."""
+        return [m for m in (ref() for ref in self._tree) if m is not None and not isinstance(m, torch.fx.GraphModule)]
 
     def _check_training(self) -> None:
         """What eager's backward would do differently: a parameter unfrozen since compile (the
