@@ -1,4 +1,4 @@
-# make demo: export a tiny Llama, compile it, train ~20 steps on CPU, check grads against eager.
+# make demo: export a tiny Llama, compile it, train 20 steps on CPU, check grads and final weights against eager.
 # make test: the layering contract, every test (pytest + lit). Both create .venv on first use.
 # pytest: 2 workers, each test file on one of them (a file's module fixtures are built once).
 PY := .venv/bin/python
