@@ -276,8 +276,9 @@ def kernel_target(ep, cache_dir: Path) -> tuple[str, str]:
     module, _ = imported(ep, False, cache_dir)
     cases = {op.case() for op in module.walk() if isinstance(op, AttentionOp)}
     failed: dict[str, str] = {}
+    device_target = Target.parse(target)
     for case in sorted(cases, key=str):
-        for kernel in runnable(case, Target.parse(target)):
+        for kernel in runnable(case, device_target):
             if kernel in ("triton", "blockwise") or kernel in failed:
                 continue
             reason = probe_attention(kernel, case.dtype, case.head_dim, case.q_heads // case.kv_heads, case.causal,

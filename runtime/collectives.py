@@ -78,6 +78,24 @@ def _unsupported(err: RuntimeError, names: tuple[str, ...]) -> bool:
     return any(name in str(err) for name in names)
 
 
+def _reduce_scatter_into(mine: torch.Tensor, stacked: torch.Tensor, reduce: str, group) -> bool:
+    """One reduce_scatter_tensor of `stacked` ([n, ...], contiguous) into `mine` (its row shape),
+    as flat buffers (NCCL counts elements, gloo compares shapes); False where the backend has
+    none (remembered: the caller all-reduces instead)."""
+    check_nccl_sizes("reduce_scatter_tensor", stacked, mine, group)
+    backend = str(dist.get_backend(group))
+    if backend in _NO_BASE_COLLECTIVES:
+        return False
+    try:
+        _reduce_scatter_flat(_handed(mine.view(-1)), _handed(stacked.view(-1)), op=_REDUCE[reduce], group=group)
+        return True
+    except RuntimeError as err:
+        if not _unsupported(err, ("reduce_scatter_tensor", "reduce_scatter_single", "_reduce_scatter_base")):
+            raise
+        _NO_BASE_COLLECTIVES.add(backend)
+        return False
+
+
 def all_reduce(x: torch.Tensor, reduce: str, group) -> torch.Tensor:
     out = x.clone(memory_format=torch.contiguous_format)  # NCCL takes contiguous buffers only
     check_nccl("all_reduce", out)
@@ -128,23 +146,16 @@ def reduce_scatter(x: torch.Tensor, reduce: str, dim: int, outer: int, group) ->
     reduce_scatter_tensor of the parts stacked (each padded to the longest) where the backend
     has it, else an all-reduce and this rank's part of it."""
     n, rank = dist.get_world_size(group), dist.get_rank(group)
-    backend = str(dist.get_backend(group))
-    if backend not in _NO_BASE_COLLECTIVES:
+    if str(dist.get_backend(group)) not in _NO_BASE_COLLECTIVES:
         blocks = x.unflatten(dim, (outer, -1)) if outer > 1 else x
         at = dim + 1 if outer > 1 else dim
         parts = blocks.tensor_split(n, dim=at)
         longest = parts[0].shape[at]
         stacked = torch.stack([_pad_to(p, at, longest) for p in parts])  # [n, ...]: a new contiguous buffer
         mine = stacked.new_empty(stacked.shape[1:])
-        check_nccl_sizes("reduce_scatter_tensor", stacked, mine, group)
-        try:  # flat buffers: NCCL counts elements, gloo compares shapes
-            _reduce_scatter_flat(_handed(mine.view(-1)), _handed(stacked.view(-1)), op=_REDUCE[reduce], group=group)
+        if _reduce_scatter_into(mine, stacked, reduce, group):
             mine = mine.narrow(at, 0, parts[rank].shape[at])
             return (mine.flatten(dim, dim + 1) if outer > 1 else mine).contiguous()
-        except RuntimeError as err:
-            if not _unsupported(err, ("reduce_scatter_tensor", "reduce_scatter_single", "_reduce_scatter_base")):
-                raise
-            _NO_BASE_COLLECTIVES.add(backend)
     return local_shard(all_reduce(x, reduce, group), dim, 1, outer, group)
 
 
@@ -320,16 +331,7 @@ def reduce_scatter_grads(*grads: torch.Tensor, divide: int, group):
         else:
             _copy_chunks(grad, flat[:, offset : offset + length], to_segments=True)
     reduced = flat.new_empty(flat.shape[1])
-    check_nccl_sizes("reduce_scatter_tensor", flat, reduced, group)
-    backend = str(dist.get_backend(group))
-    if backend not in _NO_BASE_COLLECTIVES:
-        try:
-            _reduce_scatter_flat(_handed(reduced), _handed(flat.view(-1)), group=group)
-        except RuntimeError as err:
-            if not _unsupported(err, ("reduce_scatter_tensor", "reduce_scatter_single", "_reduce_scatter_base")):
-                raise
-            _NO_BASE_COLLECTIVES.add(backend)
-    if backend in _NO_BASE_COLLECTIVES:
+    if not _reduce_scatter_into(reduced, flat, "sum", group):
         dist.all_reduce(_handed(flat), group=group)
         reduced.copy_(flat[rank])
     shards = []

@@ -14,7 +14,9 @@ fp64 always takes the reference (Triton's fp64 math is not worth a kernel varian
 
 from __future__ import annotations
 
+import functools
 import os
+import weakref
 
 import torch
 
@@ -47,6 +49,29 @@ def use_triton(tensor: torch.Tensor) -> bool:
             raise AutoSPError("AUTOSP_KERNELS=triton on CPU tensors needs TRITON_INTERPRET=1 (Triton's interpreter)")
         return True
     return False
+
+
+def unit_last(x: torch.Tensor) -> torch.Tensor:
+    """The attention kernels index the head dim with stride 1 (any other strides are passed)."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def per_step(find):
+    """`find(tensor)` remembered for the last tensor it was asked about (the same object, not
+    written since): every layer of a step reads one documents tensor, so what is found from it
+    (a host sync) is found once per step."""
+    last: list = [None, -1, None]  # weakref to the tensor, its version, what was found
+
+    @functools.wraps(find)
+    def remembered(tensor: torch.Tensor):
+        ref, version, found = last
+        if ref is not None and ref() is tensor and version == tensor._version:
+            return found
+        found = find(tensor)
+        last[:] = [weakref.ref(tensor), tensor._version, found]
+        return found
+
+    return remembered
 
 
 def _triton_attention():

@@ -16,15 +16,11 @@ random-state tensors the backward takes are placeholders.
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 
+from autosp.runtime.kernels import per_step, unit_last
+
 aten = torch.ops.aten
-
-
-def _unit_last(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 # --- cuDNN ------------------------------------------------------------------------------------
@@ -44,14 +40,14 @@ def cudnn_backward_call(grad_out, q, k, v, out, lse, causal: bool, scale: float)
 
 def cudnn_forward(q, k, v, causal: bool, window: int, scale: float, documents=None):
     assert not window and documents is None, "select-kernels gives cuDNN neither windows nor documents"
-    op, args, kwargs = cudnn_forward_call(*map(_unit_last, (q, k, v)), causal, scale)
+    op, args, kwargs = cudnn_forward_call(*map(unit_last, (q, k, v)), causal, scale)
     out, lse = op(*args, **kwargs)[:2]
     out = out.contiguous()
     return out, lse.squeeze(-1).contiguous()
 
 
 def cudnn_backward(grad_out, q, k, v, out, lse, causal: bool, window: int, scale: float, documents=None):
-    op, args, kwargs = cudnn_backward_call(*map(_unit_last, (grad_out, q, k, v, out)), lse, causal, scale)
+    op, args, kwargs = cudnn_backward_call(*map(unit_last, (grad_out, q, k, v, out)), lse, causal, scale)
     dq, dk, dv = op(*args, **kwargs)
     dq = dq.contiguous()
     dk = dk.contiguous()
@@ -61,23 +57,17 @@ def cudnn_backward(grad_out, q, k, v, out, lse, causal: bool, window: int, scale
 # --- FlashAttention -----------------------------------------------------------------------------
 
 
-_RUNS: list = [None, -1, None]  # [weakref to the documents tensor, its version, its runs]
-
-
+@per_step
 def document_runs(documents: torch.Tensor) -> tuple[torch.Tensor, int] | None:
     """(cumulative lengths [n + 1] int32, longest) of the runs of equal document numbers of a
     [1, S] row, or None when a number appears in two runs (then they are not separate
-    sequences). Every layer reads the same documents tensor: found once per step."""
-    ref, version, runs = _RUNS
-    if ref is not None and ref() is documents and version == documents._version:
-        return runs
+    sequences). Found once per step."""
     row = documents[0]
     starts = torch.cat([row.new_zeros(1), (row[1:] != row[:-1]).nonzero().flatten() + 1])
     bounds = torch.cat([starts, starts.new_full((1,), row.numel())])
-    contiguous = torch.unique(row[starts]).numel() == starts.numel()
-    runs = (bounds.to(torch.int32), int((bounds[1:] - bounds[:-1]).max())) if contiguous else None
-    _RUNS[:] = [weakref.ref(documents), documents._version, runs]
-    return runs
+    if torch.unique(row[starts]).numel() != starts.numel():
+        return None
+    return bounds.to(torch.int32), int((bounds[1:] - bounds[:-1]).max())
 
 
 def _window(window: int) -> dict:
@@ -107,24 +97,13 @@ def flash_backward_call(grad_out, q, k, v, out, lse, causal: bool, window: int, 
     return aten._flash_attention_backward.default, args, {"scale": scale, **_window(window)}
 
 
-def _runs_or_none(documents):
-    """The documents' runs; raises LookupError when they are not contiguous runs."""
-    if documents is None:
-        return None
-    runs = document_runs(documents)
-    if runs is None:
-        raise LookupError
-    return runs
-
-
 def flash_forward(q, k, v, causal: bool, window: int, scale: float, documents=None):
-    try:
-        runs = _runs_or_none(documents)
-    except LookupError:  # documents FlashAttention cannot express: the Triton kernels (priced too)
+    runs = None if documents is None else document_runs(documents)
+    if documents is not None and runs is None:  # documents FlashAttention cannot express: Triton's (priced too)
         from autosp.runtime import triton_attention
 
         return triton_attention.attention_forward(q, k, v, causal, window, scale, documents)
-    op, args, kwargs = flash_forward_call(*map(_unit_last, (q, k, v)), causal, window, scale, runs)
+    op, args, kwargs = flash_forward_call(*map(unit_last, (q, k, v)), causal, window, scale, runs)
     out, lse = op(*args, **kwargs)[:2]
     if runs is not None:  # [S, H, D] and [H, S]: one row of [1, H, S, D] and [1, H, S]
         out, lse = out.unsqueeze(0), lse.unsqueeze(0)
@@ -133,13 +112,12 @@ def flash_forward(q, k, v, causal: bool, window: int, scale: float, documents=No
 
 
 def flash_backward(grad_out, q, k, v, out, lse, causal: bool, window: int, scale: float, documents=None):
-    try:
-        runs = _runs_or_none(documents)
-    except LookupError:
+    runs = None if documents is None else document_runs(documents)
+    if documents is not None and runs is None:
         from autosp.runtime import triton_attention
 
         return triton_attention.attention_backward(grad_out, q, k, v, out, lse, causal, window, scale, documents)
-    op, args, kwargs = flash_backward_call(*map(_unit_last, (grad_out, q, k, v, out)), lse, causal, window, scale, runs)
+    op, args, kwargs = flash_backward_call(*map(unit_last, (grad_out, q, k, v, out)), lse, causal, window, scale, runs)
     dq, dk, dv = op(*args, **kwargs)
     if runs is not None:
         dq, dk, dv = dq.unsqueeze(0), dk.unsqueeze(0), dv.unsqueeze(0)

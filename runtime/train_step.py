@@ -225,6 +225,7 @@ class TrainStep:
 
         world = world_mesh.size()
         shards: dict[int, torch.nn.Parameter] = {}  # id(whole) -> its DTensor (tied weights: one)
+        reused = False  # some parameter sharded by an earlier compile: its module slots are elsewhere
         state_index = [i for i, t in enumerate(self._state) if t is not None]
         for j, ((spec, tensor), slots) in enumerate(zip(self._state_specs, self._slots)):
             if spec.kind != "parameter":
@@ -237,6 +238,7 @@ class TrainStep:
                         f"of this model; this one shards over {world}: compile every program of a model over the same ranks"
                     )
                 shards[id(tensor)] = earlier
+                reused = True
             if id(tensor) not in shards:
                 if tensor.dim():
                     sizes = chunk_sizes(tensor.shape[0], world)
@@ -261,7 +263,8 @@ class TrainStep:
         self._state_specs = [(s, t) for s, t in zip(self.inputs, self._state) if t is not None]
         by_name = {s.name: t for s, t in self._state_specs if s.kind == "parameter"}
         self.parameters = [by_name[name] for name in self.grad_of]
-        self._slots, self._tree = _module_slots([t for _, t in self._state_specs])  # where the model holds them now
+        if reused:  # where the model holds them now (the exported whole tensors are in no module)
+            self._slots, self._tree = _module_slots([t for _, t in self._state_specs])
         self.sharded = True
 
     def named_parameters(self) -> list[tuple[str, torch.Tensor]]:

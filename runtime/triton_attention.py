@@ -28,13 +28,12 @@ exact length); `AUTOSP_AUTOTUNE=0` takes the first without timing any, and fp32 
 from __future__ import annotations
 
 import os
-import weakref
 
 import torch
 import triton
 import triton.language as tl
 
-from autosp.runtime.kernels import interpreting
+from autosp.runtime.kernels import interpreting, per_step, unit_last
 
 LOG2E = 1.4426950408889634
 # Globals a kernel reads must be constexpr.
@@ -462,11 +461,6 @@ def _attention_dq(
 # --- launch ------------------------------------------------------------------------------
 
 
-def _unit_last(x: torch.Tensor) -> torch.Tensor:
-    """The kernels index the head dim with stride 1 (any other strides are passed)."""
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
 def _common(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     if v.shape[-1] != q.shape[-1]:
         raise NotImplementedError("the Triton kernels need one head dim for q/k and v")
@@ -476,16 +470,11 @@ def _common(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     return b, hq, hkv, sq, sk, d, max(16, triton.next_power_of_2(d)), precision
 
 
-_BOUNDS: list = [None, -1, None]  # [weakref to the documents tensor, its version, its bounds]
-
-
+@per_step
 def document_bounds(documents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per token of [B, S] document numbers (any numbering; a number may come back later in the
     row): a dense int32 label of its document in its row, and the first and last position of that
-    document in the row (int32). Every layer reads the same documents tensor: found once per step."""
-    ref, version, bounds = _BOUNDS
-    if ref is not None and ref() is documents and version == documents._version:
-        return bounds
+    document in the row (int32). Found once per step."""
     b, s = documents.shape
     ids, inverse = torch.unique(documents, return_inverse=True)
     slot = inverse + torch.arange(b, device=documents.device)[:, None] * ids.numel()  # (row, document)
@@ -494,10 +483,8 @@ def document_bounds(documents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     last = torch.full_like(first, -1)
     first.scatter_reduce_(0, slot.flatten(), position.flatten(), "amin")
     last.scatter_reduce_(0, slot.flatten(), position.flatten(), "amax")
-    bounds = (inverse.to(torch.int32).contiguous(), first[slot].to(torch.int32).contiguous(),
-              last[slot].to(torch.int32).contiguous())
-    _BOUNDS[:] = [weakref.ref(documents), documents._version, bounds]
-    return bounds
+    return (inverse.to(torch.int32).contiguous(), first[slot].to(torch.int32).contiguous(),
+            last[slot].to(torch.int32).contiguous())
 
 
 def _documents_args(documents: torch.Tensor | None, like: torch.Tensor) -> tuple:
@@ -511,7 +498,7 @@ def _length(sq: int, sk: int) -> int:
 
 
 def attention_forward(q, k, v, causal: bool, window: int, scale: float, documents=None):
-    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    q, k, v = unit_last(q), unit_last(k), unit_last(v)
     b, hq, hkv, sq, sk, d, block_d, precision = _common(q, k, v)
     out = torch.empty(b, hq, sq, d, dtype=q.dtype, device=q.device)
     lse = torch.empty(b, hq, sq, dtype=torch.float32, device=q.device)
@@ -528,7 +515,7 @@ def attention_forward(q, k, v, causal: bool, window: int, scale: float, document
 
 
 def attention_backward(grad_out, q, k, v, out, lse, causal: bool, window: int, scale: float, documents=None):
-    grad_out, q, k, v, out = (_unit_last(t) for t in (grad_out, q, k, v, out))
+    grad_out, q, k, v, out = (unit_last(t) for t in (grad_out, q, k, v, out))
     lse = lse.contiguous()
     b, hq, hkv, sq, sk, d, block_d, precision = _common(q, k, v)
     delta = torch.empty(b, hq, sq, dtype=torch.float32, device=q.device)
