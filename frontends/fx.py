@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import operator
+from collections.abc import Iterator
 
 import torch
 from torch._guards import detect_fake_mode
-from torch.fx import Graph, Node
+from torch.fx import Graph, GraphModule, Node
 
 
 @contextlib.contextmanager
@@ -43,3 +44,28 @@ def getitem_with_value(graph: Graph, node: Node, index: int) -> Node:
     item = graph.call_function(operator.getitem, (node, index))
     item.meta["val"] = node.meta["val"][index]
     return item
+
+
+def graphs_with_autocast(module: GraphModule, regions: tuple = ()) -> Iterator[tuple[GraphModule, tuple]]:
+    """Each graph module of an exported forward with the autocast regions it runs in, outermost
+    first, as (device_type, dtype, enabled): torch.export keeps a `with torch.autocast(...)` (or
+    `torch.no_grad()`) of the forward as a higher-order op calling a submodule of its ops."""
+    yield module, regions
+    for node in module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        inner = regions
+        if node.target is torch.ops.higher_order.wrap_with_autocast:
+            inner = (*regions, tuple(node.args[:3]))
+        for arg in node.args:
+            if isinstance(arg, Node) and arg.op == "get_attr" and isinstance(getattr(module, arg.target), GraphModule):
+                yield from graphs_with_autocast(getattr(module, arg.target), inner)
+
+
+@contextlib.contextmanager
+def under_autocast(regions: tuple):
+    """Enter the regions, so new nodes' fake values get the dtypes eager autocast gives them."""
+    with contextlib.ExitStack() as stack:
+        for device_type, dtype, enabled in regions:
+            stack.enter_context(torch.autocast(device_type, dtype, enabled))
+        yield

@@ -36,6 +36,7 @@ from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
 from xdsl.rewriter import InsertPoint
 
 from autosp.frontends.attention import rewrite_attention
+from autosp.frontends.fx import graphs_with_autocast, under_autocast
 from autosp.frontends.loss import rewrite_linear_cross_entropy
 from autosp.frontends.mlp import rewrite_gated_mlp
 from autosp.frontends.mask import bound_arguments
@@ -346,15 +347,18 @@ def joint_graph(ep: ExportedProgram, tile_mlp: bool = False) -> ExportedProgram:
     _check_static_shapes(ep)
     _check_loss_output(ep)
     ep = _copy(ep)
-    graph = ep.graph_module.graph
-    # Trace-time metadata checks would keep otherwise-dead values (the S x S mask) alive.
-    for node in list(graph.nodes):
-        if node.target in SKIPPED_TARGETS:
-            graph.erase_node(node)
-    rewrite_attention(graph)
-    rewrite_linear_cross_entropy(graph)
-    if tile_mlp:
-        rewrite_gated_mlp(graph)
+    for module, regions in list(graphs_with_autocast(ep.graph_module)):
+        graph = module.graph
+        # Trace-time metadata checks would keep otherwise-dead values (the S x S mask) alive.
+        for node in list(graph.nodes):
+            if node.target in SKIPPED_TARGETS:
+                graph.erase_node(node)
+        with under_autocast(regions):
+            rewrite_attention(graph)
+            rewrite_linear_cross_entropy(graph)
+            if tile_mlp:
+                rewrite_gated_mlp(graph)
+        module.recompile()
     _drop_unused_parameters(ep)
     _rename_outputs(ep)
     ep.graph_module.recompile()
@@ -373,9 +377,28 @@ def joint_graph(ep: ExportedProgram, tile_mlp: bool = False) -> ExportedProgram:
             "the loss does not depend on any trainable parameter (a detached loss, or every parameter it reads "
             "is frozen): AutoSP compiles training steps; return the loss with its graph"
         ) from None
+    except AssertionError as err:
+        if "did not receive a gradient" not in str(err):
+            raise
+        raise AutoSPError(
+            f"parameter(s) {', '.join(_read_without_grad(ep)) or '?'} are read only under torch.no_grad() in the "
+            "forward, so they get no gradient, which torch's joint export refuses: freeze them "
+            "(requires_grad_(False)) before exporting"
+        ) from None
     for node, location in joint_locations(forward, joint).items():
         node.meta[LOCATION] = location
     return joint
+
+
+def _read_without_grad(ep: ExportedProgram) -> list[str]:
+    """Trainable parameters that the forward reads only inside `torch.no_grad()` regions."""
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    return [
+        repr(spec.target) for spec in ep.graph_signature.input_specs
+        if spec.kind == InputKind.PARAMETER and ep.state_dict[spec.target].requires_grad
+        and all(user.target is torch.ops.higher_order.wrap_with_set_grad_enabled and user.args[0] is False
+                for user in placeholders[spec.arg.name].users)
+    ]
 
 
 def _drop_unused_parameters(ep: ExportedProgram) -> None:
@@ -446,17 +469,21 @@ def import_key(ep: ExportedProgram, tile_mlp: bool = False) -> str:
     """A digest of everything `import_program(ep, tile_mlp)` depends on, to reuse an import
     across processes (every rank of a job, the next launch): AutoSP's source, torch's version,
     the import settings, the graph (its code, each node's value metadata and place in the
-    model), the signature, the state's shapes, dtypes and trainability, and the values of
-    constants and buffers."""
+    model, and so of every submodule the graph calls), the signature, the state's shapes, dtypes
+    and trainability, and the values of constants and buffers."""
     digest = hashlib.sha256()
 
     def add(*parts: object) -> None:
         for part in parts:
             digest.update(str(part).encode() + b"\0")
 
-    add(_autosp_source_digest(), torch.__version__, import_settings(tile_mlp), ep.graph_module.code, ep.graph_signature)
-    for node in ep.graph.nodes:
-        add(node.name, _value_key(node.meta.get("val")), node.meta.get("nn_module_stack"), node.meta.get("stack_trace"))
+    add(_autosp_source_digest(), torch.__version__, import_settings(tile_mlp), ep.graph_signature)
+    # Every graph: a region under autocast or no_grad is a submodule the top graph only calls.
+    for path, module in ep.graph_module.named_modules():
+        if isinstance(module, torch.fx.GraphModule):
+            add(path, module.code)
+            for node in module.graph.nodes:
+                add(node.name, _value_key(node.meta.get("val")), node.meta.get("nn_module_stack"), node.meta.get("stack_trace"))
     buffers = set(ep.graph_signature.buffers)
     for name, tensor in sorted(ep.state_dict.items()):
         add(name, _value_key(tensor), isinstance(tensor, torch.nn.Parameter) and tensor.requires_grad)

@@ -140,3 +140,33 @@ def _mlp_backward(ctx, grad_out):
 
 
 gated_mlp.register_autograd(_mlp_backward, setup_context=_mlp_setup_context)
+
+
+# Under autocast, each op takes its floating inputs (but fp64) in autocast's dtype, as the ATen ops
+# it replaces do (SDPA and linear are lower-precision ops on every device): a forward exported
+# inside `with torch.autocast(...)` keeps eager autocast's numerics.
+_AUTOCAST_LIBRARY = torch.library.Library("autosp", "FRAGMENT")
+
+
+def _autocast_cast(value: object, dtype: torch.dtype) -> object:
+    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != torch.float64:
+        return value.to(dtype)
+    return value
+
+
+def _register_autocast(name: str) -> None:
+    op = getattr(torch.ops.autosp, name).default
+    for device_type in ("cpu", "cuda"):
+        key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+        excluded = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
+
+        def kernel(*args, device_type=device_type, excluded=excluded):
+            dtype = torch.get_autocast_dtype(device_type)
+            with torch._C._ExcludeDispatchKeyGuard(excluded):
+                return op(*(_autocast_cast(a, dtype) for a in args))
+
+        _AUTOCAST_LIBRARY.impl(name, kernel, key)
+
+
+for _name in ("attention", "linear_cross_entropy", "gated_mlp"):
+    _register_autocast(_name)

@@ -290,8 +290,8 @@ class TrainStep:
             if torch.is_autocast_enabled(device_type):
                 raise AutoSPError(
                     f"the step was called under torch.autocast({device_type!r}): it runs the dtypes of the exported "
-                    "graph and would ignore autocast; cast the model instead (model.to(torch.bfloat16)), export and "
-                    "compile it, and call the step outside autocast (autocast inside the exported forward is not supported yet)"
+                    "graph and would ignore autocast; put the autocast inside the forward you export (with "
+                    "torch.autocast(...): return model(...)), compile that, and call the step outside autocast"
                 )
 
     def _modules(self) -> list[torch.nn.Module]:

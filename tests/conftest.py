@@ -72,6 +72,19 @@ def tmp_cache(tmp_path, monkeypatch):
     return cache
 
 
+class UnderAutocast(torch.nn.Module):
+    """A loss module whose forward runs under torch.autocast (bf16 by default): mixed precision
+    as a user exports it."""
+
+    def __init__(self, inner: torch.nn.Module, dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        self.inner, self.dtype = inner, dtype
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(DEVICE.type, dtype=self.dtype):
+            return self.inner(*args)
+
+
 class SmoothedLoss(torch.nn.Module):
     """forward(input_ids, labels) -> a label-smoothed next-token loss: a loss AutoSP does not
     fuse, so the step keeps the plain log-softmax / NLL ops and their logits."""

@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 
 import autosp
 from autosp.frontends.presets import packed_position_ids
-from tests.conftest import SmoothedLoss, relative_error, tiny_causal_lm
+from tests.conftest import SmoothedLoss, UnderAutocast, relative_error, tiny_causal_lm
 
 
 def run_case(rank, world, **case):
@@ -39,18 +39,23 @@ def run_case(rank, world, **case):
 
 
 def _case(rank, world, *, arch, sp, seq, batch=1, config=None, labels_fn=None, steps=1, lr=0.1,
-          point_to_point=False, documents=None, mlp_chunk_rows=None, optimizer="sgd", smoothed_loss=False):
+          point_to_point=False, documents=None, mlp_chunk_rows=None, optimizer="sgd", smoothed_loss=False,
+          autocast=False):
     """documents: lengths of the documents packed into each row (position ids restart per document).
     mlp_chunk_rows: gated MLPs in chunks of that many rows (tile_mlp=True). labels_fn(labels, replica)
-    edits one replica's labels in place. smoothed_loss: a label-smoothed loss (not fused)."""
+    edits one replica's labels in place. smoothed_loss: a label-smoothed loss (not fused). autocast:
+    the forward exported under bf16 autocast."""
     if point_to_point:  # as on backends without all_to_all (gloo before torch 2.13)
         from autosp.runtime import collectives
 
         collectives._NO_ALLTOALL.add("gloo")
     dp = world // sp
     module = tiny_causal_lm(arch, **(config or {}))
+    intermediate_size = module.model.config.intermediate_size
     if smoothed_loss:
         module = SmoothedLoss(module.model)
+    if autocast:
+        module = UnderAutocast(module)
     reference = copy.deepcopy(module)
     g = torch.Generator().manual_seed(1234)
     ids_all = torch.randint(0, 96, (dp, batch, seq), generator=g)
@@ -65,7 +70,7 @@ def _case(rank, world, *, arch, sp, seq, batch=1, config=None, labels_fn=None, s
     if mlp_chunk_rows is not None:
         from autosp.frontends import mlp
 
-        mlp.CHUNK_BYTES = mlp_chunk_rows * module.model.config.intermediate_size * 4
+        mlp.CHUNK_BYTES = mlp_chunk_rows * intermediate_size * 4
         tile_mlp = True
     step = autosp.compile(torch.export.export(module, (ids, labels, *extra)), sp=sp, tile_mlp=tile_mlp)
     optimizer_class = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[optimizer]

@@ -175,6 +175,40 @@ def test_a_gradient_that_cannot_be_added_to_in_place_is_replaced_not_half_writte
         assert relative_error(p.grad, r.grad + 1) <= 1e-5
 
 
+class EmbeddingsWithoutGrad(torch.nn.Module):
+    """Embeds under torch.no_grad(): torch.export keeps the region as a submodule."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, ids, labels):
+        with torch.no_grad():
+            embeds = self.inner.model.model.embed_tokens(ids)
+        return self.inner.model(inputs_embeds=embeds, labels=labels, use_cache=False).loss
+
+
+def test_a_parameter_read_only_under_no_grad_is_named_and_frozen_it_trains_the_rest(tmp_cache):
+    """Torch's joint export refuses a trainable parameter without a gradient: one line naming it;
+    frozen, the step is eager's."""
+    model = EmbeddingsWithoutGrad(tiny_causal_lm("Llama", num_hidden_layers=1))
+    ids = torch.randint(0, 96, (1, 16))
+    with pytest.raises(AutoSPError, match=r"parameter\(s\) 'inner.model.model.embed_tokens.weight' are read only under "
+                                          r"torch.no_grad\(\).*freeze them \(requires_grad_\(False\)\)"):
+        autosp.compile(torch.export.export(model, (ids, ids.clone())))
+    model.inner.model.model.embed_tokens.weight.requires_grad_(False)
+    eager = copy.deepcopy(model)
+    step = autosp.compile(torch.export.export(model, (ids, ids.clone())))
+    assert "attention" in step.kernels and "LM head + loss" in step.kernels
+    loss = step(ids, ids.clone())
+    eager_loss = eager(ids, ids.clone())
+    eager_loss.backward()
+    assert relative_error(loss, eager_loss.detach()) <= 1e-5
+    for (name, param), reference in zip(model.named_parameters(), eager.parameters()):
+        assert (param.grad is None) == (reference.grad is None), name
+        assert param.grad is None or relative_error(param.grad, reference.grad) <= 1e-5, name
+
+
 def test_dynamic_shapes_are_refused_up_front(tmp_cache):
     ep = torch.export.export(NotALoss(), (torch.randn(4, 8),), dynamic_shapes=({0: torch.export.Dim("rows")},))
     with pytest.raises(AutoSPError, match=r"input x has a dynamic shape \[s\d+, 8\]: AutoSP compiles static shapes"):

@@ -65,6 +65,16 @@ def test_sp2_gated_mlps_in_row_chunks():
     check(run_distributed(2, arch="Llama", sp=2, seq=33, mlp_chunk_rows=5, labels_fn=ignore_unevenly, steps=2))
 
 
+def test_sp2_under_autocast_with_gated_mlps_in_row_chunks():
+    """A forward exported inside bf16 autocast: Ulysses attention, the fused loss and the gated
+    MLPs in row chunks run in bf16 as eager autocast's SDPA and linears do; within bf16 rounding
+    of eager autocast (the loss within 1e-3, gradients and weights 3e-2) over two SGD steps."""
+    for rank, errors in enumerate(run_distributed(2, arch="Llama", sp=2, seq=33, autocast=True, mlp_chunk_rows=5,
+                                                  labels_fn=ignore_unevenly, steps=2)):
+        assert errors["loss"] <= 1e-3 and errors["grad"] <= 3e-2 and errors["param"] <= 3e-2, (rank, errors)
+        assert errors["zeros"] == 0, (rank, errors)
+
+
 def test_sp4_kv_heads_fewer_than_sp_uneven_seq_five_sgd_steps():
     # 4 query heads, 2 kv heads on 4 ranks: K/V all-gathered (2 heads), one kv head per rank;
     # 30 tokens split 8, 8, 7, 7.

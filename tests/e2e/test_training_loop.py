@@ -1,7 +1,7 @@
 """What a real training loop does around the step, against eager PyTorch on the same model and
 data (Llama and Qwen2): freezing and unfreezing parameters after compile, gradient and
-post-accumulate hooks (an optimizer run from the backward), calls from several threads, and
-module hooks the compiled program cannot run (refused in one line)."""
+post-accumulate hooks (an optimizer run from the backward), calls from several threads, mixed
+precision exported inside torch.autocast, and module hooks the compiled program cannot run (refused in one line)."""
 
 import copy
 import sys
@@ -12,7 +12,7 @@ import torch
 
 import autosp
 from autosp.common.errors import AutoSPError
-from tests.conftest import relative_error, tiny_causal_lm
+from tests.conftest import UnderAutocast, relative_error, tiny_causal_lm
 from tests.e2e.test_equivalence import batch
 
 ARCHS = ["Llama", "Qwen2"]
@@ -126,6 +126,29 @@ def test_calls_from_threads_lose_no_gradient(arch, tmp_cache):
                 assert torch.equal(param.grad, grad)
     finally:
         sys.setswitchinterval(interval)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_autocast_inside_the_export_is_eager_autocast(arch, tmp_cache):
+    """A forward exported under torch.autocast(bf16): attention and the LM head + loss are still
+    AutoSP's ops, run in bf16 as eager autocast runs SDPA and linear. The loss is eager
+    autocast's; the gradients differ from it by bf16 rounding (the joint graph's backward
+    formulas round per op, e.g. SiLU's), and are nearer to it than to eager fp32's."""
+    inner = tiny_causal_lm(arch)
+    model, fp32 = UnderAutocast(inner), copy.deepcopy(inner)
+    eager = copy.deepcopy(model)
+    ids, labels = batch()
+    step = autosp.compile(torch.export.export(model, (ids, labels)))
+    assert set(step.kernels) == {"attention", "attention backward", "LM head + loss"}
+    loss = step(ids, labels)
+    eager_loss = eager(ids, labels)
+    eager_loss.backward()
+    fp32(ids, labels).backward()
+    assert relative_error(loss, eager_loss.detach()) <= 1e-3
+    flat = {key: torch.cat([p.grad.flatten() for p in m.parameters()]) for key, m in (("compiled", model), ("eager", eager), ("fp32", fp32))}
+    for (name, param), reference in zip(model.named_parameters(), eager.parameters()):
+        assert relative_error(param.grad, reference.grad) <= 2e-2, name
+    assert (flat["compiled"] - flat["eager"]).norm() < (flat["compiled"] - flat["fp32"]).norm()
 
 
 def test_module_hooks_the_program_cannot_run_are_refused(tmp_cache):

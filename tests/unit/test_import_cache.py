@@ -9,7 +9,7 @@ import torch
 import autosp
 from autosp import driver
 from autosp.frontends import import_key
-from tests.conftest import tiny_causal_lm
+from tests.conftest import UnderAutocast, tiny_causal_lm
 
 
 def as_another_process():
@@ -72,6 +72,10 @@ def test_what_the_import_depends_on_changes_the_key():
     model.model.model.layers[0].mlp.up_proj.weight.requires_grad_(True)
     other = tiny_causal_lm("Llama", rms_norm_eps=1e-5)  # a constant in the graph
     assert import_key(export(other)[0]) != base
+
+    # The same change inside a region torch.export keeps as a submodule (autocast here).
+    under = import_key(export(UnderAutocast(model))[0])
+    assert import_key(export(UnderAutocast(other))[0]) != under
 
 
 @pytest.mark.parametrize("buffer_value", [0.5, 2.0])
