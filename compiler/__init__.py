@@ -60,4 +60,17 @@ def full_state_dict(model, *, cpu_offload: bool = False) -> dict:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=cpu_offload))
 
 
-__all__ = ["AutoSPError", "compile", "full_state_dict"]
+def export(model, args=(), kwargs=None, **options):
+    """torch.export.export(model, args, kwargs, **options), also for a model whose parameters
+    autosp.compile(shard=...) made DTensor shards (e.g. another sequence length): each shard is
+    traced as a whole-shaped stand-in (a fake tensor: no memory, no gather), and compiling the
+    program with shard= trains the model's DTensors."""
+    import torch
+
+    from autosp.runtime.sharded_model import stand_ins
+
+    with stand_ins(model):
+        return torch.export.export(model, tuple(args), kwargs, **options)
+
+
+__all__ = ["AutoSPError", "compile", "export", "full_state_dict"]

@@ -316,7 +316,17 @@ def check_options(ep, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cach
         )
     from torch._subclasses.fake_tensor import FakeTensor
 
-    fake = [name for name, t in {**ep.state_dict, **ep.constants}.items() if isinstance(t, FakeTensor)]
+    from autosp.runtime import sharded_model
+
+    for name, tensor in ep.state_dict.items():
+        if sharded_model.replaced(tensor) and shard == "none":
+            raise AutoSPError(
+                f"parameter '{name}' of this program was replaced in the model by its DTensor shard (an earlier "
+                "autosp.compile(shard=...)): this program would train a stale whole copy; compile it with shard= too"
+            )
+    # Whole-shaped stand-ins of a sharded model's parameters (autosp.export) are fake by design.
+    fake = [name for name, t in {**ep.state_dict, **ep.constants}.items()
+            if isinstance(t, FakeTensor) and not sharded_model.replaced(t)]
     if fake:
         raise AutoSPError(
             f"the exported program's state is fake ('{fake[0]}' and {len(fake) - 1} more: exported under a FakeTensorMode, "

@@ -35,6 +35,7 @@ import torch
 from autosp.runtime.agreement import error_text
 from autosp.runtime.collectives import average_in_place
 from autosp.common.errors import AutoSPError
+from autosp.runtime import sharded_model
 from autosp.runtime.offload import HostPool
 
 
@@ -102,47 +103,6 @@ def _non_overlapping(t: torch.Tensor) -> bool:
             return False
         reach += stride * (size - 1)
     return True
-
-
-# Whole parameters that shard_parameters replaced by DTensors: id -> (weakref to the whole
-# tensor, weakref to the DTensor parameter that replaced it). An optimizer built on them before
-# compile would step tensors no step writes a gradient to, silently training nothing: a global
-# optimizer hook refuses it. A later compile of the same model (another sequence length)
-# finds the whole tensors in its exported program: it takes their DTensors, the model's.
-_REPLACED: dict[int, tuple[weakref.ref, weakref.ref]] = {}
-_HOOKED = False
-
-
-def _replaced(tensor: torch.Tensor) -> bool:
-    entry = _REPLACED.get(id(tensor))
-    return entry is not None and entry[0]() is tensor
-
-
-def _replacement(tensor: torch.Tensor):
-    """The DTensor parameter an earlier shard_parameters put in `tensor`'s place (alive), or None."""
-    return _REPLACED[id(tensor)][1]() if _replaced(tensor) else None
-
-
-def _refuse_stale_optimizer(optimizer, args, kwargs) -> None:
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            if _replaced(param):
-                raise AutoSPError(
-                    f"{type(optimizer).__name__} holds a parameter that autosp.compile(shard=...) replaced by its DTensor "
-                    "shard: it would update the old whole tensor, which no step trains; create the optimizer after compile "
-                    "(torch.optim.AdamW(model.parameters()))"
-                )
-
-
-def _remember_replaced(tensor: torch.Tensor, by: torch.Tensor) -> None:
-    global _HOOKED
-    key = id(tensor)
-    _REPLACED[key] = (weakref.ref(tensor, lambda _, key=key: _REPLACED.pop(key, None)), weakref.ref(by))
-    if not _HOOKED:
-        from torch.optim.optimizer import register_optimizer_step_pre_hook
-
-        register_optimizer_step_pre_hook(_refuse_stale_optimizer)
-        _HOOKED = True
 
 
 class TrainStep:
@@ -230,7 +190,7 @@ class TrainStep:
         for j, ((spec, tensor), slots) in enumerate(zip(self._state_specs, self._slots)):
             if spec.kind != "parameter":
                 continue
-            earlier = _replacement(tensor)
+            earlier = sharded_model.replacement(tensor)
             if earlier is not None:  # sharded by an earlier compile of this model: the model's own
                 if earlier.device_mesh.size() != world or earlier.device_mesh.device_type != world_mesh.device_type:
                     raise AutoSPError(
@@ -252,8 +212,8 @@ class TrainStep:
                 )
                 shards[id(tensor)] = torch.nn.Parameter(whole, requires_grad=tensor.requires_grad)
             new = shards[id(tensor)]
-            if not _replaced(tensor):
-                _remember_replaced(tensor, new)
+            if not sharded_model.replaced(tensor):
+                sharded_model.remember_replaced(tensor, new)
                 self._replaced.append((weakref.ref(tensor), tensor.numel() * tensor.element_size()))
             for owner, kind, name in slots:
                 module = owner()
@@ -265,6 +225,7 @@ class TrainStep:
         self.parameters = [by_name[name] for name in self.grad_of]
         if reused:  # where the model holds them now (the exported whole tensors are in no module)
             self._slots, self._tree = _module_slots([t for _, t in self._state_specs])
+        sharded_model.gather_in_eager_forwards(self._modules())
         self.sharded = True
 
     def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
@@ -548,8 +509,10 @@ _STORE = threading.RLock()
 
 def _forward_hooks(modules: list[torch.nn.Module]) -> dict[tuple[int, str], set[int]]:
     """(module id, class name) -> ids of its forward (pre-)hooks."""
-    return {(id(m), type(m).__name__): {id(h) for h in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]}
-            for m in modules if m._forward_hooks or m._forward_pre_hooks}
+    hooks = {(id(m), type(m).__name__): {id(h) for h in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]
+                                         if not getattr(h, "autosp_own_hook", False)}
+             for m in modules}
+    return {key: ids for key, ids in hooks.items() if ids}
 
 
 def _run_gradient_hooks(param, grad: torch.Tensor, sharded: bool) -> torch.Tensor:

@@ -167,27 +167,42 @@ def test_module_hooks_the_program_cannot_run_are_refused(tmp_cache):
     assert all(p.grad is not None for p in model.parameters())
 
 
-def two_lengths_under_zero3(rank, world):
-    """Two programs of one model (two sequence lengths), both compiled with shard="parameters"
-    over the 2 ranks (each given the same batch, so the replicas' mean is eager's gradient):
-    alternating steps and AdamW updates, against eager. The second compile finds the model
-    already sharded and trains the model's own DTensors."""
+def lengths_and_eval_under_zero3(rank, world):
+    """One model, several programs (sequence lengths), all compiled with shard="parameters" over
+    the 2 ranks (each given the same batch, so the replicas' mean is eager's gradient): lengths
+    exported before the first compile and one exported after it (autosp.export), alternating
+    steps and AdamW updates, and eager evaluation forwards between them, against eager. What
+    cannot be honoured is refused in one line on every rank."""
     import autosp
+    from autosp import AutoSPError
 
     module = tiny_causal_lm("Llama", tie_word_embeddings=True, num_hidden_layers=1)
     reference = copy.deepcopy(module)
     g = torch.Generator().manual_seed(5)
-    batches = {n: torch.randint(0, 96, (1, n), generator=g) for n in (33, 17)}
-    exported = {n: torch.export.export(module, (ids, ids.clone())) for n, ids in batches.items()}
-    steps = {n: autosp.compile(ep, shard="parameters", optimizer="adamw") for n, ep in exported.items()}
+    batches = {n: torch.randint(0, 96, (1, n), generator=g) for n in (33, 17, 24)}
+    exported = {n: torch.export.export(module, (batches[n], batches[n].clone())) for n in (33, 17)}
+    steps = {33: autosp.compile(exported[33], shard="parameters", optimizer="adamw")}
+    refusals = []
+    for attempt in (
+        lambda: torch.export.export(module, (batches[24], batches[24].clone())),
+        lambda: module(batches[24], batches[24].clone()),  # gradients enabled
+        lambda: autosp.compile(exported[17]),  # its whole weights are no longer the model's
+    ):
+        try:
+            attempt()
+        except AutoSPError as err:
+            refusals.append(str(err).split(":")[0])
+    steps[17] = autosp.compile(exported[17], shard="parameters", optimizer="adamw")
+    steps[24] = autosp.compile(autosp.export(module, (batches[24], batches[24].clone())), shard="parameters",
+                               optimizer="adamw")
     del exported
-    same = [a is b for a, b in zip(steps[33].parameters, steps[17].parameters)]
+    same = all(a is b is c for a, b, c in zip(steps[33].parameters, steps[17].parameters, steps[24].parameters))
     # lr 1e-5: AdamW's scale-free update turns fp32 rounding into ~lr-sized moves (see
-    # test_sharded_state.py); four steps still move the weights ~100x the tolerance.
+    # test_sharded_state.py); the steps still move the weights ~100x the tolerance.
     opt = torch.optim.AdamW(module.parameters(), lr=1e-5)
     ref_opt = torch.optim.AdamW(reference.parameters(), lr=1e-5)
-    grad_error = 0.0
-    for n in (33, 17, 33, 17):
+    grad_error = eval_error = 0.0
+    for n in (33, 17, 24, 33):
         ids = batches[n]
         steps[n](ids, ids.clone())
         reference(ids, ids.clone()).backward()
@@ -197,13 +212,24 @@ def two_lengths_under_zero3(rank, world):
         opt.zero_grad()
         ref_opt.step()
         ref_opt.zero_grad()
+        with torch.no_grad():
+            module.eval()
+            eval_error = max(eval_error, relative_error(module(ids, ids.clone()), reference(ids, ids.clone())))
+            module.train()
     param_error = max(relative_error(p.detach().full_tensor(), ref.detach())
                       for p, ref in zip(module.parameters(), reference.parameters()))
-    return all(same), grad_error, param_error
+    still_shards = {id(p) for p in module.parameters()} == {id(p) for p in steps[33].parameters}
+    return refusals, same and still_shards, grad_error, param_error, eval_error
 
 
-def test_two_lengths_of_one_sharded_model_train_it():
+def test_lengths_exported_before_and_after_sharding_and_eval_train_one_model():
     from tests.e2e.sp_harness import run_pooled
 
-    for same, grad_error, param_error in run_pooled(2, two_lengths_under_zero3):
-        assert same and grad_error <= TOLERANCE and param_error <= TOLERANCE, (same, grad_error, param_error)
+    for refusals, same, *errors in run_pooled(2, lengths_and_eval_under_zero3):
+        assert refusals == [
+            "CausalLMLoss's parameters are DTensor shards (autosp.compile(shard=...))",
+            "an eager forward of CausalLMLoss, whose parameters autosp.compile(shard=...) sharded, with gradients enabled",
+            "parameter 'model.model.embed_tokens.weight' of this program was replaced in the model by its DTensor shard "
+            "(an earlier autosp.compile(shard=...))",
+        ], refusals
+        assert same and max(errors) <= TOLERANCE, (same, errors)
