@@ -27,7 +27,7 @@ BATCH = 1
 
 
 def train(rank: int, init_file: str, results) -> None:
-    console = Console()
+    console = Console(soft_wrap=True)  # piped output keeps its lines (the report is rendered 100 wide)
     say = console.print if rank == 0 else (lambda *a, **k: None)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=SP)
@@ -40,7 +40,7 @@ def train(rank: int, init_file: str, results) -> None:
         step = autosp.compile(export_loss_module(model, (input_ids, labels)), sp=SP)
         say(f"[bold]compiled[/] tiny-llama for sp={SP}, seq {SEQ} ({SEQ // SP} tokens per rank) in {time.perf_counter() - start:.1f}s")
         say(f"generated program: {step.program_path}")
-        say(step.report)
+        say(step.report, markup=False, highlight=False)
 
         loss = step(input_ids, labels)
         eager_loss = reference(input_ids, labels)  # single process, whole sequence

@@ -175,12 +175,17 @@ def stale_optimizer_and_live_export(rank, world):
 
 
 def cases(rank, world, checkpoint_dir):
+    import warnings
+
     module = tiny_causal_lm("Llama", **CONFIG)
-    results = {"collectives": collectives_match_dtensor(rank, world), "refused": different_weights_are_refused(rank, world)}
-    for sp in MESHES:
-        for shard in LEVELS:
-            results[(sp, shard)] = train_and_compare(rank, world, module=module, sp=sp, shard=shard)
-    results["checkpoint"] = checkpoint_round_trip(rank, world, module, checkpoint_dir)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FutureWarning)  # what each rank of a user's job would print
+        results = {"collectives": collectives_match_dtensor(rank, world), "refused": different_weights_are_refused(rank, world)}
+        for sp in MESHES:
+            for shard in LEVELS:
+                results[(sp, shard)] = train_and_compare(rank, world, module=module, sp=sp, shard=shard)
+        results["checkpoint"] = checkpoint_round_trip(rank, world, module, checkpoint_dir)
+    results["future_warnings"] = sorted({str(w.message) for w in caught if issubclass(w.category, FutureWarning)})
     results["memory"] = memory_held(rank, world, module)
     results["remat"] = remat_under_zero3(rank, world)
     results["stale"] = stale_optimizer_and_live_export(rank, world)
@@ -280,6 +285,11 @@ def test_bucket_collectives_cut_as_dtensor_does(results):
     assert [r[0] for r in rows] == [(2, 3), (2, 3), (2, 3), (0, 3)] and [r[1] for r in rows] == [(1, 5), (1, 5), (0, 5), (0, 5)]
     for per_rank in results:
         assert per_rank["collectives"]["gathered"] and per_rank["collectives"]["reduced"], per_rank["collectives"]
+
+
+def test_sharded_training_and_checkpoints_print_no_future_warnings(results):
+    for per_rank in results:
+        assert per_rank["future_warnings"] == [], per_rank["future_warnings"]
 
 
 def test_ranks_with_different_weights_are_refused_alike(results):
