@@ -19,7 +19,7 @@ from xdsl.printer import Printer
 
 from autosp.codegen import generate_programs
 from autosp.ir.program import train_step_of
-from autosp.frontends import import_key, import_program, import_settings
+from autosp.frontends import import_key, import_program, import_settings, mode_dependent_modules
 from autosp.ir import autosp_context
 from autosp.input_checks import index_checks
 from autosp.ir.dtypes import torch_dtype
@@ -448,6 +448,7 @@ def _compile(ep, *, sp, remat, memory_budget, cost_model, fuse, tile_mlp, cache_
         predicted_offload=report.timeline,
         kernels=report.kernels,
         gradient_order=gradient_order(module),
+        modes=mode_dependent_modules(ep),
     )
 
 

@@ -91,3 +91,26 @@ def joint_locations(forward: ExportedProgram, joint: ExportedProgram) -> dict[No
         origin[node] = (source, False)
         locations[node] = source.location(backward=True)
     return locations
+
+
+def mode_dependent_modules(ep: ExportedProgram) -> dict[str, tuple[str, bool]]:
+    """module path -> (class name, its `training` flag at export), for each module whose ops
+    depend on train()/eval(): ops with a `train`/`training` argument (dropout, batch norm, ...),
+    but a dropout of p=0. The step compares those flags with the model's (runtime/train_step)."""
+    from autosp.frontends.fx import graphs_with_autocast
+
+    modes: dict[str, tuple[str, bool]] = {}
+    for module, _ in graphs_with_autocast(ep.graph_module):
+        for node in module.graph.nodes:
+            schema = getattr(node.target, "_schema", None)
+            stack = node.meta.get("nn_module_stack")
+            if schema is None or not stack:
+                continue
+            values = {arg.name: value for arg, value in zip(schema.arguments, node.args)}
+            values.update(node.kwargs)
+            flag = next((values[name] for name in ("train", "training") if isinstance(values.get(name), bool)), None)
+            if flag is None or values.get("p") == 0:
+                continue
+            path, kind = list(stack.values())[-1]
+            modes[path] = (kind.__name__ if isinstance(kind, type) else str(kind).rsplit(".", 1)[-1], flag)
+    return modes

@@ -120,6 +120,7 @@ class TrainStep:
         predicted_offload: dict | None = None,
         kernels: dict[str, dict[str, int]] | None = None,
         gradient_order: list[int] | None = None,
+        modes: dict[str, tuple[str, bool]] | None = None,
     ):
         self.program_path = Path(program_path)
         # The same program handing each value it makes to TRACK, for measure_memory.
@@ -163,6 +164,7 @@ class TrainStep:
         self.device = devices.pop() if devices else torch.device("cpu")
         self._slots, self._tree = _module_slots([t for _, t in self._state_specs])
         self._forward_hooks = _forward_hooks(self._modules())  # exported with them; others would be skipped
+        self._modes = _mode_dependent(self._modules(), modes or {})
         self.program = load_program(self.program_path)
         self.program.DEVICE = self.device
         pool_bytes = getattr(self.program, "HOST_POOL_BYTES", 0)
@@ -261,8 +263,9 @@ class TrainStep:
         return [m for m in (ref() for ref in self._tree) if m is not None and not isinstance(m, torch.fx.GraphModule)]
 
     def _check_training(self) -> None:
-        """What eager's backward would do differently: a parameter unfrozen since compile (the
-        program makes no gradient for it), module hooks the program cannot run."""
+        """What eager would do differently: a parameter unfrozen since compile (the program makes
+        no gradient for it), a dropout or norm switched between train() and eval() since export,
+        module hooks the program cannot run."""
         trainable = set(self.grad_of)
         for spec, tensor in self._state_specs:
             if spec.kind == "parameter" and spec.name not in trainable and tensor.requires_grad:
@@ -281,6 +284,14 @@ class TrainStep:
                 "register hooks on the parameters instead (param.register_hook / register_post_accumulate_grad_hook run "
                 "as in eager)"
             )
+        for module, path, exported in self._modes:
+            if (module := module()) is not None and module.training != exported:
+                now, then = ("train", "eval") if module.training else ("eval", "train")
+                raise AutoSPError(
+                    f"'{path}' ({type(module).__name__}) is in {now} mode but was in {then} mode when the model was "
+                    f"exported, and what it computes depends on it (dropout, batch norm): call model.{then}() before the "
+                    f"step, or export and compile again in {now} mode"
+                )
         now = _forward_hooks(modules)
         changed = sorted({key[1] for key in {*now, *self._forward_hooks} if now.get(key, set()) != self._forward_hooks.get(key, set())})
         if changed:
@@ -505,6 +516,24 @@ class TrainStep:
 # One gradient store at a time, across steps too (two programs of one model, several threads):
 # reading .grad and writing it back must not interleave.
 _STORE = threading.RLock()
+
+
+def _mode_dependent(modules: list[torch.nn.Module], modes: dict[str, tuple[str, bool]]) -> list:
+    """(weakref to the module, path, its training flag at export) for each module of `modes`
+    (paths from the exported root): found from the model's outermost module that has them all."""
+    for root in modules:
+        found = []
+        for path, (kind, exported) in modes.items():
+            try:
+                module = root.get_submodule(path)
+            except AttributeError:
+                break
+            if type(module).__name__ != kind:
+                break
+            found.append((weakref.ref(module), path, exported))
+        else:
+            return found
+    return []
 
 
 def _forward_hooks(modules: list[torch.nn.Module]) -> dict[tuple[int, str], set[int]]:

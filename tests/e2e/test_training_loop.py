@@ -151,6 +151,25 @@ def test_autocast_inside_the_export_is_eager_autocast(arch, tmp_cache):
     assert (flat["compiled"] - flat["eager"]).norm() < (flat["compiled"] - flat["fp32"]).norm()
 
 
+@pytest.mark.parametrize("exported_in", ["train", "eval"])
+def test_train_eval_switches_that_change_the_forward_are_refused(exported_in, tmp_cache):
+    """GPT-NeoX with hidden dropout 0.1, exported in one mode and stepped in the other: eager
+    would (not) drop; the step says so, and runs again once the mode is switched back. With
+    dropout 0 the mode changes nothing and the step runs in either."""
+    ids, labels = batch()
+    other = "eval" if exported_in == "train" else "train"
+    for p in (0.1, 0.0):
+        model = getattr(tiny_causal_lm("GPTNeoX", hidden_dropout=p), exported_in)()
+        step = autosp.compile(torch.export.export(model, (ids, labels)))
+        getattr(model, other)()
+        if p:
+            with pytest.raises(AutoSPError, match=rf"'model.gpt_neox.emb_dropout' \(Dropout\) is in {other} mode but was in "
+                                                  rf"{exported_in} mode when the model was exported.*model.{exported_in}\(\)"):
+                step(ids, labels)
+            getattr(model, exported_in)()
+        step(ids, labels)
+
+
 def test_module_hooks_the_program_cannot_run_are_refused(tmp_cache):
     model, _, step, inputs = compiled("Llama")
     layer = model.model.model.layers[1]
