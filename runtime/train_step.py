@@ -249,6 +249,11 @@ class TrainStep:
     def _check_mode(self) -> None:
         if torch.is_inference_mode_enabled():
             raise AutoSPError("the step writes gradients; call it outside torch.inference_mode()")
+        if not torch.is_grad_enabled():
+            raise AutoSPError(
+                "the step was called under torch.no_grad(), but it computes and stores gradients (eager's backward would "
+                "fail there): call it with gradients enabled, and evaluate with the eager model under no_grad"
+            )
         for device_type in {"cpu", self.device.type}:
             if torch.is_autocast_enabled(device_type):
                 raise AutoSPError(

@@ -120,9 +120,11 @@ def test_modes_the_step_cannot_honour_are_refused(llama_step):
         step(ids, ids.clone())
     with pytest.raises(AutoSPError, match="input 'labels' is on the meta device"):
         step(ids, ids.to("meta"))
-    assert all(p.grad is None for p in module.parameters())
-    with torch.no_grad():  # needs no autograd: fine
+    # An evaluation loop under no_grad would otherwise add its gradients to the next update.
+    with torch.no_grad(), pytest.raises(AutoSPError, match=r"under torch.no_grad\(\), but it computes and stores gradients"):
         step(ids, ids.clone())
+    assert all(p.grad is None for p in module.parameters())
+    step(ids, ids.clone())
     assert all(p.grad is not None for p in module.parameters())
 
 
