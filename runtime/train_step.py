@@ -348,6 +348,11 @@ class TrainStep:
                 )
             if arg.device.type == "meta":
                 raise AutoSPError(f"input '{spec.name}' is on the meta device (no data)")
+            if arg.requires_grad:
+                raise AutoSPError(
+                    f"input '{spec.name}' requires a gradient, but the step makes gradients for the parameters only (eager "
+                    "would give it a .grad): pass it detached, or make it a parameter of the model"
+                )
             # The exported graph's views assume the layout it was traced with: contiguous inputs.
             moved.append(arg.detach().to(self.device).contiguous())
         return moved

@@ -190,6 +190,27 @@ class EmbeddingsWithoutGrad(torch.nn.Module):
         return self.inner.model(inputs_embeds=embeds, labels=labels, use_cache=False).loss
 
 
+class FromEmbeddings(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, embeds, labels):
+        return self.inner.model(inputs_embeds=embeds, labels=labels, use_cache=False).loss
+
+
+def test_an_input_that_requires_a_gradient_is_refused(tmp_cache):
+    """Eager would give a float input that requires grad its gradient; the step makes none."""
+    model = FromEmbeddings(tiny_causal_lm("Llama", num_hidden_layers=1))
+    embeds, labels = torch.randn(1, 16, 48), torch.randint(0, 96, (1, 16))
+    step = autosp.compile(torch.export.export(model, (embeds, labels)))
+    with pytest.raises(AutoSPError, match="input 'embeds' requires a gradient, but the step makes gradients for the "
+                                          "parameters only"):
+        step(embeds.clone().requires_grad_(True), labels)
+    assert all(p.grad is None for p in model.parameters())
+    step(embeds, labels)
+
+
 def test_a_parameter_read_only_under_no_grad_is_named_and_frozen_it_trains_the_rest(tmp_cache):
     """Torch's joint export refuses a trainable parameter without a gradient: one line naming it;
     frozen, the step is eager's."""
