@@ -16,7 +16,7 @@ from torch.fx import Graph, Node
 
 import autosp.runtime.ops  # noqa: F401  (registers torch.ops.autosp.*)
 from autosp.common.errors import AutoSPError
-from autosp.frontends.fx import call_with_value, getitem_with_value, replacing
+from autosp.frontends.fx import call_with_value, fake_value, getitem_with_value, replacing
 from autosp.frontends.mask import MaskNotUnderstood, bound_arguments, classify
 
 aten = torch.ops.aten
@@ -60,6 +60,20 @@ def _per_batch(graph: Graph, documents: Node, row: int | None, batch: int) -> No
     return documents
 
 
+def _in_layout_of(graph: Graph, out: Node, sdpa: torch.Tensor) -> Node:
+    """`out` (contiguous [B, H, S, D]) copied into the memory layout SDPA's result has (its
+    kernels write [B, S, H, D]): the model's code after it may `view` what only that layout
+    allows (`.transpose(1, 2).contiguous()` exports as a no-op). Where the model reshapes
+    instead, that reshape no longer copies: the copy moves, none is added."""
+    if sdpa.is_contiguous():
+        return out
+    order = sorted(range(sdpa.dim()), key=lambda d: -sdpa.stride(d))  # outermost dim first
+    inverse = sorted(range(sdpa.dim()), key=lambda d: order[d])
+    permuted = call_with_value(graph, aten.permute.default, (out, order))
+    copied = call_with_value(graph, aten.clone.default, (permuted,), {"memory_format": torch.contiguous_format})
+    return call_with_value(graph, aten.permute.default, (copied, inverse))
+
+
 def rewrite_attention(graph: Graph) -> int:
     """Replace each SDPA in `graph`; returns how many were replaced."""
     count = 0
@@ -96,7 +110,7 @@ def rewrite_attention(graph: Graph) -> int:
             fused = call_with_value(
                 graph, torch.ops.autosp.attention.default, (q, k, v, causal, window, float(scale), documents)
             )
-            out = getitem_with_value(graph, fused, 0)
+            out = _in_layout_of(graph, getitem_with_value(graph, fused, 0), fake_value(node))
         node.replace_all_uses_with(out)
         graph.erase_node(node)
         count += 1

@@ -31,12 +31,12 @@ def fake_value(node) -> torch.Tensor | None:
     return node.meta.get("val") if isinstance(node, Node) else None
 
 
-def call_with_value(graph: Graph, target, args: tuple) -> Node:
-    """graph.call_function(target, args), its value computed on the arguments' fake values."""
-    node = graph.call_function(target, args)
+def call_with_value(graph: Graph, target, args: tuple, kwargs: dict | None = None) -> Node:
+    """graph.call_function(target, args, kwargs), its value computed on the arguments' fake values."""
+    node = graph.call_function(target, args, kwargs)
     values = [fake_value(a) if isinstance(a, Node) else a for a in args]
     with detect_fake_mode([v for v in values if isinstance(v, torch.Tensor)]) or contextlib.nullcontext():
-        node.meta["val"] = target(*values)
+        node.meta["val"] = target(*values, **(kwargs or {}))
     return node
 
 

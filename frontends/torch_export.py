@@ -203,7 +203,10 @@ class _Importer:
     def result_types(self, node: Node) -> list[Attribute]:
         val = node.meta.get("val")
         if isinstance(val, (tuple, list)):
-            return [tensor_type(v.shape, v.dtype) for v in val]
+            # An output the op does not compute (convolution_backward's bias gradient when there is
+            # no bias) is None: an empty tensor that nothing reads.
+            dtype = next((v.dtype for v in val if v is not None), torch.float32)
+            return [tensor_type((0,), dtype) if v is None else tensor_type(v.shape, v.dtype) for v in val]
         return [_value_type(node)]
 
     def aten_op(self, node: Node, target: torch._ops.OpOverload):

@@ -17,6 +17,10 @@
         max context (double S until OOM, then bisect) and tokens/s at fixed S for AutoSP (remat auto),
         eager HF, HF gradient checkpointing, torch.compile, and HF checkpointing + chunked loss (8K).
         Without a GPU: AutoSP's predicted max context from its memory plan (like `remat`, sp=1).
+    autosp-bench zoo -o benchmarks/zoo.json --table docs/models.md
+        every causal LM of the installed transformers at tiny size, one step against eager at sp=1 and
+        sp=2 (loss and every gradient), each model in its own process: exact / inexact / refused (its
+        line) / failed (its reason); the JSON and the generated table of docs/models.md.
 """
 
 from __future__ import annotations
@@ -80,6 +84,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--max-seq", type=int, default=1 << 20)
     train.add_argument("--refine", type=int, default=16384, help="bisect the max context down to this many tokens")
     train.add_argument("-o", "--output", default="train.json")
+    zoo = commands.add_parser("zoo", help="every causal LM of transformers at tiny size vs eager, per sp degree")
+    zoo.add_argument("--only", default=None, help="model types matching this regular expression (default: all)")
+    zoo.add_argument("--sp", type=int, nargs="+", default=[1, 2], help="sp degrees (default 1 2)")
+    zoo.add_argument("--timeout", type=float, default=600, help="seconds per model and sp degree (default 600)")
+    zoo.add_argument("--resume", action="store_true", help="keep the results already in -o, run the rest")
+    zoo.add_argument("--table", default=None, help="also write the generated markdown table here (docs/models.md)")
+    zoo.add_argument("-o", "--output", default="zoo.json")
     return parser.parse_args(argv)
 
 
@@ -415,7 +426,9 @@ def run(argv=None) -> None:
     folder = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise AutoSPError(f"-o {args.output}: cannot write into {folder}; give a writable path before the benchmark runs")
-    {"remat": run_remat, "kernels": run_kernels, "step": run_step, "train": run_train}[args.command](args)
+    from autosp.tools.zoo import run_zoo
+
+    {"remat": run_remat, "kernels": run_kernels, "step": run_step, "train": run_train, "zoo": run_zoo}[args.command](args)
 
 
 def main() -> None:
