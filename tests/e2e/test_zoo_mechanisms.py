@@ -1,0 +1,78 @@
+"""Mechanisms of the model zoo (`autosp-bench zoo`) on small hand-made modules, each at sp=1 and
+on two gloo ranks against eager: the loss and every gradient within 1e-5."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.conftest import relative_error
+
+TOLERANCE = 1e-5
+VOCAB, WIDTH, HEADS = 32, 16, 4
+
+
+class ViewedAttention(torch.nn.Module):
+    """Attention whose output is `view`ed after `.transpose(1, 2).contiguous()`, which export
+    keeps only as a no-op (SDPA's result is laid out [B, S, H, D]): the view needs that layout."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(VOCAB, WIDTH)
+        self.qkv = torch.nn.Linear(WIDTH, 3 * WIDTH, bias=False)
+        self.head = torch.nn.Linear(WIDTH, VOCAB, bias=False)
+
+    def forward(self, ids, labels):
+        b, s = ids.shape
+        q, k, v = self.qkv(self.emb(ids)).view(b, s, 3, HEADS, WIDTH // HEADS).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).contiguous().view(b, s, WIDTH)
+        return F.cross_entropy(self.head(out).flatten(0, 1), labels.flatten())
+
+
+class CausalConvolution(torch.nn.Module):
+    """A causal depthwise convolution without bias along the sequence (the short convolutions of
+    hybrid models): its backward has no bias gradient (None)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(VOCAB, WIDTH)
+        self.conv = torch.nn.Conv1d(WIDTH, WIDTH, 4, groups=WIDTH, padding=3, bias=False)
+        self.head = torch.nn.Linear(WIDTH, VOCAB, bias=False)
+
+    def forward(self, ids, labels):
+        x = self.conv(self.emb(ids).transpose(1, 2))[..., : ids.shape[1]].transpose(1, 2)
+        return F.cross_entropy(self.head(F.silu(x)).flatten(0, 1), labels.flatten())
+
+
+MODULES = {"viewed-attention": ViewedAttention, "causal-convolution": CausalConvolution}
+
+
+def errors_against_eager(rank, world, *, name, seq=17):
+    """(loss error, worst gradient error) of the step on this rank (sp = world) against eager."""
+    import autosp
+
+    torch.manual_seed(0)
+    module = MODULES[name]()
+    reference = copy.deepcopy(module)
+    g = torch.Generator().manual_seed(3)
+    ids, labels = torch.randint(0, VOCAB, (1, seq), generator=g), torch.randint(0, VOCAB, (1, seq), generator=g)
+    step = autosp.compile(torch.export.export(module, (ids, labels)), sp=world)
+    loss = step(ids, labels)
+    eager = reference(ids, labels)
+    eager.backward()
+    return relative_error(loss, eager.detach()), max(
+        relative_error(p.grad, r.grad) for p, r in zip(module.parameters(), reference.parameters()))
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_at_sp1(name, tmp_cache):
+    assert max(errors_against_eager(0, 1, name=name)) <= TOLERANCE
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_at_sp2(name):
+    from tests.e2e.sp_harness import run_pooled
+
+    for rank, errors in enumerate(run_pooled(2, errors_against_eager, name=name)):
+        assert max(errors) <= TOLERANCE, (rank, errors)
