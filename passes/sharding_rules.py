@@ -138,10 +138,12 @@ def _pointwise(op: Operation, layouts: list[Layout], ctx: RuleContext) -> Strate
 # --- views and layout-preserving ops ----------------------------------------------------
 
 
-def reshape_layout(src: Sequence[int], dst: Sequence[int], layout: Layout, seq_len: int) -> Layout | None:
+def reshape_layout(src: Sequence[int], dst: Sequence[int], layout: Layout, seq_len: int, sp: int) -> Layout | None:
     """Where the sequence of `layout` (on a dim of `src`) lies after a reshape to `dst`: the dst
     dim that holds it whole, with the elements merged before it as its `outer` factor
-    ([2, S, H] -> [2S, H]: dim 0, outer 2). None if a reshape splits the sequence across dims."""
+    ([2, S, H] -> [2S, H]: dim 0, outer 2). None if a reshape splits the sequence across dims,
+    or merges elements after it ([S, k] -> [S k]) when the sequence does not divide into sp
+    equal parts: the blocks of S k would then not be k times the blocks of S."""
     before = math.prod(src[: layout.dim]) * layout.outer  # elements outside and before the sequence
     after = src[layout.dim] // (layout.outer * seq_len) * math.prod(src[layout.dim + 1 :])
     for e in range(len(dst)):
@@ -150,6 +152,8 @@ def reshape_layout(src: Sequence[int], dst: Sequence[int], layout: Layout, seq_l
             outer = before // head
             inner = dst[e] // outer
             if dst[e] % outer or inner % seq_len or inner // seq_len * math.prod(dst[e + 1 :]) != after:
+                return None
+            if inner > seq_len and seq_len % sp:
                 return None
             return S(e, outer)
     return None
@@ -177,7 +181,7 @@ def view_rule(*op_names: str):
 @view_rule(aten.view.default, aten._unsafe_view.default, aten.reshape.default,
            aten.unsqueeze.default, aten.squeeze.dims, aten.squeeze.dim, aten.squeeze.default)
 def _reshape(op, layout, ctx):
-    return reshape_layout(shape(op.operands[0]), shape(op.results[0]), layout, ctx.seq_len)
+    return reshape_layout(shape(op.operands[0]), shape(op.results[0]), layout, ctx.seq_len, ctx.sp)
 
 
 @view_rule(aten.permute.default)

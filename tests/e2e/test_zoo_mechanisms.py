@@ -45,7 +45,26 @@ class CausalConvolution(torch.nn.Module):
         return F.cross_entropy(self.head(F.silu(x)).flatten(0, 1), labels.flatten())
 
 
-MODULES = {"viewed-attention": ViewedAttention, "causal-convolution": CausalConvolution}
+class TopTwoRouting(torch.nn.Module):
+    """MoE routing: each token's top-2 experts flattened with the tokens ([S, 2] -> [2S]); at an
+    odd length the ranks' parts of 2S are not halves of it."""
+
+    def __init__(self, experts=4):
+        super().__init__()
+        self.emb = torch.nn.Embedding(VOCAB, WIDTH)
+        self.router = torch.nn.Linear(WIDTH, experts, bias=False)
+        self.experts = torch.nn.Parameter(torch.randn(experts, WIDTH, WIDTH) / WIDTH**0.5)
+        self.head = torch.nn.Linear(WIDTH, VOCAB, bias=False)
+
+    def forward(self, ids, labels):
+        x = self.emb(ids)
+        weights, chosen = self.router(x).softmax(-1).topk(2)
+        routed = x.reshape(-1, WIDTH).repeat_interleave(2, dim=0).unsqueeze(1) @ self.experts[chosen.reshape(-1)]
+        out = (routed.view(-1, 2, WIDTH) * weights.reshape(-1, 2, 1)).sum(1).view(x.shape)
+        return F.cross_entropy(self.head(out).flatten(0, 1), labels.flatten())
+
+
+MODULES = {"viewed-attention": ViewedAttention, "causal-convolution": CausalConvolution, "top-two-routing": TopTwoRouting}
 
 
 def errors_against_eager(rank, world, *, name, seq=17):
