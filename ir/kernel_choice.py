@@ -191,6 +191,8 @@ def _cpu_mask(case: AttentionCase) -> int:
 def _cpu_flash(case: AttentionCase, target: Target) -> str | None:
     if not every_row_sees_a_key(case.q_len, case.kv_len, case.window):
         return "rows that see no key (torch's CPU flash kernel leaves them NaN)"
+    if case.head_dim != case.value_dim:
+        return f"head dims {case.head_dim}/{case.value_dim} (torch's CPU flash kernel takes one)"
     return None
 
 

@@ -90,7 +90,7 @@ def attention_forward(
     documents: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference: torch's CPU flash kernel on CPU where it runs the mask, else blockwise."""
-    if q.device.type == "cpu" and every_row_sees_a_key(q.shape[-2], k.shape[-2], window):
+    if q.device.type == "cpu" and every_row_sees_a_key(q.shape[-2], k.shape[-2], window) and q.shape[-1] == v.shape[-1]:
         return cpu_flash_forward(q, k, v, causal, window, scale, documents)
     return blockwise_forward(q, k, v, causal, window, scale, documents)
 
@@ -120,7 +120,7 @@ def blockwise_forward(q, k, v, causal: bool, window: int, scale: float, document
 
 def attention_backward(grad_out, q, k, v, out, lse, causal: bool, window: int, scale: float, documents=None):
     """(dq, dk, dv): dk/dv at the kv head count, summed over each group."""
-    if q.device.type == "cpu" and every_row_sees_a_key(q.shape[-2], k.shape[-2], window):
+    if q.device.type == "cpu" and every_row_sees_a_key(q.shape[-2], k.shape[-2], window) and q.shape[-1] == v.shape[-1]:
         return cpu_flash_backward(grad_out, q, k, v, out, lse, causal, window, scale, documents)
     return blockwise_backward(grad_out, q, k, v, out, lse, causal, window, scale, documents)
 

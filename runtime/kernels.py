@@ -98,24 +98,25 @@ ATTENTION_CALLS = {
 }
 
 
-def attention_kernel(q: torch.Tensor, kernel: str | None) -> str:
-    """The kernel that runs: the compiler's choice unless AUTOSP_KERNELS overrides it."""
+def attention_kernel(q: torch.Tensor, v: torch.Tensor, kernel: str | None) -> str:
+    """The kernel that runs: the compiler's choice unless AUTOSP_KERNELS overrides it (the
+    Triton kernels take one head dim: MLA's value dim runs on the reference)."""
     choice = backend()
     if q.dtype == torch.float64 or choice == "reference":
         return "reference"
     if choice == "triton" or kernel is None:
-        return "triton" if use_triton(q) else "reference"
+        return "triton" if use_triton(q) and q.shape[-1] == v.shape[-1] else "reference"
     return kernel
 
 
 def attention_forward(q, k, v, causal: bool, window: int, scale: float, documents=None, kernel: str | None = None):
-    forward, _ = ATTENTION_CALLS[attention_kernel(q, kernel)]()
+    forward, _ = ATTENTION_CALLS[attention_kernel(q, v, kernel)]()
     return forward(q, k, v, causal, window, scale, documents)
 
 
 def attention_backward(grad_out, q, k, v, out, lse, causal: bool, window: int, scale: float, documents=None,
                        kernel: str | None = None):
-    _, backward = ATTENTION_CALLS[attention_kernel(q, kernel)]()
+    _, backward = ATTENTION_CALLS[attention_kernel(q, v, kernel)]()
     return backward(grad_out, q, k, v, out, lse, causal, window, scale, documents)
 
 

@@ -65,63 +65,55 @@ def entries() -> list[tuple[str, str]]:
     return sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items())
 
 
-# Head geometry: what a model's code may tie to other dimensions in ways a generic recipe misses.
-HEAD_GEOMETRY = {
-    "hidden_size", "n_embd", "d_model", "dim", "embed_dim", "embedding_size", "attention_hidden_size",
-    "num_attention_heads", "n_head", "num_heads", "n_heads", "decoder_attention_heads", "head_dim",
-    "attention_head_dim", "kv_channels", "dim_head", "q_lora_rank", "kv_lora_rank", "qk_rope_head_dim",
-    "qk_nope_head_dim", "v_head_dim", "qk_head_dim", "index_head_dim", "index_n_heads", "linear_key_head_dim",
-    "linear_value_head_dim", "linear_num_key_heads", "linear_num_value_heads", "mamba_n_heads", "mamba_d_state",
-    "mamba_head_dim", "state_size", "time_step_rank", "mamba_dt_rank",
+# Per-head dims: what a model's code may tie to other dimensions in ways a generic recipe misses.
+HEAD_DIMS = {
+    "head_dim", "attention_head_dim", "kv_channels", "dim_head", "q_lora_rank", "kv_lora_rank",
+    "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "qk_head_dim", "index_head_dim",
+    "linear_key_head_dim", "linear_value_head_dim", "mamba_head_dim", "mamba_d_state", "state_size",
+    "time_step_rank", "mamba_dt_rank",
 }
-# Tried in order until eager trains: everything tiny; tiny but the head geometry; the default
-# widths with 2 layers, a small vocabulary and few experts.
+# Tried in order until eager trains: everything tiny; tiny but the per-head dims; the default
+# widths with 2 layers, a small vocabulary and few experts (if that is still small).
 RECIPES = {
     "tiny": set(TINY),
-    "tiny-but-heads": set(TINY) - HEAD_GEOMETRY,
+    "tiny-but-head-dims": set(TINY) - HEAD_DIMS,
     "two-layers": {"vocab_size", "num_hidden_layers", "n_layer", "num_layers", "n_layers", "decoder_layers",
                    "num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "num_experts_per_tok",
                    "moe_topk", "top_k", "n_group", "topk_group", "moe_intermediate_size", "intermediate_size"},
 }
+MAX_PARAMETERS = 50_000_000  # on 2 CPU cores, each of 2 ranks holds the model 4 times
 
 
-def _set(config, name: str, value) -> None:
-    try:
-        setattr(config, name, value)
-    except AttributeError:  # a read-only property derived from other fields
-        pass
-
-
-def _shrink(config, names: set[str]) -> None:
+def _overrides(config, names: set[str]) -> dict:
+    """The shrunk settings of a default config, to build it again with them (so that what its
+    __init__ derives from them follows)."""
     heads = getattr(config, "num_attention_heads", None)
+    changed: dict = {}
     for name in names:
         value = getattr(config, name, None)
         if isinstance(value, int) and not isinstance(value, bool) and value > TINY[name]:
-            _set(config, name, TINY[name])
+            changed[name] = TINY[name]
     if "num_attention_heads" in names:
         for name in KV_HEADS:
             value = getattr(config, name, None)
             if isinstance(value, int) and not isinstance(value, bool) and value > 1:
-                _set(config, name, 4 if heads is not None and value >= heads else 2)
+                changed[name] = 4 if heads is not None and value >= heads else 2
     layer_types = getattr(config, "layer_types", None)
     if isinstance(layer_types, list) and layer_types:  # hybrids: one layer of each kind, in order
         kinds = list(dict.fromkeys(layer_types))
         kinds += kinds[-1:] * (2 - len(kinds))
-        _set(config, "layer_types", kinds)
+        changed["layer_types"] = kinds
         for name in ("num_hidden_layers", "n_layer", "num_layers"):
             if isinstance(getattr(config, name, None), int):
-                _set(config, name, len(kinds))
-    for name, value in list(vars(config).items()):
+                changed[name] = len(kinds)
+    for name, value in config.to_dict().items():
         if DROPOUT.search(name) and isinstance(value, float) and value > 0:
-            _set(config, name, 0.0)  # random masks cannot be compared with eager's
+            changed[name] = 0.0  # random masks cannot be compared with eager's
         elif TOKEN_IDS.match(name) and isinstance(value, int) and value >= VOCAB:
-            _set(config, name, VOCAB - 1 - len(name) % 8)  # distinct small ids
+            changed[name] = VOCAB - 1 - len(name) % 8  # distinct small ids
         elif TOKEN_IDS.match(name) and isinstance(value, list):
-            _set(config, name, [v if not isinstance(v, int) or v < VOCAB else VOCAB - 1 for v in value])
-    for name in ("text_config", "decoder"):
-        inner = getattr(config, name, None)
-        if inner is not None and hasattr(inner, "to_dict") and inner is not config:
-            _shrink(inner, names)
+            changed[name] = [v if not isinstance(v, int) or v < VOCAB else VOCAB - 1 for v in value]
+    return changed
 
 
 def tiny_model(model_type: str, recipe: str):
@@ -132,9 +124,21 @@ def tiny_model(model_type: str, recipe: str):
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    config = AutoConfig.for_model(model_type)
-    _shrink(config, RECIPES[recipe])
+    default = AutoConfig.for_model(model_type)
+    config = AutoConfig.for_model(model_type, **_overrides(default, RECIPES[recipe]))
+    for name in ("text_config", "decoder"):
+        inner = getattr(config, name, None)
+        if inner is not None and hasattr(inner, "to_dict") and inner is not config:
+            for key, value in _overrides(inner, RECIPES[recipe]).items():
+                try:
+                    setattr(inner, key, value)
+                except AttributeError:  # a read-only property derived from other fields
+                    pass
     cls = getattr(transformers, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type])
+    with torch.device("meta"):
+        size = sum(p.numel() for p in cls._from_config(config).parameters())
+    if size > MAX_PARAMETERS:
+        raise ValueError(f"{size / 1e6:.0f}M parameters with the {recipe} recipe (more than {MAX_PARAMETERS / 1e6:.0f}M)")
     torch.manual_seed(0)
     try:
         model = cls._from_config(config, attn_implementation="sdpa")

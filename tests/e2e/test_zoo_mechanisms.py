@@ -64,7 +64,28 @@ class TopTwoRouting(torch.nn.Module):
         return F.cross_entropy(self.head(out).flatten(0, 1), labels.flatten())
 
 
-MODULES = {"viewed-attention": ViewedAttention, "causal-convolution": CausalConvolution, "top-two-routing": TopTwoRouting}
+class ValueHeadDim(torch.nn.Module):
+    """Attention whose value head dim (8) differs from the query/key head dim (12), as MLA's
+    (DeepSeek-V3): kernels that take one head dim must not run it."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(VOCAB, WIDTH)
+        self.qk = torch.nn.Linear(WIDTH, 2 * HEADS * 12, bias=False)
+        self.v = torch.nn.Linear(WIDTH, HEADS * 8, bias=False)
+        self.o = torch.nn.Linear(HEADS * 8, VOCAB, bias=False)
+
+    def forward(self, ids, labels):
+        b, s = ids.shape
+        x = self.emb(ids)
+        q, k = self.qk(x).view(b, s, 2, HEADS, 12).permute(2, 0, 3, 1, 4)
+        v = self.v(x).view(b, s, HEADS, 8).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, s, HEADS * 8)
+        return F.cross_entropy(self.o(out).flatten(0, 1), labels.flatten())
+
+
+MODULES = {"viewed-attention": ViewedAttention, "causal-convolution": CausalConvolution, "top-two-routing": TopTwoRouting,
+           "value-head-dim": ValueHeadDim}
 
 
 def errors_against_eager(rank, world, *, name, seq=17):
