@@ -383,25 +383,52 @@ def joint_graph(ep: ExportedProgram, tile_mlp: bool = False) -> ExportedProgram:
     except AssertionError as err:
         if "did not receive a gradient" not in str(err):
             raise
-        raise AutoSPError(
-            f"parameter(s) {', '.join(_read_without_grad(ep)) or '?'} are read only under torch.no_grad() in the "
-            "forward, so they get no gradient, which torch's joint export refuses: freeze them "
-            "(requires_grad_(False)) before exporting"
-        ) from None
+        # Parameters the loss does not differentiate (read under torch.no_grad(), or only through
+        # top-k indices): eager leaves their .grad None; the joint export takes them as frozen.
+        unreached = _parameters_without_gradient(ep)
+        if not unreached:
+            raise AutoSPError(
+                "torch's joint export found a trainable parameter that gets no gradient, and AutoSP could not tell "
+                "which: freeze (requires_grad_(False)) the parameters the loss does not differentiate, then export"
+            ) from None
+        _freeze(ep, unreached)
+        joint = _export_forward_backward(ep, joint_loss_index=0)
     for node, location in joint_locations(forward, joint).items():
         node.meta[LOCATION] = location
     return joint
 
 
-def _read_without_grad(ep: ExportedProgram) -> list[str]:
-    """Trainable parameters that the forward reads only inside `torch.no_grad()` regions."""
-    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
-    return [
-        repr(spec.target) for spec in ep.graph_signature.input_specs
-        if spec.kind == InputKind.PARAMETER and ep.state_dict[spec.target].requires_grad
-        and all(user.target is torch.ops.higher_order.wrap_with_set_grad_enabled and user.args[0] is False
-                for user in placeholders[spec.arg.name].users)
-    ]
+def _freeze(ep: ExportedProgram, names: list[str]) -> None:
+    """The joint export takes which parameters need a gradient from the graph's fake inputs."""
+    from torch._guards import detect_fake_mode
+
+    targets = {spec.arg.name: spec.target for spec in ep.graph_signature.input_specs if spec.kind == InputKind.PARAMETER}
+    for node in ep.graph.nodes:
+        if node.op == "placeholder" and targets.get(node.name) in names:
+            with detect_fake_mode([node.meta["val"]]):
+                node.meta["val"] = node.meta["val"].detach()
+
+
+def _parameters_without_gradient(ep: ExportedProgram) -> list[str]:
+    """Trainable parameters that get no gradient from the loss, found by one forward and backward
+    of the program on fake tensors (no memory, no compute); [] if that run fails."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    names = [spec.target for spec in ep.graph_signature.input_specs
+             if spec.kind == InputKind.PARAMETER and ep.state_dict[spec.target].requires_grad]
+    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
+    inputs = [n.meta["val"] for n, spec in zip(placeholders, ep.graph_signature.input_specs) if spec.kind == InputKind.USER_INPUT]
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            state = {name: mode.from_tensor(t.detach(), static_shapes=True) for name, t in {**ep.state_dict, **ep.constants}.items()}
+            for name in names:
+                state[name].requires_grad_(True)
+            args = [torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=v.device) for v in inputs]
+            loss = torch.func.functional_call(ep.module(), state, tuple(args))
+            grads = torch.autograd.grad(loss, [state[name] for name in names], allow_unused=True)
+    except Exception:  # noqa: BLE001 (a data-dependent forward: the caller says what it can)
+        return []
+    return [name for name, grad in zip(names, grads) if grad is None]
 
 
 def _drop_unused_parameters(ep: ExportedProgram) -> None:

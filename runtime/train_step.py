@@ -163,6 +163,8 @@ class TrainStep:
             raise AutoSPError(f"parameters and buffers are on several devices ({sorted(map(str, devices))}); move the model to one")
         self.device = devices.pop() if devices else torch.device("cpu")
         self._slots, self._tree = _module_slots([t for _, t in self._state_specs])
+        # Frozen when compiled (no gradient made); a trainable one the loss does not reach has none either, as in eager.
+        self._frozen_at_compile = {s.name for s, t in self._state_specs if s.kind == "parameter" and not t.requires_grad}
         self._forward_hooks = _forward_hooks(self._modules())  # exported with them; others would be skipped
         self._modes = _mode_dependent(self._modules(), modes or {})
         self.program = load_program(self.program_path)
@@ -271,9 +273,8 @@ class TrainStep:
         """What eager would do differently: a parameter unfrozen since compile (the program makes
         no gradient for it), a dropout or norm switched between train() and eval() since export,
         module hooks the program cannot run."""
-        trainable = set(self.grad_of)
         for spec, tensor in self._state_specs:
-            if spec.kind == "parameter" and spec.name not in trainable and tensor.requires_grad:
+            if spec.name in self._frozen_at_compile and tensor.requires_grad:
                 raise AutoSPError(
                     f"parameter '{spec.name}' requires a gradient now but was frozen when the step was compiled, so the "
                     "program makes none for it: export and compile again after changing requires_grad"

@@ -89,6 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     zoo.add_argument("--sp", type=int, nargs="+", default=[1, 2], help="sp degrees (default 1 2)")
     zoo.add_argument("--timeout", type=float, default=600, help="seconds per model and sp degree (default 600)")
     zoo.add_argument("--resume", action="store_true", help="keep the results already in -o, run the rest")
+    zoo.add_argument("--redo", nargs="*", default=[], help="with --resume: run again the models of these statuses")
     zoo.add_argument("--table", default=None, help="also write the generated markdown table here (docs/models.md)")
     zoo.add_argument("-o", "--output", default="zoo.json")
     return parser.parse_args(argv)

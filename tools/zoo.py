@@ -143,7 +143,7 @@ def tiny_model(model_type: str, recipe: str):
     try:
         model = cls._from_config(config, attn_implementation="sdpa")
     except (ValueError, ImportError):
-        model = cls._from_config(config)
+        model = cls._from_config(config, attn_implementation="eager")
     return model.float().train()
 
 
@@ -355,7 +355,7 @@ def run_zoo(args) -> None:
     for i, (model_type, class_name) in enumerate(chosen, 1):
         entry = results["models"].setdefault(model_type, {"class": class_name, "sp": {}})
         for sp in args.sp:
-            if str(sp) in entry["sp"]:
+            if str(sp) in entry["sp"] and entry["sp"][str(sp)]["status"] not in args.redo:
                 continue
             if sp > 1 and entry["sp"].get("1", {}).get("status") in ("not exportable", "cannot train"):
                 entry["sp"][str(sp)] = entry["sp"]["1"]  # nothing of AutoSP's ran

@@ -211,22 +211,18 @@ def test_an_input_that_requires_a_gradient_is_refused(tmp_cache):
     step(embeds, labels)
 
 
-def test_a_parameter_read_only_under_no_grad_is_named_and_frozen_it_trains_the_rest(tmp_cache):
-    """Torch's joint export refuses a trainable parameter without a gradient: one line naming it;
-    frozen, the step is eager's."""
+def test_a_parameter_read_only_under_no_grad_gets_no_gradient_as_in_eager(tmp_cache):
+    """Torch's joint export refuses a trainable parameter the loss does not differentiate; the
+    step leaves its .grad None, as eager does, the others eager's (was: torch's AssertionError)."""
     model = EmbeddingsWithoutGrad(tiny_causal_lm("Llama", num_hidden_layers=1))
     ids = torch.randint(0, 96, (1, 16))
-    with pytest.raises(AutoSPError, match=r"parameter\(s\) 'inner.model.model.embed_tokens.weight' are read only under "
-                                          r"torch.no_grad\(\).*freeze them \(requires_grad_\(False\)\)"):
-        autosp.compile(torch.export.export(model, (ids, ids.clone())))
-    model.inner.model.model.embed_tokens.weight.requires_grad_(False)
     eager = copy.deepcopy(model)
     step = autosp.compile(torch.export.export(model, (ids, ids.clone())))
-    assert "attention" in step.kernels and "LM head + loss" in step.kernels
     loss = step(ids, ids.clone())
     eager_loss = eager(ids, ids.clone())
     eager_loss.backward()
     assert relative_error(loss, eager_loss.detach()) <= 1e-5
+    assert model.inner.model.model.embed_tokens.weight.grad is None
     for (name, param), reference in zip(model.named_parameters(), eager.parameters()):
         assert (param.grad is None) == (reference.grad is None), name
         assert param.grad is None or relative_error(param.grad, reference.grad) <= 1e-5, name
