@@ -239,9 +239,15 @@ class _Importer:
 
     def scalar_tensor(self, number: int | float | bool, node: Node) -> SSAValue:
         """A 0-dim tensor for a number passed where the schema wants a Tensor (`rsub`-like
-        `sub(1, x)`), in the dtype of the op's tensor operand so promotion is unchanged."""
+        `sub(1, x)`), in the dtype that keeps promotion as eager's: the tensor operand's, unless
+        the number is of a higher kind (a float with an integer or bool tensor: the default float
+        dtype, as `add(0.33, mask)`; an int with a bool tensor: int64)."""
         tensors = [a for a in node.args if isinstance(a, Node) and isinstance(a.meta.get("val"), torch.Tensor)]
         dtype = tensors[0].meta["val"].dtype if tensors else torch.tensor(number).dtype
+        if isinstance(number, float) and not (dtype.is_floating_point or dtype.is_complex):
+            dtype = torch.get_default_dtype()
+        elif isinstance(number, int) and not isinstance(number, bool) and dtype == torch.bool:
+            dtype = torch.int64
         cls = aten_op_class("aten.scalar_tensor.default")
         op = cls.build(
             operands=[],

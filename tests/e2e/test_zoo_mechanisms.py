@@ -101,8 +101,25 @@ class TopKIndexer(torch.nn.Module):
         return F.cross_entropy(self.head(x + summary).flatten(0, 1), labels.flatten())
 
 
+class FloatScalarAndMask(torch.nn.Module):
+    """A float number and a boolean mask in one op (PhiMoE's `torch.add(0.3333, mask, alpha=0.6667)`),
+    and `1.5 - mask`: the number must not take the mask's dtype (a crash, or 1.5 read as 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(VOCAB, WIDTH)
+        self.head = torch.nn.Linear(WIDTH, VOCAB, bias=False)
+
+    def forward(self, ids, labels):
+        x = self.emb(ids)
+        mask = x > 0
+        scale = torch.add(0.3333, mask, alpha=0.6667) * torch.rsub(mask.long(), 1.5)
+        return F.cross_entropy(self.head(x * scale).flatten(0, 1), labels.flatten())
+
+
 MODULES = {"viewed-attention": ViewedAttention, "causal-convolution": CausalConvolution, "top-two-routing": TopTwoRouting,
-           "value-head-dim": ValueHeadDim, "top-k-indexer": TopKIndexer}
+           "value-head-dim": ValueHeadDim, "top-k-indexer": TopKIndexer,
+           "float-scalar-and-mask": FloatScalarAndMask}
 
 
 def errors_against_eager(rank, world, *, name, seq=17):
