@@ -574,6 +574,23 @@ def _evaluate(node: Node, memo: dict[Node, AbstractValue]) -> AbstractValue:
 _IGNORED_KWARGS = {"device", "dtype", "layout", "pin_memory", "memory_format", "non_blocking", "copy"}
 
 
+def _not_constant(mask: Node, inequalities: set[Affine]) -> list[Affine]:
+    """The inequalities (`const + coef . index <= 0`) that depend on where in the mask they are
+    read: one that holds at every index of the mask's shape (BERT's `i >= 0`) says nothing; one
+    that holds nowhere leaves a query without keys."""
+    shape = tuple(mask.meta["val"].shape)
+    shape = (1,) * (4 - len(shape)) + shape
+    kept = []
+    for ineq in inequalities:
+        reach = [c * (n - 1) for c, n in zip(ineq.coef, shape)]
+        if ineq.const + sum(max(r, 0) for r in reach) <= 0:
+            continue
+        if ineq.const + sum(min(r, 0) for r in reach) > 0:
+            raise MaskNotUnderstood(f"{mask.name}: a query sees no key")
+        kept.append(ineq)
+    return kept
+
+
 def classify(mask: Node) -> MaskDescription:
     """The mask as (causal, window, documents); raises MaskNotUnderstood otherwise."""
     value = evaluate(mask)
@@ -587,7 +604,7 @@ def classify(mask: Node) -> MaskDescription:
         inequalities.add(_within_document(mask, a, b, value.same))
     upper: int | None = None  # key j <= query i + upper
     lower: int | None = None  # key j >= query i - lower
-    for ineq in inequalities:
+    for ineq in _not_constant(mask, inequalities):
         *other, cq, ck = ineq.coef
         if any(other) or ck == 0 or cq != -ck:
             raise MaskNotUnderstood(f"{mask.name}: inequality {ineq} is not of the form j - i <= c")

@@ -47,9 +47,21 @@ def all_true():
     return torch.ones(1, 1, S, S, dtype=torch.bool)
 
 
+def causal_and_always_true():
+    """BERT's decoder mask: causal and a padding test `i >= 0` that every index passes."""
+    i = torch.arange(S)
+    return (i[None, :] <= i[:, None]) & (i[:, None] >= 0)
+
+
+def causal_within_length():
+    i = torch.arange(S)
+    return (i[None, :] <= i[:, None]) & (i[None, :] < S)
+
+
 @pytest.mark.parametrize(
     "make, causal, window",
-    [(causal_le, True, 0), (causal_tril, True, 0), (sliding, True, 4), (additive_causal, True, 0), (all_true, False, 0)],
+    [(causal_le, True, 0), (causal_tril, True, 0), (sliding, True, 4), (additive_causal, True, 0), (all_true, False, 0),
+     (causal_and_always_true, True, 0), (causal_within_length, True, 0)],
 )
 def test_recognized(make, causal, window):
     description = classify(mask_node(make))
@@ -71,7 +83,18 @@ def disjunction():
     return (i[None, :] <= i[:, None]) | (i[None, :] == 0)
 
 
-@pytest.mark.parametrize("make", [anti_causal, shifted_diagonal, disjunction])
+def never_true():
+    i = torch.arange(S)
+    return (i[None, :] <= i[:, None]) & (i[:, None] < 0)
+
+
+def padding_like():
+    """A bound on the key index alone that some keys fail (padding): not an index function AutoSP runs."""
+    i = torch.arange(S)
+    return (i[None, :] <= i[:, None]) & (i[None, :] < S - 3)
+
+
+@pytest.mark.parametrize("make", [anti_causal, shifted_diagonal, disjunction, never_true, padding_like])
 def test_refused(make):
     with pytest.raises(MaskNotUnderstood):
         classify(mask_node(make))
