@@ -10,7 +10,8 @@ A model ends as one of:
 - refused: an AutoSPError, its one line;
 - failed: any other exception (type, message, where), or a timeout;
 - not exportable / cannot train: torch.export, or eager itself from input_ids and labels, fails
-  (not AutoSP's to fix; the reason is kept).
+  (not AutoSP's to fix; the reason is kept);
+- not tiny: no recipe builds it under MAX_PARAMETERS (the zoo's limit).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ TINY = {
     "max_position_embeddings": 256, "n_positions": 256, "n_ctx": 256, "max_seq_len": 256, "seq_length": 256,
     "model_max_length": 256, "original_max_position_embeddings": 256,
     "sliding_window": 16, "sliding_window_size": 16, "attention_window_size": 16, "local_attention_window_len": 16,
-    "attention_chunk_size": 16,
+    "attention_chunk_size": 16, "rotary_dim": 8,
 }
 KV_HEADS = ("num_key_value_heads", "num_kv_heads", "multi_query_group_num", "n_head_kv", "num_key_value_groups")
 TOKEN_IDS = re.compile(r".*_token_(id|index)$")
@@ -84,6 +85,10 @@ RECIPES = {
 MAX_PARAMETERS = 50_000_000  # on 2 CPU cores, each of 2 ranks holds the model 4 times
 
 
+class TooLarge(ValueError):
+    """No recipe makes the model small: the zoo's limit, not the model's or AutoSP's."""
+
+
 def _overrides(config, names: set[str]) -> dict:
     """The shrunk settings of a default config, to build it again with them (so that what its
     __init__ derives from them follows)."""
@@ -113,7 +118,12 @@ def _overrides(config, names: set[str]) -> dict:
             changed[name] = VOCAB - 1 - len(name) % 8  # distinct small ids
         elif TOKEN_IDS.match(name) and isinstance(value, list):
             changed[name] = [v if not isinstance(v, int) or v < VOCAB else VOCAB - 1 for v in value]
-    return changed
+    # Leave out what the config class derives itself (a property without a setter).
+    def settable(name: str) -> bool:
+        attribute = getattr(type(config), getattr(config, "attribute_map", {}).get(name, name), None)
+        return not isinstance(attribute, property) or attribute.fset is not None
+
+    return {name: value for name, value in changed.items() if settable(name)}
 
 
 def tiny_model(model_type: str, recipe: str):
@@ -138,7 +148,7 @@ def tiny_model(model_type: str, recipe: str):
     with torch.device("meta"):
         size = sum(p.numel() for p in cls._from_config(config).parameters())
     if size > MAX_PARAMETERS:
-        raise ValueError(f"{size / 1e6:.0f}M parameters with the {recipe} recipe (more than {MAX_PARAMETERS / 1e6:.0f}M)")
+        raise TooLarge(f"{size / 1e6:.0f}M parameters with the {recipe} recipe (more than {MAX_PARAMETERS / 1e6:.0f}M)")
     torch.manual_seed(0)
     try:
         model = cls._from_config(config, attn_implementation="sdpa")
@@ -152,7 +162,7 @@ def trained_eagerly(model_type: str, ids, labels):
     first recipe whose model trains; raises the first recipe's error if none does."""
     import copy
 
-    first = None
+    errors = []
     for recipe in RECIPES:
         try:
             model = ZooLoss(tiny_model(model_type, recipe))
@@ -161,8 +171,8 @@ def trained_eagerly(model_type: str, ids, labels):
             eager_loss.backward()
             return recipe, model, reference, eager_loss
         except Exception as err:  # noqa: BLE001 (the next recipe may do)
-            first = first or err
-    raise first
+            errors.append(err)
+    raise next((e for e in errors if not isinstance(e, TooLarge)), errors[0])
 
 
 class ZooLoss:
@@ -245,6 +255,8 @@ def check_model(model_type: str, sp: int, rank: int = 0, init_file: str | None =
     ids, labels = batch()
     try:
         recipe, model, reference, eager_loss = trained_eagerly(model_type, ids, labels)
+    except TooLarge as err:
+        return {"status": "not tiny", "reason": str(err)}
     except Exception as err:  # noqa: BLE001 (the model itself cannot train from input_ids)
         return {"status": "cannot train", "reason": _reason(err)}
     try:
@@ -322,7 +334,7 @@ def markdown(results: dict) -> str:
         "| " + " | ".join(["status"] + [f"sp={sp}" for sp in sps]) + " |",
         "|---" * (1 + len(sps)) + "|",
     ]
-    for status in ("exact", "inexact", "refused", "failed", "not exportable", "cannot train"):
+    for status in ("exact", "inexact", "refused", "failed", "not exportable", "cannot train", "not tiny"):
         counts = [sum(r["sp"].get(str(sp), {}).get("status") == status for r in results["models"].values()) for sp in sps]
         lines.append(f"| {status} | " + " | ".join(map(str, counts)) + " |")
     lines += ["", "| model type | class | " + " | ".join(f"sp={sp}" for sp in sps) + " |", "|---|---|" + "---|" * len(sps)]
@@ -357,7 +369,7 @@ def run_zoo(args) -> None:
         for sp in args.sp:
             if str(sp) in entry["sp"] and entry["sp"][str(sp)]["status"] not in args.redo:
                 continue
-            if sp > 1 and entry["sp"].get("1", {}).get("status") in ("not exportable", "cannot train"):
+            if sp > 1 and entry["sp"].get("1", {}).get("status") in ("not exportable", "cannot train", "not tiny"):
                 entry["sp"][str(sp)] = entry["sp"]["1"]  # nothing of AutoSP's ran
                 continue
             entry["sp"][str(sp)] = one = run_one(model_type, sp, args.timeout)
