@@ -73,8 +73,24 @@ KIND_NAMES = {
 }
 
 
+def _described_location(node: Node) -> str:
+    """ in <module path> (<class>), where the node came from in the model, or ''."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path, kind = list(stack.values())[-1]
+    return f" in {path} ({kind.__name__ if isinstance(kind, type) else str(kind).rsplit('.', 1)[-1]})"
+
+
 def _value_type(node: Node) -> Attribute:
     val = node.meta.get("val")
+    if isinstance(val, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+        where = _described_location(node)
+        raise AutoSPError(
+            f"node {node.name} ({node.target}){where} reads a tensor's value as a Python number (.item(), int(x), a "
+            "data-dependent size such as per-expert token counts): AutoSP compiles programs of static shapes; "
+            "compute it with tensor ops of fixed shape"
+        )
     if not isinstance(val, torch.Tensor):
         raise AutoSPError(f"node {node.name} ({node.target}) produces {type(val).__name__}, not a tensor")
     try:

@@ -118,6 +118,8 @@ def _overrides(config, names: set[str]) -> dict:
             changed[name] = VOCAB - 1 - len(name) % 8  # distinct small ids
         elif TOKEN_IDS.match(name) and isinstance(value, list):
             changed[name] = [v if not isinstance(v, int) or v < VOCAB else VOCAB - 1 for v in value]
+    if getattr(config, "is_decoder", None) is False:
+        changed["is_decoder"] = True  # encoder families' causal-LM heads need it (Reformer)
     # Leave out what the config class derives itself (a property without a setter).
     def settable(name: str) -> bool:
         attribute = getattr(type(config), getattr(config, "attribute_map", {}).get(name, name), None)

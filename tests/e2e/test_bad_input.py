@@ -228,6 +228,24 @@ def test_a_parameter_read_only_under_no_grad_gets_no_gradient_as_in_eager(tmp_ca
         assert param.grad is None or relative_error(param.grad, reference.grad) <= 1e-5, name
 
 
+class CountScaled(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(16, 8)
+        self.head = torch.nn.Linear(8, 16)
+
+    def forward(self, ids, labels):
+        count = (ids > 5).sum().item()  # a tensor's value as a Python number
+        return torch.nn.functional.cross_entropy(self.head(self.emb(ids) * (count + 1)).flatten(0, 1), labels.flatten())
+
+
+def test_a_value_read_as_a_python_number_is_refused_in_one_line(tmp_cache):
+    ids = torch.randint(0, 16, (1, 8))
+    ep = torch.export.export(CountScaled(), (ids, ids.clone()))
+    with pytest.raises(AutoSPError, match=r"reads a tensor's value as a Python number \(.item\(\), int\(x\).*static shapes"):
+        autosp.compile(ep)
+
+
 def test_dynamic_shapes_are_refused_up_front(tmp_cache):
     ep = torch.export.export(NotALoss(), (torch.randn(4, 8),), dynamic_shapes=({0: torch.export.Dim("rows")},))
     with pytest.raises(AutoSPError, match=r"input x has a dynamic shape \[s\d+, 8\]: AutoSP compiles static shapes"):
