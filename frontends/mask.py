@@ -301,6 +301,10 @@ def _cast(node: Node, args: list) -> AbstractValue:
     dtype = node.meta["val"].dtype
     if isinstance(value, Predicate) and dtype != torch.bool and not value.additive:
         raise MaskNotUnderstood(f"{node.name}: a boolean mask cast to {dtype}")
+    if isinstance(value, Affine) and not any(value.coef):  # a constant: only its truth or its value matter
+        if dtype == torch.bool:
+            return _as_predicate(node, Affine(value.coef, int(value.const != 0)), node.meta["val"].dim())
+        return value
     if isinstance(value, (Affine, Gathered)) and (dtype.is_floating_point or dtype == torch.bool):
         raise MaskNotUnderstood(f"{node.name}: an index cast to {dtype}")
     return value
@@ -435,9 +439,10 @@ def _diff(node: Node, args: list) -> AbstractValue:
 
 @mask_rule(aten.index.Tensor)
 def _index(node: Node, args: list) -> AbstractValue:
-    """x[i_0, ..., i_k-1] with index tensors on the leading dims."""
+    """x[i_0, ..., i_k-1] with index tensors on the leading dims (x an index expression or a
+    mask: a mask read at affine positions is its conditions at those positions)."""
     x, indices = args[0], args[1]
-    if not isinstance(x, (Affine, Gathered)) or any(i is None for i in indices):
+    if not isinstance(x, (Affine, Gathered, Predicate)) or any(i is None for i in indices):
         raise MaskNotUnderstood(f"{node.name}: indexing that is not x[idx_0, ..., idx_k] of an index expression")
     in_rank, out_rank = len(_shape(node.args[0])), len(_shape(node))
     k = len(indices)
@@ -456,6 +461,8 @@ def _index(node: Node, args: list) -> AbstractValue:
             coef[index_rank + d - k] += a.coef[d]
         return Affine(tuple(coef), const)
 
+    if isinstance(x, Predicate):
+        return x.aligned(in_rank).map(compose, out_rank)
     return x.map(compose) if isinstance(x, Gathered) else compose(x)
 
 
@@ -492,9 +499,11 @@ def _as_predicate(node: Node, value: AbstractValue, rank: int) -> Predicate:
 def _all_true(node: Node, args: list) -> AbstractValue:
     val = node.meta["val"]
     fill = args[1] if node.target in (aten.full.default, aten.full_like.default) else True
-    if val.dtype != torch.bool or fill is not True:
-        raise MaskNotUnderstood(f"{node.name}: a constant mask that is not all-True")
-    return Predicate(val.dim(), frozenset())
+    if val.dtype == torch.bool and fill is True:
+        return Predicate(val.dim(), frozenset())
+    if val.dtype != torch.bool and isinstance(fill, (int, float)) and float(fill).is_integer():
+        return Affine((0,) * val.dim(), int(fill))  # HF's default attention_mask of ones: 1 everywhere
+    raise MaskNotUnderstood(f"{node.name}: a constant mask that is not all-True")
 
 
 def _is_masked_value(x: object) -> bool:

@@ -53,6 +53,18 @@ def causal_and_always_true():
     return (i[None, :] <= i[:, None]) & (i[:, None] >= 0)
 
 
+def causal_and_float_ones():
+    """HF's default attention_mask (float ones: no padding) cast to bool beside the causal test."""
+    attention = torch.ones(1, S)
+    return causal_le() & attention[:, None, None, :].bool()
+
+
+def causal_read_at_positions():
+    """A causal mask indexed with arange positions (BioGPT): the mask at those positions."""
+    i = torch.arange(S)
+    return torch.ones(S, S, dtype=torch.bool).tril()[i]
+
+
 def causal_within_length():
     i = torch.arange(S)
     return (i[None, :] <= i[:, None]) & (i[None, :] < S)
@@ -61,7 +73,8 @@ def causal_within_length():
 @pytest.mark.parametrize(
     "make, causal, window",
     [(causal_le, True, 0), (causal_tril, True, 0), (sliding, True, 4), (additive_causal, True, 0), (all_true, False, 0),
-     (causal_and_always_true, True, 0), (causal_within_length, True, 0)],
+     (causal_and_always_true, True, 0), (causal_within_length, True, 0),
+     (causal_and_float_ones, True, 0), (causal_read_at_positions, True, 0)],
 )
 def test_recognized(make, causal, window):
     description = classify(mask_node(make))
