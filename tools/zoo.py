@@ -253,7 +253,6 @@ def check_model(model_type: str, sp: int, rank: int = 0, init_file: str | None =
     import autosp
     from autosp.common.errors import AutoSPError
 
-    torch.set_num_threads(1)
     ids, labels = batch()
     try:
         recipe, model, reference, eager_loss = trained_eagerly(model_type, ids, labels)
@@ -285,6 +284,9 @@ def check_model(model_type: str, sp: int, rank: int = 0, init_file: str | None =
 
 
 def _rank(rank: int, model_type: str, sp: int, init_file: str, out: str) -> None:
+    import torch
+
+    torch.set_num_threads(1)
     result = check_model(model_type, sp, rank, init_file)
     with open(f"{out}.{rank}", "w") as f:
         json.dump(result, f)
@@ -292,6 +294,9 @@ def _rank(rank: int, model_type: str, sp: int, init_file: str, out: str) -> None
 
 def check_in_process(model_type: str, sp: int) -> dict:
     """Entry point of one model's own process: sp=1 here, sp>1 on gloo ranks it spawns."""
+    import torch
+
+    torch.set_num_threads(1)
     if sp == 1:
         return check_model(model_type, 1)
     import torch.multiprocessing as mp
