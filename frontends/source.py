@@ -38,12 +38,21 @@ class _Source:
         return NameLoc(StringAttr(("backward of " if backward else "") + self.module), child)
 
 
-def _module_of(node: Node) -> str | None:
+def _innermost_module(node: Node) -> tuple[str, str] | None:
+    """(path, class name) of the model module a node came from, or None."""
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
         return None
     path, kind = list(stack.values())[-1]
-    kind = kind.__name__ if isinstance(kind, type) else str(kind).rsplit(".", 1)[-1]
+    return path, kind.__name__ if isinstance(kind, type) else str(kind).rsplit(".", 1)[-1]
+
+
+def module_of(node: Node) -> str | None:
+    """`path (Class)` of the model module a node came from, or None."""
+    found = _innermost_module(node)
+    if found is None:
+        return None
+    path, kind = found
     return f"{path} ({kind})" if path else kind
 
 
@@ -56,7 +65,7 @@ def joint_locations(forward: ExportedProgram, joint: ExportedProgram) -> dict[No
     """A location for every call node of `joint` that can be traced back to a model module."""
     sources: dict[str, _Source] = {}
     for order, node in enumerate(forward.graph.nodes):
-        module = _module_of(node) if node.op == "call_function" else None
+        module = module_of(node) if node.op == "call_function" else None
         if module is not None:
             sources[node.name] = _Source(module, order, _frame_of(node))
     targets = {node.name: node.target for node in forward.graph.nodes}
@@ -103,14 +112,14 @@ def mode_dependent_modules(ep: ExportedProgram) -> dict[str, tuple[str, bool]]:
     for module, _ in graphs_with_autocast(ep.graph_module):
         for node in module.graph.nodes:
             schema = getattr(node.target, "_schema", None)
-            stack = node.meta.get("nn_module_stack")
-            if schema is None or not stack:
+            found = _innermost_module(node)
+            if schema is None or found is None:
                 continue
             values = {arg.name: value for arg, value in zip(schema.arguments, node.args)}
             values.update(node.kwargs)
             flag = next((values[name] for name in ("train", "training") if isinstance(values.get(name), bool)), None)
             if flag is None or values.get("p") == 0:
                 continue
-            path, kind = list(stack.values())[-1]
-            modes[path] = (kind.__name__ if isinstance(kind, type) else str(kind).rsplit(".", 1)[-1], flag)
+            path, kind = found
+            modes[path] = (kind, flag)
     return modes

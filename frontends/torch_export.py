@@ -40,7 +40,7 @@ from autosp.frontends.fx import graphs_with_autocast, under_autocast
 from autosp.frontends.loss import rewrite_linear_cross_entropy
 from autosp.frontends.mlp import rewrite_gated_mlp
 from autosp.frontends.mask import bound_arguments
-from autosp.frontends.source import forward_in_core_aten, joint_locations
+from autosp.frontends.source import forward_in_core_aten, joint_locations, module_of
 from autosp.ir.aten import (
     NONE_ARG,
     OPT_TENSOR,
@@ -73,19 +73,11 @@ KIND_NAMES = {
 }
 
 
-def _described_location(node: Node) -> str:
-    """ in <module path> (<class>), where the node came from in the model, or ''."""
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return ""
-    path, kind = list(stack.values())[-1]
-    return f" in {path} ({kind.__name__ if isinstance(kind, type) else str(kind).rsplit('.', 1)[-1]})"
-
-
 def _value_type(node: Node) -> Attribute:
     val = node.meta.get("val")
     if isinstance(val, (torch.SymInt, torch.SymFloat, torch.SymBool)):
-        where = _described_location(node)
+        module = module_of(node)
+        where = f" in {module}" if module else ""
         raise AutoSPError(
             f"node {node.name} ({node.target}){where} reads a tensor's value as a Python number (.item(), int(x), a "
             "data-dependent size such as per-expert token counts): AutoSP compiles programs of static shapes; "
