@@ -26,6 +26,7 @@ import tempfile
 import time
 import traceback
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
 TOLERANCE = 1e-5
 ABS_FLOOR = 1e-3
 SEQ = 33  # odd: the ranks of sp=2 hold 17 and 16 tokens
@@ -167,7 +168,7 @@ def trained_eagerly(model_type: str, ids, labels):
     errors = []
     for recipe in RECIPES:
         try:
-            model = ZooLoss(tiny_model(model_type, recipe))
+            model = loss_module(tiny_model(model_type, recipe))
             reference = copy.deepcopy(model)
             eager_loss = reference(ids, labels)
             eager_loss.backward()
@@ -177,25 +178,23 @@ def trained_eagerly(model_type: str, ids, labels):
     raise next((e for e in errors if not isinstance(e, TooLarge)), errors[0])
 
 
-class ZooLoss:
+def loss_module(model):
     """forward(input_ids, labels) -> model(input_ids=..., labels=..., [use_cache=False]).loss."""
+    import torch
 
-    def __new__(cls, model):
-        import torch
+    accepts = inspect.signature(model.forward).parameters
+    extra = {"use_cache": False} if "use_cache" in accepts or any(
+        p.kind == p.VAR_KEYWORD for p in accepts.values()) else {}
 
-        accepts = inspect.signature(model.forward).parameters
-        extra = {"use_cache": False} if "use_cache" in accepts or any(
-            p.kind == p.VAR_KEYWORD for p in accepts.values()) else {}
+    class Loss(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
 
-        class Loss(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.model = model
+        def forward(self, input_ids, labels):
+            return self.model(input_ids=input_ids, labels=labels, **extra).loss
 
-            def forward(self, input_ids, labels):
-                return self.model(input_ids=input_ids, labels=labels, **extra).loss
-
-        return Loss()
+    return Loss()
 
 
 def batch(seed: int = 1234):
@@ -235,7 +234,8 @@ def errors(loss, grads, eager_loss, eager_grads) -> dict:
 
 def _reason(err: BaseException) -> str:
     frames = traceback.extract_tb(err.__traceback__)
-    ours = [f for f in frames if "/autosp/" in f.filename or "/work/" in f.filename and ".venv" not in f.filename]
+    # Where in AutoSP's own code (this checkout, not an installed package) it was raised.
+    ours = [f for f in frames if f.filename.startswith(ROOT) and "site-packages" not in f.filename]
     at = ours[-1] if ours else (frames[-1] if frames else None)
     where = f" ({os.path.basename(at.filename)}:{at.lineno})" if at else ""
     return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300] + where
