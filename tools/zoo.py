@@ -142,11 +142,8 @@ def tiny_model(model_type: str, recipe: str):
     for name in ("text_config", "decoder"):
         inner = getattr(config, name, None)
         if inner is not None and hasattr(inner, "to_dict") and inner is not config:
-            for key, value in _overrides(inner, RECIPES[recipe]).items():
-                try:
-                    setattr(inner, key, value)
-                except AttributeError:  # a read-only property derived from other fields
-                    pass
+            for key, value in _overrides(inner, RECIPES[recipe]).items():  # settable ones only
+                setattr(inner, key, value)
     cls = getattr(transformers, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type])
     with torch.device("meta"):
         size = sum(p.numel() for p in cls._from_config(config).parameters())
